@@ -1,0 +1,35 @@
+# Berth: `make demo` sets up and shows the main job; `make test` sets up and runs every check.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint unit e2e bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[serve,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m berth.demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(PY) bench/scheduler.py
+
+clean:
+	rm -rf $(VENV) .berth build dist src/*.egg-info

@@ -1,0 +1,1 @@
+"""Schemas of the Seldon Core v2 kinds, quantities, names and conditions."""

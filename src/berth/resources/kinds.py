@@ -1,0 +1,204 @@
+"""Pydantic schemas of the Seldon Core v2 kinds Berth accepts (and ``v1 Secret``).
+
+Fields are strict (``replicas: "three"`` is an error, not a coercion).  Fields Berth does not know are
+kept (``extra="allow"``) and reported as warnings by :mod:`berth.resources.manifest`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from berth.errors import InvalidInput
+from berth.resources.quantity import parse_quantity
+
+SELDON_API = "mlops.seldon.io/v1alpha1"
+CORE_API = "v1"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+
+
+Quantity = StrictStr | StrictInt
+
+
+def _check_quantity(value: Quantity | None, field: str) -> Quantity | None:
+    if value is None:
+        return None
+    try:
+        parse_quantity(value, field=field)
+    except InvalidInput as exc:
+        raise ValueError(str(exc).split(": ", 1)[-1]) from exc
+    return value
+
+
+class Parameter(_Spec):
+    name: StrictStr
+    value: StrictStr
+
+
+class ModelSpec(_Spec):
+    storageUri: StrictStr
+    artifactVersion: StrictInt | None = None
+    schemaUri: StrictStr | None = None
+    requirements: list[StrictStr] = Field(default_factory=list)
+    memory: Quantity | None = None
+    secretName: StrictStr | None = None
+    server: StrictStr | None = None
+    replicas: StrictInt | None = Field(default=None, ge=0)
+    minReplicas: StrictInt | None = Field(default=None, ge=0)
+    maxReplicas: StrictInt | None = Field(default=None, ge=0)
+    parameters: list[Parameter] | None = None
+    preloaded: StrictBool | None = None
+    dedicated: StrictBool | None = None
+    explainer: dict[str, Any] | None = None
+    llm: dict[str, Any] | None = None
+    dataflow: dict[str, Any] | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: Quantity | None) -> Quantity | None:
+        return _check_quantity(v, "memory")
+
+    def memory_bytes(self) -> int:
+        return parse_quantity(self.memory) if self.memory is not None else 0
+
+    def desired_replicas(self) -> int:
+        if self.replicas is not None:
+            return self.replicas
+        return self.minReplicas if self.minReplicas else 1
+
+
+class ServerSpec(_Spec):
+    serverConfig: StrictStr
+    capabilities: list[StrictStr] | None = None
+    extraCapabilities: list[StrictStr] | None = None
+    replicas: StrictInt | None = Field(default=None, ge=0)
+    minReplicas: StrictInt | None = Field(default=None, ge=0)
+    maxReplicas: StrictInt | None = Field(default=None, ge=0)
+    podSpec: dict[str, Any] | None = None
+    scaling: dict[str, Any] | None = None
+    disableAutoUpdate: StrictBool | None = None
+    statefulSetPersistentVolumeClaimRetentionPolicy: dict[str, Any] | None = None
+
+    def desired_replicas(self) -> int:
+        if self.replicas is not None:
+            return self.replicas
+        return self.minReplicas if self.minReplicas else 1
+
+
+class ServerConfigSpec(_Spec):
+    podSpec: dict[str, Any] | None = None
+    volumeClaimTemplates: list[dict[str, Any]] | None = None
+
+
+class Candidate(_Spec):
+    name: StrictStr
+    weight: StrictInt = Field(ge=0)
+
+
+class Mirror(_Spec):
+    name: StrictStr
+    percent: StrictInt = Field(ge=0, le=100)
+
+
+class ExperimentSpec(_Spec):
+    default: StrictStr | None = None
+    candidates: list[Candidate] = Field(min_length=1)
+    mirror: Mirror | None = None
+    resourceType: Literal["model", "pipeline"] = "model"
+
+
+class PipelineStep(_Spec):
+    name: StrictStr
+    inputs: list[StrictStr] | None = None
+    tensorMap: dict[str, StrictStr] | None = None
+    triggers: list[StrictStr] | None = None
+    joinType: StrictStr | None = None
+    triggersJoinType: StrictStr | None = None
+    batch: dict[str, Any] | None = None
+    joinWindowMs: StrictInt | None = None
+
+
+class PipelineOutput(_Spec):
+    steps: list[StrictStr] | None = None
+    tensorMap: dict[str, StrictStr] | None = None
+    joinType: StrictStr | None = None
+    stepsJoin: StrictStr | None = None
+
+
+class PipelineSpec(_Spec):
+    steps: list[PipelineStep] = Field(min_length=1)
+    output: PipelineOutput | None = None
+    input: dict[str, Any] | None = None
+
+
+class RuntimeOverride(_Spec):
+    name: StrictStr
+    replicas: StrictInt | None = Field(default=None, ge=0)
+    disable: StrictBool | None = None
+    serviceType: StrictStr | None = None
+    podSpec: dict[str, Any] | None = None
+
+
+class SeldonRuntimeSpec(_Spec):
+    seldonConfig: StrictStr
+    overrides: list[RuntimeOverride] | None = None
+    config: dict[str, Any] | None = None
+    disableAutoUpdate: StrictBool | None = None
+
+
+SPEC_SCHEMAS: dict[str, type[_Spec]] = {
+    "Model": ModelSpec,
+    "Server": ServerSpec,
+    "ServerConfig": ServerConfigSpec,
+    "Experiment": ExperimentSpec,
+    "Pipeline": PipelineSpec,
+    "SeldonRuntime": SeldonRuntimeSpec,
+}
+
+# Kinds as a user types them on the CLI (kubectl style: singular, plural, short).
+KIND_ALIASES: dict[str, str] = {}
+for _kind, _aliases in {
+    "Model": ("model", "models", "mlm"),
+    "Server": ("server", "servers", "mls"),
+    "ServerConfig": ("serverconfig", "serverconfigs"),
+    "Experiment": ("experiment", "experiments", "mlx"),
+    "Pipeline": ("pipeline", "pipelines", "mlp"),
+    "SeldonRuntime": ("seldonruntime", "seldonruntimes"),
+    "Secret": ("secret", "secrets"),
+}.items():
+    for _alias in _aliases:
+        KIND_ALIASES[_alias] = _kind
+    KIND_ALIASES[_kind.lower()] = _kind
+
+ALL_KINDS = ("Model", "Server", "ServerConfig", "Experiment", "Pipeline", "SeldonRuntime", "Secret")
+# Order in which a manifest set is applied (dependencies first), as kubectl/Helm would.
+APPLY_ORDER = {k: i for i, k in enumerate(
+    ("SeldonRuntime", "Secret", "ServerConfig", "Server", "Model", "Pipeline", "Experiment"))}
+
+
+def api_version_for(kind: str) -> str:
+    return CORE_API if kind == "Secret" else SELDON_API
+
+
+def kind_from_alias(text: str) -> str:
+    kind = KIND_ALIASES.get(text.lower())
+    if kind is None:
+        raise InvalidInput(f"unknown resource type {text!r}; known: "
+                           "models, servers, serverconfigs, experiments, pipelines, seldonruntimes, secrets")
+    return kind
+
+
+def model_spec(doc: dict[str, Any]) -> ModelSpec:
+    return ModelSpec.model_validate(doc.get("spec") or {})
+
+
+def server_spec(doc: dict[str, Any]) -> ServerSpec:
+    return ServerSpec.model_validate(doc.get("spec") or {})
+
+
+def experiment_spec(doc: dict[str, Any]) -> ExperimentSpec:
+    return ExperimentSpec.model_validate(doc.get("spec") or {})

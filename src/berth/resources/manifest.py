@@ -1,0 +1,265 @@
+"""Read and validate multi-document YAML manifests (files, folders, stdin).
+
+Every problem is reported with its place: ``models.yaml#2 Model/baseline-predictor: spec.replicas:
+expected integer, got "three"``.  A set with any invalid document is rejected whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from berth.errors import InvalidManifest
+from berth.resources.kinds import ALL_KINDS, SPEC_SCHEMAS, api_version_for
+from berth.resources.names import name_problem
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+_META_KNOWN = {"name", "namespace", "labels", "annotations", "generation", "resourceVersion", "uid",
+               "creationTimestamp", "deletionTimestamp", "finalizers", "ownerReferences",
+               "generateName", "managedFields"}
+_TOP_KNOWN = {"apiVersion", "kind", "metadata", "spec", "status"}
+_SECRET_TOP = {"apiVersion", "kind", "metadata", "type", "data", "stringData", "immutable"}
+
+
+@dataclass
+class Document:
+    """One validated manifest document, normalised to a plain dict."""
+
+    source: str  # "path#index"
+    body: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+
+@dataclass
+class LoadResult:
+    documents: list[Document] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _describe(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_WORDS = {
+    "int_type": "integer", "int_parsing": "integer", "string_type": "string", "bool_type": "boolean",
+    "list_type": "list", "dict_type": "object", "model_type": "object", "model_attributes_type": "object",
+    "float_type": "number", "tuple_type": "list",
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "int") or str(part).startswith(("function-", "constrained-")):
+            continue  # pydantic's union-branch markers
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
+    """One line per field problem; union branches of the same field collapse into one line."""
+    lines: dict[str, str] = {}
+    for err in exc.errors():
+        path = _loc(tuple(err["loc"]))
+        where = f"{prefix}.{path}" if path else prefix
+        kind = err["type"]
+        if kind == "missing":
+            text = f"{where}: required field missing"
+        elif kind in _TYPE_WORDS:
+            want = _TYPE_WORDS[kind]
+            if where in lines and "expected" in lines[where]:
+                prev = lines[where].split("expected ", 1)[1].split(",", 1)[0]
+                want = f"{prev} or {want}"
+            text = f"{where}: expected {want}, got {_describe(err.get('input'))}"
+        else:
+            msg = str(err["msg"])
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            text = f"{where}: {msg} (got {_describe(err.get('input'))})"
+        lines[where] = text
+    return list(lines.values())
+
+
+def _extra_paths(model: BaseModel, prefix: str) -> list[str]:
+    out: list[str] = []
+    for key in (model.model_extra or {}):
+        out.append(f"{prefix}.{key}")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                sub = f"{prefix}.{name}" + (f"[{i}]" if isinstance(value, list) else "")
+                out.extend(_extra_paths(item, sub))
+    return out
+
+
+def validate_document(raw: Any, source: str, *, default_namespace: str = "default",
+                      warnings: list[str] | None = None, seen_unknown: set[str] | None = None
+                      ) -> tuple[dict[str, Any] | None, list[str]]:
+    """Validate one document.  Returns (normalised body or None, problems)."""
+    warnings = warnings if warnings is not None else []
+    seen_unknown = seen_unknown if seen_unknown is not None else set()
+    if not isinstance(raw, dict):
+        return None, [f"{source}: expected a mapping with apiVersion/kind/metadata, got {_describe(raw)}"]
+    kind = raw.get("kind")
+    meta = raw.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    label = f"{source} {kind}/{name}" if isinstance(kind, str) and isinstance(name, str) else source
+    problems: list[str] = []
+    if not isinstance(kind, str) or kind not in ALL_KINDS:
+        known = ", ".join(ALL_KINDS)
+        return None, [f"{label}: kind: unknown kind {_describe(kind)} (known: {known})"]
+    want_api = api_version_for(kind)
+    if raw.get("apiVersion") != want_api:
+        problems.append(f"{label}: apiVersion: expected {want_api!r} for kind {kind}, "
+                        f"got {_describe(raw.get('apiVersion'))}")
+    if not isinstance(meta, dict):
+        return None, problems + [f"{label}: metadata: expected object, got {_describe(meta)}"]
+    problem = name_problem(name, what="metadata.name")
+    if problem:
+        problems.append(f"{label}: {problem}")
+    namespace = meta.get("namespace", default_namespace)
+    problem = name_problem(namespace, what="metadata.namespace", label=True)
+    if problem:
+        problems.append(f"{label}: {problem}")
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+            problems.append(f"{label}: metadata.{key}: expected a map of strings, got {_describe(value)}")
+    body: dict[str, Any] = copy.deepcopy(raw)
+    body.pop("status", None)  # status is owned by Berth
+    body["metadata"] = {k: v for k, v in meta.items()
+                        if k not in ("generation", "resourceVersion", "uid", "creationTimestamp",
+                                     "deletionTimestamp", "managedFields")}
+    body["metadata"]["namespace"] = namespace
+    unknown: list[str] = [f"metadata.{k}" for k in meta if k not in _META_KNOWN]
+    if kind == "Secret":
+        unknown += [k for k in raw if k not in _SECRET_TOP]
+        for key in ("data", "stringData"):
+            value = raw.get(key)
+            if value is not None and not (isinstance(value, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+                problems.append(f"{label}: {key}: expected a map of strings, got an invalid value")
+    else:
+        unknown += [k for k in raw if k not in _TOP_KNOWN]
+        spec = raw.get("spec")
+        if not isinstance(spec, dict):
+            problems.append(f"{label}: spec: expected object, got {_describe(spec)}")
+        else:
+            try:
+                parsed = SPEC_SCHEMAS[kind].model_validate(spec)
+            except ValidationError as exc:
+                problems.extend(format_validation_error(exc, f"{label}: spec"))
+            else:
+                unknown += [p.replace(f"{label}: ", "") for p in _extra_paths(parsed, "spec")]
+    for path in unknown:
+        key = f"{kind}:{path}"
+        if key not in seen_unknown:
+            seen_unknown.add(key)
+            warnings.append(f"{label}: {path}: unknown field, kept and ignored")
+    return (None if problems else body), problems
+
+
+def parse_text(text: str, source: str, *, default_namespace: str = "default") -> LoadResult:
+    """Parse and validate every document of a YAML/JSON text; raise InvalidManifest on any problem."""
+    result = LoadResult()
+    problems: list[str] = []
+    _parse_into(text, source, default_namespace, result, problems, set())
+    if problems:
+        raise InvalidManifest(problems)
+    return result
+
+
+def _parse_into(text: str, source: str, default_namespace: str, result: LoadResult,
+                problems: list[str], seen_unknown: set[str]) -> None:
+    try:
+        raws = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problems.append(f"{source}:{where}: invalid YAML: {problem}")
+        return
+    index = 0
+    for raw in raws:
+        if raw is None:  # empty document (e.g. trailing ---)
+            continue
+        index += 1
+        if isinstance(raw, dict) and raw.get("kind") == "List" and isinstance(raw.get("items"), list):
+            docs = raw["items"]
+        else:
+            docs = [raw]
+        for doc in docs:
+            body, errs = validate_document(doc, f"{source}#{index}", default_namespace=default_namespace,
+                                           warnings=result.warnings, seen_unknown=seen_unknown)
+            problems.extend(errs)
+            if body is not None:
+                result.documents.append(Document(f"{source}#{index}", body))
+
+
+def manifest_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+    return [path]
+
+
+def load_paths(paths: list[str], *, stdin_text: str | None = None,
+               default_namespace: str = "default") -> LoadResult:
+    """Load files, folders (recursively, sorted) and ``-`` (stdin).  All-or-nothing."""
+    result = LoadResult()
+    problems: list[str] = []
+    seen_unknown: set[str] = set()
+    for p in paths:
+        if p == "-":
+            _parse_into(stdin_text or "", "<stdin>", default_namespace, result, problems, seen_unknown)
+            continue
+        path = Path(p)
+        if not path.exists():
+            problems.append(f"{p}: no such file or directory")
+            continue
+        files = manifest_files(path)
+        if not files:
+            problems.append(f"{p}: no manifest files (*.yaml, *.yml, *.json) in this folder")
+        for f in files:
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{f}: cannot read: {exc}")
+                continue
+            _parse_into(text, str(f), default_namespace, result, problems, seen_unknown)
+    seen: dict[tuple[str, str, str], str] = {}
+    for doc in result.documents:
+        key = (doc.kind, doc.namespace, doc.name)
+        if key in seen:
+            problems.append(f"{doc.source} {doc.kind}/{doc.name}: duplicate of {seen[key]} "
+                            f"in namespace {doc.namespace}")
+        seen[key] = doc.source
+    if problems:
+        raise InvalidManifest(problems)
+    return result
