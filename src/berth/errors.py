@@ -80,6 +80,13 @@ class Conflict(BerthError):
     http_status = 409
 
 
+class Expired(BerthError):
+    """A watch asked for a revision older than what the store still keeps: list and watch again."""
+
+    code = "Expired"
+    http_status = 410
+
+
 class Unavailable(BerthError):
     """A dependency (control plane, agent, inference server, storage) could not be reached."""
 

@@ -1,0 +1,143 @@
+"""Messages between an agent and the control plane, over one WebSocket (JSON text frames).
+
+Every frame is an object with a ``type`` field.  Agent → control: ``hello`` (first frame, always),
+``status`` (inference-server readiness changed), ``model`` (a load/unload outcome), ``heartbeat``.
+Control → agent: ``welcome`` (answer to hello), ``load``, ``unload``, ``error`` (then close).
+
+The WebSocket endpoint is ``GET /api/v1/agents/connect`` on the control plane.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+AGENT_PATH = "/api/v1/agents/connect"
+PROTOCOL_VERSION = 1
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class LoadedModel(_Msg):
+    name: str
+    generation: int = 0
+    memory: int = 0  # bytes the load took (RSS delta), 0 when unknown
+
+
+class InferenceAddress(_Msg):
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+
+    @property
+    def http(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+class Readiness(_Msg):
+    """Whether the inference server answered readiness, and if not, exactly what went wrong."""
+
+    ready: bool = False
+    address: str = ""  # the URL tried, e.g. http://127.0.0.1:9500/v2/health/ready
+    error: str | None = None  # "connection refused", "timeout after 2.0s", "HTTP 503: ..."
+    since: float | None = None  # unix time the current error (or readiness) started
+
+
+class Hello(_Msg):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    namespace: str = "default"
+    server: str
+    replica: int
+    capabilities: list[str] = Field(default_factory=list)
+    memory: int = 0  # bytes offered
+    overcommit_percent: int = 10
+    inference: InferenceAddress = Field(default_factory=InferenceAddress)
+    readiness: Readiness = Field(default_factory=Readiness)
+    loaded: list[LoadedModel] = Field(default_factory=list)
+    pid: int | None = None  # of the inference server, when the agent knows it
+
+
+class Status(_Msg):
+    type: Literal["status"] = "status"
+    readiness: Readiness
+
+
+ModelState = Literal["LOADING", "LOADED", "LOAD_FAILED", "UNLOADED", "UNLOAD_FAILED"]
+
+
+class ModelEvent(_Msg):
+    type: Literal["model"] = "model"
+    name: str
+    generation: int = 0
+    state: ModelState
+    memory: int = 0  # bytes the load took (RSS delta) for LOADED
+    message: str = ""  # MLServer's own error text, storage error, ...
+    duration: float = 0.0  # seconds the operation took
+
+
+class Heartbeat(_Msg):
+    type: Literal["heartbeat"] = "heartbeat"
+
+
+AgentMessage = Annotated[Hello | Status | ModelEvent | Heartbeat, Field(discriminator="type")]
+AGENT_MESSAGE: TypeAdapter[Hello | Status | ModelEvent | Heartbeat] = TypeAdapter(AgentMessage)
+
+
+class Welcome(_Msg):
+    type: Literal["welcome"] = "welcome"
+    heartbeat_interval: float = 5.0
+
+
+class ModelSource(_Msg):
+    """All an agent needs to fetch and load a model; the secret travels resolved (never logged)."""
+
+    storage_uri: str
+    artifact_version: int | None = None
+    requirements: list[str] = Field(default_factory=list)
+    memory: int = 0
+    parameters: dict[str, str] = Field(default_factory=dict)
+    secret_name: str | None = None
+    secret: dict[str, str] | None = None  # the Secret's decoded data; None when absent/not found
+    secret_error: str | None = None  # why the secret could not be resolved, when secret_name is set
+
+
+class Load(_Msg):
+    type: Literal["load"] = "load"
+    name: str
+    generation: int
+    source: ModelSource
+
+
+class Unload(_Msg):
+    type: Literal["unload"] = "unload"
+    name: str
+
+
+class ErrorMsg(_Msg):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+ControlMessage = Annotated[Welcome | Load | Unload | ErrorMsg, Field(discriminator="type")]
+CONTROL_MESSAGE: TypeAdapter[Welcome | Load | Unload | ErrorMsg] = TypeAdapter(ControlMessage)
+
+
+def dump(msg: BaseModel) -> str:
+    return msg.model_dump_json()
+
+
+def parse_agent(text: str | bytes) -> Any:
+    return AGENT_MESSAGE.validate_json(text)
+
+
+def parse_control(text: str | bytes) -> Any:
+    return CONTROL_MESSAGE.validate_json(text)

@@ -1,0 +1,53 @@
+"""The routing table the control plane publishes and gateways watch.
+
+``GET /api/v1/routes`` answers the whole table as JSON; ``GET /api/v1/routes/watch`` is a chunked
+stream of newline-delimited JSON tables (the whole table each time it changes; the first line is the
+current table).  Tables are small (one entry per model), so whole-table pushes keep gateways simple.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROUTES_PATH = "/api/v1/routes"
+ROUTES_WATCH_PATH = "/api/v1/routes/watch"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Endpoint(_Msg):
+    server: str
+    replica: int
+    http: str  # host:port of the inference server's REST endpoint
+    grpc: str  # host:port of its gRPC endpoint
+
+
+class ModelRoute(_Msg):
+    namespace: str
+    name: str
+    state: str  # ModelAvailable, ModelProgressing, ScheduleFailed, LoadFailed, ...
+    reason: str = ""  # why not available, for 404/503 answers
+    endpoints: list[Endpoint] = Field(default_factory=list)  # replicas holding the model, loaded
+
+
+class Candidate(_Msg):
+    name: str
+    weight: int
+
+
+class ExperimentRoute(_Msg):
+    namespace: str
+    name: str
+    default: str | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    mirror: str | None = None
+    mirror_percent: int = 0
+    ready: bool = False
+
+
+class RoutingTable(_Msg):
+    revision: int = 0
+    models: list[ModelRoute] = Field(default_factory=list)
+    experiments: list[ExperimentRoute] = Field(default_factory=list)
