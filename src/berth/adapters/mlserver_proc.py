@@ -1,0 +1,143 @@
+"""Start and stop a real MLServer process on loopback (used by the local provisioner and tests).
+
+The process gets its own folder holding ``settings.json`` (ports, no parallel workers, an empty model
+repository that agents load into through the repository API) and a log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from berth.errors import ConfigError, Unavailable
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def mlserver_executable() -> str:
+    """Path of the ``mlserver`` program next to this Python, or on PATH; ConfigError when absent."""
+    beside = Path(sys.executable).parent / "mlserver"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mlserver")
+    if found:
+        return found
+    raise ConfigError("MLServer is not installed: no 'mlserver' program next to "
+                      f"{sys.executable} or on PATH; install it with: pip install 'modelberth[serve]' "
+                      "(mlserver==1.7.1 mlserver-sklearn mlserver-mlflow)")
+
+
+@dataclass
+class MLServerProcess:
+    """One MLServer process with its own folder, ports and log."""
+
+    workdir: Path
+    host: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def repository(self) -> Path:
+        return self.workdir / "models"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mlserver.log"
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    def write_settings(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.repository.mkdir(parents=True, exist_ok=True)
+        self.http_port = self.http_port or free_port(self.host)
+        self.grpc_port = self.grpc_port or free_port(self.host)
+        self.metrics_port = self.metrics_port or free_port(self.host)
+        settings = {
+            "host": self.host,
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "metrics_port": self.metrics_port,
+            "parallel_workers": 0,
+            "load_models_at_startup": False,
+            "model_repository_root": str(self.repository),
+            "debug": False,
+        }
+        (self.workdir / "settings.json").write_text(json.dumps(settings, indent=2))
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start the process (does not wait for readiness; see :meth:`wait_ready`)."""
+        exe = mlserver_executable()
+        self.write_settings()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ)
+        env.setdefault("MLSERVER_LOGGING_LEVEL", "WARNING")
+        self.process = subprocess.Popen(
+            [exe, "start", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=str(self.workdir), env=env, start_new_session=True)
+        log.close()
+        return self.process
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Block until /v2/health/ready answers 200; returns seconds waited."""
+        started = time.monotonic()
+        url = f"http://{self.http_address}/v2/health/ready"
+        last = "no answer yet"
+        while time.monotonic() - started < timeout:
+            if self.process is not None and self.process.poll() is not None:
+                tail = self.log_tail()
+                raise Unavailable(f"MLServer exited with status {self.process.returncode} before it was "
+                                  f"ready (log {self.log_path}): {tail}")
+            try:
+                r = httpx.get(url, timeout=1.0)
+                if r.status_code == 200:
+                    return time.monotonic() - started
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.1)
+        raise Unavailable(f"MLServer at {url} not ready after {timeout:.0f}s (last: {last}); "
+                          f"see {self.log_path}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
