@@ -20,6 +20,7 @@ Semantics (shared by every implementation and checked by one contract test suite
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -65,7 +66,8 @@ class Store(Protocol):
               ) -> tuple[dict[str, Any], ApplyAction]:
         """Create or update from a validated document; returns (stored object, action)."""
 
-    def apply_many(self, bodies: list[dict[str, Any]]) -> list[tuple[dict[str, Any], ApplyAction]]:
+    def apply_many(self, bodies: builtins.list[dict[str, Any]]
+                   ) -> builtins.list[tuple[dict[str, Any], ApplyAction]]:
         """Apply several documents in one transaction: all are written or none (a Conflict undoes all)."""
 
     def update_status(self, kind: str, namespace: str, name: str, status: dict[str, Any], *,
@@ -80,7 +82,7 @@ class Store(Protocol):
         """The latest revision written (0 for an empty store)."""
 
     def events_since(self, revision: int, *, kinds: tuple[str, ...] | None = None,
-                     namespace: str | None = None, limit: int = 1000) -> list[Event]:
+                     namespace: str | None = None, limit: int = 1000) -> builtins.list[Event]:
         """Events with revision > ``revision``; raises Expired when compacted past it."""
 
     def add_listener(self, listener: Listener) -> None: ...
