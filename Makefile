@@ -15,7 +15,7 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m berth.demo
+	$(PY) demo/run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

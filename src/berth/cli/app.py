@@ -1,0 +1,46 @@
+"""The user-facing commands, thin over berth.client."""
+
+from __future__ import annotations
+
+import typer
+
+import berth
+from berth.cli import describe_cmd, infer_cmd, plan_cmd, render, resources_cmd
+from berth.cli.context import settings
+from berth.errors import BerthError
+
+
+def _root(
+    server: str | None = typer.Option(None, "--server", "-s", envvar="BERTH_ADDRESS",
+                                      help="Control plane address (default http://127.0.0.1:9004)"),
+    gateway: str | None = typer.Option(None, "--gateway", envvar="BERTH_GATEWAY",
+                                       help="Gateway address (default http://127.0.0.1:9000)"),
+) -> None:
+    """Berth: serve many ML models on MLServer from Seldon Core v2 manifests, and say why when not."""
+    settings.server = server
+    settings.gateway = gateway
+
+
+def version() -> None:
+    """Print the CLI version and, when reachable, the control plane's."""
+    render.console.print(f"client: berth {berth.__version__}")
+    try:
+        with settings.client() as client:
+            v = client.version()
+        render.console.print(f"server: berth {v.get('version')} at {client.address}")
+    except BerthError as exc:
+        render.console.print(f"server: [yellow]unreachable[/yellow] ({exc.message.split(';')[0]})")
+
+
+def build() -> typer.Typer:
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      rich_markup_mode=None, callback=_root)
+    app.command()(resources_cmd.apply)
+    app.command()(resources_cmd.get)
+    app.command()(describe_cmd.describe)
+    app.command()(resources_cmd.delete)
+    app.command()(resources_cmd.wait)
+    app.command()(plan_cmd.plan)
+    app.command()(infer_cmd.infer)
+    app.command()(version)
+    return app

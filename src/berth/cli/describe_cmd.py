@@ -1,0 +1,129 @@
+"""describe: one resource in full — spec, conditions, placement reasons per replica, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from berth.cli import render
+from berth.cli.context import settings
+from berth.errors import InvalidInput
+from berth.resources.kinds import kind_from_alias
+
+
+def _kv(rows: list[tuple[str, Any]]) -> Table:
+    t = Table(box=None, show_header=False, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column(overflow="fold")
+    for k, v in rows:
+        t.add_row(f"{k}:", "" if v is None else str(v))
+    return t
+
+
+def _conditions(doc: dict[str, Any]) -> Table:
+    t = Table(box=None, pad_edge=False, header_style="bold", title="Conditions", title_justify="left")
+    for c in ("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"):
+        t.add_column(c, overflow="fold")
+    for c in (doc.get("status") or {}).get("conditions", []):
+        t.add_row(c.get("type", ""), render.ready_text({"status": {"conditions": [{**c, "type": "Ready"}]}}),
+                  c.get("reason", ""), c.get("lastTransitionTime", ""), c.get("message", ""))
+    return t
+
+
+def describe_model(doc: dict[str, Any]) -> None:
+    spec, st = doc.get("spec") or {}, doc.get("status") or {}
+    meta = doc["metadata"]
+    render.console.print(_kv([
+        ("Name", meta["name"]), ("Namespace", meta["namespace"]), ("Created", meta.get("creationTimestamp")),
+        ("Generation", f"{meta.get('generation')} (observed {st.get('observedGeneration', '-')})"),
+        ("Storage URI", spec.get("storageUri")), ("Requirements", ", ".join(spec.get("requirements", []))),
+        ("Memory", spec.get("memory", "(not declared)")), ("Secret", spec.get("secretName", "(none)")),
+        ("Server", spec.get("server", "(any in namespace)")),
+        ("Replicas", f"{st.get('availableReplicas', 0)} available of {st.get('replicas', '?')} desired"
+                     + (f" (min {spec['minReplicas']})" if spec.get("minReplicas") is not None else "")),
+        ("State", st.get("state", "(no status yet)")), ("Message", st.get("message", "")),
+    ]))
+    render.console.print(_conditions(doc))
+    placement = st.get("placement") or {}
+    t = Table(box=None, pad_edge=False, header_style="bold", title="Placement", title_justify="left")
+    for c in ("SERVER", "REPLICA", "RESULT", "DETAIL"):
+        t.add_column(c, overflow="fold")
+    for key, rs in sorted((st.get("replicaStatus") or {}).items()):
+        server, _, index = key.rpartition("/")
+        colour = {"Loaded": "green", "LoadFailed": "red", "Unavailable": "red"}.get(rs.get("state"), "yellow")
+        t.add_row(server, index, f"[{colour}]{rs.get('state')}[/{colour}]", rs.get("message", ""))
+    for r in placement.get("reasons", []):
+        replica = "" if r.get("replica") is None else str(r["replica"])
+        t.add_row(r.get("server") or "-", replica or "-", f"[red]{r.get('code')}[/red]", r.get("message", ""))
+    render.console.print(t)
+    _history(st)
+
+
+def _history(st: dict[str, Any]) -> None:
+    hist = st.get("history") or []
+    if not hist:
+        return
+    t = Table(box=None, pad_edge=False, header_style="bold", title="History", title_justify="left")
+    for c in ("TIME", "STATE", "MESSAGE"):
+        t.add_column(c, overflow="fold")
+    for h in hist:
+        t.add_row(h.get("time", ""), h.get("state", ""), h.get("message", ""))
+    render.console.print(t)
+
+
+def describe_server(doc: dict[str, Any]) -> None:
+    spec, st = doc.get("spec") or {}, doc.get("status") or {}
+    meta = doc["metadata"]
+    caps = spec.get("capabilities")
+    render.console.print(_kv([
+        ("Name", meta["name"]), ("Namespace", meta["namespace"]), ("Created", meta.get("creationTimestamp")),
+        ("Server config", spec.get("serverConfig")),
+        ("Capabilities", ", ".join(caps) if caps else "(defaults of the server config)"),
+        ("Extra capabilities", ", ".join(spec.get("extraCapabilities") or []) or "-"),
+        ("Replicas", f"{st.get('readyReplicas', 0)} ready of {st.get('replicas', '?')}"),
+        ("Loaded models", st.get("loadedModels", 0)),
+    ]))
+    render.console.print(_conditions(doc))
+    t = Table(box=None, pad_edge=False, header_style="bold", title="Replicas", title_justify="left")
+    for c in ("INDEX", "CONNECTED", "READY", "ADDRESS", "MEMORY", "MODELS", "MESSAGE"):
+        t.add_column(c, overflow="fold")
+    for r in st.get("replicaStatus", []):
+        t.add_row(str(r.get("index")), str(r.get("connected")), str(r.get("ready")), r.get("address", "") or "",
+                  str(r.get("memory", "")), ", ".join(r.get("models", [])), r.get("message", ""))
+    render.console.print(t)
+
+
+def describe_experiment(doc: dict[str, Any]) -> None:
+    spec = doc.get("spec") or {}
+    meta = doc["metadata"]
+    mirror = spec.get("mirror") or {}
+    render.console.print(_kv([
+        ("Name", meta["name"]), ("Namespace", meta["namespace"]), ("Default", spec.get("default") or "-"),
+        ("Candidates", ", ".join(f"{c['name']} (weight {c['weight']})" for c in spec.get("candidates", []))),
+        ("Mirror", f"{mirror['name']} ({mirror.get('percent', 0)}%)" if mirror else "-"),
+        ("Resource type", spec.get("resourceType", "model")),
+    ]))
+    render.console.print(_conditions(doc))
+
+
+def describe(
+    kind: str = typer.Argument(..., help="model|server|experiment|pipeline"),
+    name: str = typer.Argument(...),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+) -> None:
+    """Show one resource in full, with every reason it is not serving."""
+    k = kind_from_alias(kind)
+    with settings.client() as client:
+        doc = client.get(k, namespace, name)
+    if k == "Model":
+        describe_model(doc)
+    elif k == "Server":
+        describe_server(doc)
+    elif k == "Experiment":
+        describe_experiment(doc)
+    elif k in ("Pipeline", "SeldonRuntime", "ServerConfig"):
+        render.console.print(render.dump(doc, "yaml"), markup=False)
+    else:
+        raise InvalidInput(f"describe {kind}: not supported; use get {kind} {name} -o yaml")

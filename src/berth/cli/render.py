@@ -1,0 +1,122 @@
+"""Tables and documents as the CLI prints them (kubectl-shaped, coloured with rich)."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def age(ts: str | None, now: float | None = None) -> str:
+    if not ts:
+        return "<unknown>"
+    try:
+        then = calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return "<unknown>"
+    secs = max(0, int((now or time.time()) - then))
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    if secs < 172800:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d"
+
+
+def _cond(doc: dict[str, Any], kind: str = "Ready") -> dict[str, Any]:
+    for c in (doc.get("status") or {}).get("conditions", []):
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+def ready_text(doc: dict[str, Any]) -> str:
+    status = _cond(doc).get("status", "Unknown")
+    colour = {"True": "green", "False": "red"}.get(status, "yellow")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+def model_row(doc: dict[str, Any], wide: bool) -> list[str]:
+    st = doc.get("status") or {}
+    spec = doc.get("spec") or {}
+    desired = st.get("replicas", spec.get("replicas") or spec.get("minReplicas") or 1)
+    row = [doc["metadata"]["name"], ready_text(doc), str(desired), str(st.get("availableReplicas", 0)),
+           age(doc["metadata"].get("creationTimestamp"))]
+    if wide:
+        row += [st.get("state", "ModelProgressing"), st.get("message", "")]
+    return row
+
+
+def server_row(doc: dict[str, Any], wide: bool) -> list[str]:
+    st = doc.get("status") or {}
+    spec = doc.get("spec") or {}
+    desired = st.get("replicas", spec.get("replicas") or 1)
+    row = [doc["metadata"]["name"], ready_text(doc), f"{st.get('readyReplicas', 0)}/{desired}",
+           str(st.get("loadedModels", 0)), age(doc["metadata"].get("creationTimestamp"))]
+    if wide:
+        row += [_cond(doc).get("message", "")]
+    return row
+
+
+def experiment_row(doc: dict[str, Any], wide: bool) -> list[str]:
+    spec = doc.get("spec") or {}
+    cands = ", ".join(f"{c['name']}={c['weight']}" for c in spec.get("candidates", []))
+    mirror = spec.get("mirror") or {}
+    row = [doc["metadata"]["name"], ready_text(doc), spec.get("default") or "", cands,
+           f"{mirror['name']} ({mirror.get('percent', 0)}%)" if mirror else "",
+           age(doc["metadata"].get("creationTimestamp"))]
+    if wide:
+        row += [_cond(doc).get("message", "")]
+    return row
+
+
+def pipeline_row(doc: dict[str, Any], wide: bool) -> list[str]:
+    steps = ", ".join(s.get("name", "") for s in (doc.get("spec") or {}).get("steps", []))
+    row = [doc["metadata"]["name"], ready_text(doc), steps, age(doc["metadata"].get("creationTimestamp"))]
+    if wide:
+        row += [_cond(doc).get("message", "")]
+    return row
+
+
+def generic_row(doc: dict[str, Any], wide: bool) -> list[str]:
+    return [doc["metadata"]["name"], age(doc["metadata"].get("creationTimestamp"))]
+
+
+COLUMNS: dict[str, tuple[list[str], list[str], Any]] = {
+    "Model": (["NAME", "READY", "DESIRED REPLICAS", "AVAILABLE REPLICAS", "AGE"], ["STATE", "REASON"],
+              model_row),
+    "Server": (["NAME", "READY", "REPLICAS", "LOADED MODELS", "AGE"], ["MESSAGE"], server_row),
+    "Experiment": (["NAME", "READY", "DEFAULT", "CANDIDATES", "MIRROR", "AGE"], ["MESSAGE"], experiment_row),
+    "Pipeline": (["NAME", "READY", "STEPS", "AGE"], ["MESSAGE"], pipeline_row),
+}
+
+
+def table(kind: str, docs: list[dict[str, Any]], *, wide: bool = False, all_namespaces: bool = False) -> Table:
+    head, extra, row = COLUMNS.get(kind, (["NAME", "AGE"], [], generic_row))
+    cols = (["NAMESPACE"] if all_namespaces else []) + head + (extra if wide else [])
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for doc in docs:
+        cells = row(doc, wide)
+        t.add_row(*(([doc["metadata"]["namespace"]] if all_namespaces else []) + cells))
+    return t
+
+
+def dump(obj: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(obj, indent=2)
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+def as_list(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "items": docs}

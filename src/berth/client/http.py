@@ -1,0 +1,124 @@
+"""Typed HTTP client of the control API (used by the CLI, tests and, later, the operator)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from berth import errors
+from berth.errors import BerthError, Unavailable
+
+DEFAULT_ADDRESS = "http://127.0.0.1:9004"
+DEFAULT_GATEWAY = "http://127.0.0.1:9000"
+
+
+def address_from_env(explicit: str | None = None) -> str:
+    addr = explicit or os.environ.get("BERTH_ADDRESS") or DEFAULT_ADDRESS
+    return addr if "://" in addr else f"http://{addr}"
+
+
+def _plural(kind: str) -> str:
+    return kind.lower() + "s"
+
+
+class BerthClient:
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+        self.address = address_from_env(address).rstrip("/")
+        self._http = httpx.Client(base_url=self.address, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> BerthClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.ConnectError as exc:
+            raise Unavailable(f"cannot reach the control plane at {self.address}: {connect_reason(exc)}; start it with "
+                              "`berth up` (or `berth control`), or point --server / BERTH_ADDRESS at it") from exc
+        except httpx.TimeoutException as exc:
+            raise errors.Timeout(f"the control plane at {self.address} did not answer {method} {path} "
+                                 f"in time") from exc
+        return _decode(r)
+
+    def version(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/api/v1/version"))
+
+    def apply(self, documents: list[dict[str, Any]], *, dry_run: bool = False) -> dict[str, Any]:
+        return dict(self._request("POST", "/api/v1/apply",
+                                  json={"documents": documents, "dryRun": dry_run}))
+
+    def list(self, kind: str, namespace: str | None = None,
+             selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list_at(kind, namespace, selector)[0]
+
+    def list_at(self, kind: str, namespace: str | None = None,
+                selector: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Items and the store revision they were read at (to watch from)."""
+        params = {k: v for k, v in (("namespace", namespace), ("selector", selector)) if v}
+        path = "/api/v1/all" if kind == "all" else f"/api/v1/{_plural(kind)}"
+        body = self._request("GET", path, params=params)
+        return list(body["items"]), int(body.get("revision", 0))
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/v1/namespaces/{namespace}/{_plural(kind)}/{name}"))
+
+    def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/api/v1/namespaces/{namespace}/{_plural(kind)}/{name}"))
+
+    def agents(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        params = {"namespace": namespace} if namespace else {}
+        return list(self._request("GET", "/api/v1/agents", params=params)["items"])
+
+    def routes(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/api/v1/routes"))
+
+    def watch(self, kinds: tuple[str, ...] = (), namespace: str | None = None,
+              since: int | None = None) -> Iterator[dict[str, Any]]:
+        """Events as dicts ({type, revision, object}); the first ones list what exists (since=None)."""
+        params: dict[str, str] = {}
+        if kinds:
+            params["kinds"] = ",".join(kinds)
+        if namespace:
+            params["namespace"] = namespace
+        if since is not None:
+            params["since"] = str(since)
+        try:
+            with self._http.stream("GET", "/api/v1/watch", params=params,
+                                   timeout=httpx.Timeout(30.0, read=None)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _decode(r)
+                for line in r.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.ConnectError as exc:
+            raise Unavailable(f"cannot reach the control plane at {self.address}: {connect_reason(exc)}") from exc
+
+
+def connect_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Connection refused" in text or "ECONNREFUSED" in text or "[Errno 111]" in text:
+        return "connection refused"
+    return text or type(exc).__name__
+
+
+def _decode(r: httpx.Response) -> Any:
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if r.status_code >= 400:
+        if isinstance(body, dict) and "code" in body:
+            raise errors.from_dict(body, status=r.status_code)
+        raise BerthError(f"HTTP {r.status_code} from {r.request.url}: {r.text[:200]}")
+    return body

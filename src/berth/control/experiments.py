@@ -1,0 +1,45 @@
+"""Experiment status: every candidate, the default and the mirror must exist here and be Ready."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from berth.control.status import condition
+
+
+def experiment_status(doc: dict[str, Any], models: dict[str, dict[str, Any]],
+                      claimed_by: dict[str, str], now: float) -> dict[str, Any]:
+    """``models``: this namespace's Model docs by name; ``claimed_by``: default model → experiment name."""
+    spec = doc.get("spec") or {}
+    ns = doc["metadata"]["namespace"]
+    name = doc["metadata"]["name"]
+    problems: list[str] = []
+    wanted = [("candidate", c.get("name", "")) for c in spec.get("candidates") or []]
+    if spec.get("mirror"):
+        wanted.append(("mirror", spec["mirror"].get("name", "")))
+    if spec.get("default"):
+        wanted.append(("default", spec["default"]))
+        other = claimed_by.get(spec["default"])
+        if other and other != name:
+            problems.append(f"default model {spec['default']} is already the default of experiment {other}; "
+                            "one model can be the default of only one experiment")
+    for role, ref in wanted:
+        if "/" in ref:
+            problems.append(f"{role} {ref} is in another namespace; experiments use models of {ns} only")
+            continue
+        model = models.get(ref)
+        if model is None:
+            problems.append(f"{role} model {ref} not found in namespace {ns}")
+            continue
+        st = model.get("status") or {}
+        if st.get("state") != "ModelAvailable":
+            problems.append(f"{role} model {ref} is not ready: {st.get('state', 'Unknown')}")
+    ok = not problems
+    message = "experiment ready" if ok else "; ".join(problems)
+    reason = "ExperimentReady" if ok else "ExperimentNotReady"
+    return {
+        "observedGeneration": doc["metadata"].get("generation", 0),
+        "conditions": [condition("ExperimentReady", ok, reason, message, doc.get("status"), now),
+                       condition("Ready", ok, reason, message, doc.get("status"), now)],
+        "message": message,
+    }

@@ -1,0 +1,233 @@
+"""The reconcile loop: the one place where plans become I/O.
+
+For each namespace that changed (a resource, an agent event) or still has models that are not
+available (on a timer), it builds a snapshot, asks the pure scheduler for a plan, sends load/unload
+commands to agents, writes statuses that changed, and republishes the routing table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from berth.control import secrets, status
+from berth.control.clock import clock
+from berth.control.experiments import experiment_status
+from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
+from berth.control.routes import RoutesPublisher
+from berth.errors import Conflict, NotFound
+from berth.resources.kinds import model_spec, server_spec
+from berth.scheduler import plan
+from berth.scheduler.build import model_want, snapshot_for
+from berth.scheduler.snapshot import ModelPlan, ReplicaInfo, ReplicaRef
+from berth.store.base import Event, Store
+from berth.wire import agent as wire
+
+log = logging.getLogger("berth.control.reconcile")
+POLICY_ANNOTATION = "berth.io/placement-policy"
+RETRY_INTERVAL = 2.0  # seconds between timer passes over namespaces with unavailable models
+
+
+def fingerprint(doc: dict[str, Any]) -> str:
+    """What makes a loaded copy of the model stale: artifact, requirements, parameters, secret."""
+    spec = doc.get("spec") or {}
+    keys = ("storageUri", "artifactVersion", "requirements", "parameters", "secretName", "schemaUri")
+    blob = json.dumps({k: spec.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def replica_info(rec: ReplicaRecord) -> ReplicaInfo:
+    if rec.connected:
+        error = rec.readiness.error
+        if error and rec.readiness.address:
+            error = f"inference server {rec.readiness.address} not ready: {error}"
+        since = clock(rec.readiness.since) if rec.readiness.since and error else None
+    else:
+        error = f"agent disconnected: {rec.disconnect_reason}"
+        since = clock(rec.disconnected_at) if rec.disconnected_at else None
+    return ReplicaInfo(
+        server=rec.server, namespace=rec.namespace, index=rec.index,
+        capabilities=tuple(rec.hello.capabilities), memory=rec.hello.memory,
+        overcommit_percent=rec.hello.overcommit_percent, connected=rec.connected,
+        ready=rec.readiness.ready, address=rec.readiness.address or None,
+        last_error=error, error_since=since,
+        loaded=tuple(n for n, m in rec.models.items() if m.state in ("LOADED", "LOADING")))
+
+
+class Reconciler:
+    def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
+                 on_servers_changed: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.hub = hub
+        self.routes = routes
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._writing = False
+        self._on_servers_changed = on_servers_changed
+        self.plans: dict[str, dict[str, ModelPlan]] = {}
+        self.passes = 0
+        store.add_listener(self._on_event)
+
+    def mark(self, namespace: str) -> None:
+        self._dirty.add(namespace)
+        self._wake.set()
+
+    def _on_event(self, ev: Event) -> None:
+        if self._writing:
+            return  # our own status writes
+        if ev.kind == "Server" and self._on_servers_changed is not None:
+            self._on_servers_changed()
+        if ev.kind == "Server":
+            self._dirty.update(self._namespaces())  # cross-namespace references may change meaning
+        self.mark(ev.namespace)
+
+    def _namespaces(self) -> set[str]:
+        return {d["metadata"]["namespace"] for d in self.store.list()} | {k[0] for k in self.hub.replicas}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._dirty.update(self._namespaces())
+        last_timer = time.monotonic()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=RETRY_INTERVAL)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if time.monotonic() - last_timer >= RETRY_INTERVAL:
+                last_timer = time.monotonic()
+                self._dirty.update(self._unsettled())
+            todo, self._dirty = sorted(self._dirty), set()
+            for ns in todo:
+                try:
+                    await self.reconcile(ns)
+                except Exception:  # one namespace's trouble must not stop the others
+                    log.exception("reconcile of namespace %s failed", ns)
+                    self._dirty.add(ns)
+
+    def _unsettled(self) -> set[str]:
+        out = set()
+        for doc in self.store.list("Model"):
+            if (doc.get("status") or {}).get("state") != status.AVAILABLE:
+                out.add(doc["metadata"]["namespace"])
+        return out
+
+    async def reconcile(self, ns: str) -> None:
+        self.passes += 1
+        now = time.time()
+        docs = self.store.list(namespace=ns)
+        all_servers = [d for d in self.store.list("Server") if d["metadata"]["namespace"] != ns]
+        models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Model"}
+        records = {f"{r.server}/{r.index}": r for r in self.hub.in_namespace(ns)}
+        assignments: dict[str, tuple[ReplicaRef, ...]] = {}
+        for rec in records.values():
+            for name, m in rec.models.items():
+                if m.state in ("LOADED", "LOADING"):
+                    assignments[name] = (*assignments.get(name, ()), ReplicaRef(rec.server, rec.index))
+        runtime = next((d for d in docs if d["kind"] == "SeldonRuntime"), None)
+        policy = ((runtime or {}).get("metadata", {}).get("annotations") or {}).get(POLICY_ANNOTATION)
+        snap = snapshot_for(ns, docs + all_servers, [replica_info(r) for r in records.values()],
+                            assignments, "spread" if policy == "spread" else "binpack")
+        result = plan(snap)
+        self.plans[ns] = dict(result.models)
+        statuses: list[tuple[str, str, dict[str, Any]]] = []
+        for name, doc in models.items():
+            mp = result.models[name]
+            fp = fingerprint(doc)
+            old = doc.get("status") or {}
+            gen = (old.get("artifactGeneration") if old.get("artifactFingerprint") == fp else None) \
+                or doc["metadata"].get("generation", 1)
+            await self._drive(ns, name, doc, mp, records, gen)
+            st = status.model_status(doc, model_want(doc), mp, records, gen, fp, now)
+            statuses.append(("Model", name, st))
+        await self._unload_strays(ns, models, records)
+        for doc in docs:
+            if doc["kind"] == "Server":
+                desired = server_spec(doc).desired_replicas()
+                recs = [r for r in records.values() if r.server == doc["metadata"]["name"]]
+                statuses.append(("Server", doc["metadata"]["name"],
+                                 status.server_status(doc, desired, recs, now)))
+        self._write_statuses(ns, docs, statuses)
+        self._experiments(ns, now)
+        self.routes.publish_namespace(ns, self.store.list("Model", ns), records,
+                                      self.store.list("Experiment", ns))
+
+    async def _drive(self, ns: str, name: str, doc: dict[str, Any], mp: ModelPlan,
+                     records: dict[str, ReplicaRecord], gen: int) -> None:
+        """Send the loads a plan asks for that are not done or under way."""
+        now = time.time()
+        source: wire.ModelSource | None = None
+        for ref in mp.replicas:
+            rec = records.get(str(ref))
+            if rec is None or not rec.connected or not rec.readiness.ready:
+                continue
+            m = rec.models.get(name)
+            if m is not None and m.generation >= gen and m.state in ("LOADED", "LOADING"):
+                continue
+            attempts = 0
+            if m is not None and m.state == "LOAD_FAILED" and m.generation >= gen:
+                if m.attempts >= status.MAX_LOAD_ATTEMPTS or now < m.retry_at:
+                    continue
+                attempts = m.attempts
+            if source is None:
+                source = model_source(self.store, ns, doc)
+            if await self.hub.send(rec, wire.Load(name=name, generation=gen, source=source)):
+                rec.models[name] = ReplicaModel("LOADING", gen, attempts=attempts,
+                                                retry_at=m.retry_at if m else 0.0)
+
+    async def _unload_strays(self, ns: str, models: dict[str, dict[str, Any]],
+                             records: dict[str, ReplicaRecord]) -> None:
+        plans = self.plans[ns]
+        for key, rec in records.items():
+            for name, m in list(rec.models.items()):
+                wanted = name in models and any(str(r) == key for r in plans[name].replicas)
+                if wanted or m.state == "UNLOADING":
+                    continue
+                if m.state == "LOAD_FAILED":
+                    rec.models.pop(name, None)
+                    continue
+                if await self.hub.send(rec, wire.Unload(name=name)):
+                    rec.models[name] = ReplicaModel("UNLOADING", m.generation, m.memory)
+
+    def _write_statuses(self, ns: str, docs: list[dict[str, Any]],
+                        statuses: list[tuple[str, str, dict[str, Any]]]) -> None:
+        current = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        self._writing = True
+        try:
+            for kind, name, st in statuses:
+                doc = current[(kind, name)]
+                if doc.get("status") == st:
+                    continue
+                try:
+                    self.store.update_status(kind, ns, name, st,
+                                             expect_version=doc["metadata"]["resourceVersion"])
+                except (Conflict, NotFound):
+                    self._dirty.add(ns)  # changed under us: next pass sees the new spec
+        finally:
+            self._writing = False
+
+    def _experiments(self, ns: str, now: float) -> None:
+        models = {d["metadata"]["name"]: d for d in self.store.list("Model", ns)}
+        experiments = self.store.list("Experiment", ns)
+        claimed: dict[str, str] = {}
+        for exp in sorted(experiments, key=lambda d: d["metadata"]["creationTimestamp"]):
+            default = (exp.get("spec") or {}).get("default")
+            if default and default not in claimed:
+                claimed[default] = exp["metadata"]["name"]
+        statuses = [("Experiment", e["metadata"]["name"], experiment_status(e, models, claimed, now))
+                    for e in experiments]
+        self._write_statuses(ns, experiments, statuses)
+
+
+def model_source(store: Store, ns: str, doc: dict[str, Any]) -> wire.ModelSource:
+    spec = model_spec(doc)
+    data, error = secrets.resolve(store, ns, spec.secretName)
+    return wire.ModelSource(
+        storage_uri=spec.storageUri, artifact_version=spec.artifactVersion,
+        requirements=list(spec.requirements), memory=spec.memory_bytes(),
+        parameters={p.name: p.value for p in spec.parameters or []},
+        secret_name=spec.secretName, secret=data, secret_error=error)

@@ -1,0 +1,165 @@
+"""Resource status as users read it: conditions, state, replicas, reasons, history.
+
+Built from the scheduler's plan and the hub's replica records; written by the reconciler only when it
+changed, so watches see real transitions, not churn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from berth.control.clock import clock, rfc3339
+from berth.control.hub import ReplicaRecord
+from berth.scheduler.snapshot import ModelPlan, ModelWant
+
+AVAILABLE = "ModelAvailable"
+PROGRESSING = "ModelProgressing"
+SCHEDULE_FAILED = "ScheduleFailed"
+LOAD_FAILED = "LoadFailed"
+TERMINATING = "ModelTerminating"
+HISTORY_LIMIT = 20
+MAX_LOAD_ATTEMPTS = 10
+
+
+def condition(kind: str, ok: bool, reason: str, message: str, old: dict[str, Any] | None,
+              now: float) -> dict[str, Any]:
+    """A Kubernetes condition; lastTransitionTime moves only when status flips."""
+    status = "True" if ok else "False"
+    prev = next((c for c in (old or {}).get("conditions", []) if c.get("type") == kind), None)
+    since = prev["lastTransitionTime"] if prev and prev.get("status") == status else rfc3339(now)
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since}
+
+
+def _replica_line(ref: str, rec: ReplicaRecord | None, name: str, gen: int) -> tuple[str, str]:
+    """(replica state, human line) for one planned replica of a model."""
+    if rec is None or not rec.connected:
+        why = rec.disconnect_reason if rec is not None else "no agent connected"
+        return "Unavailable", f"replica {ref}: {why}"
+    if not rec.readiness.ready:
+        return "Unavailable", (f"replica {ref}: inference server {rec.readiness.address} not ready: "
+                               f"{rec.readiness.error or 'not ready'}")
+    m = rec.models.get(name)
+    if m is None:
+        return "Pending", f"replica {ref}: load requested"
+    if m.state == "LOAD_FAILED" and m.generation >= gen:
+        extra = (f" (gave up after {m.attempts} attempts; change the model to retry)"
+                 if m.attempts >= MAX_LOAD_ATTEMPTS else f" (attempt {m.attempts}, retrying)")
+        return "LoadFailed", f"replica {ref}: load failed: {m.message}{extra}"
+    if m.state == "LOADED" and m.generation >= gen:
+        return "Loaded", f"replica {ref}: loaded"
+    return "Loading", f"replica {ref}: loading (generation {gen})"
+
+
+def model_status(doc: dict[str, Any], want: ModelWant, mp: ModelPlan, records: dict[str, ReplicaRecord],
+                 artifact_gen: int, fingerprint: str, now: float) -> dict[str, Any]:
+    old = doc.get("status") or {}
+    name = want.name
+    replica_status: dict[str, dict[str, Any]] = {}
+    lines: list[str] = []
+    available = 0
+    failed: list[str] = []
+    for ref in mp.replicas:
+        key = str(ref)
+        rec = records.get(key)
+        state, line = _replica_line(key, rec, name, artifact_gen)
+        m = rec.models.get(name) if rec is not None else None
+        replica_status[key] = {"state": state, "message": line, "memory": m.memory if m else 0,
+                               "address": rec.readiness.address if rec is not None else ""}
+        if state == "Loaded":
+            available += 1
+        else:
+            lines.append(line)
+        if state == "LoadFailed":
+            failed.append(line)
+    enough = max(1, want.min_replicas or 0) if want.min_replicas is not None else want.replicas
+    if want.replicas == 0:
+        state, reason, message = AVAILABLE, "ScaledToZero", "model scaled to 0 replicas"
+    elif mp.state == "ScheduleFailed":
+        state, reason, message = SCHEDULE_FAILED, "ScheduleFailed", mp.message
+    elif failed and available < enough:
+        state, reason, message = LOAD_FAILED, "LoadFailed", "; ".join(failed)
+    elif available >= enough and available > 0:
+        state, reason = AVAILABLE, "ModelAvailable"
+        message = f"available on {available} of {want.replicas} replica(s)"
+        if mp.state == "PartiallyScheduled":
+            message += "; " + mp.message
+        elif lines:
+            message += "; " + "; ".join(lines)
+    else:
+        state, reason = PROGRESSING, "ModelProgressing"
+        message = "; ".join(lines) if lines else "waiting for replicas"
+        if mp.state == "PartiallyScheduled":
+            message += "; " + mp.message
+    ready = state == AVAILABLE
+    history = list(old.get("history") or [])
+    if not history or history[-1].get("state") != state or history[-1].get("message") != message:
+        history.append({"time": rfc3339(now), "state": state, "message": message})
+        history = history[-HISTORY_LIMIT:]
+    return {
+        "observedGeneration": doc["metadata"].get("generation", 0),
+        "state": state,
+        "reason": reason,
+        "message": message,
+        "replicas": want.replicas,
+        "availableReplicas": available,
+        "conditions": [
+            condition("ModelReady", ready, reason, message, old, now),
+            condition("Ready", ready, reason, message, old, now),
+            condition("Scheduled", mp.state != "ScheduleFailed", mp.state,
+                      mp.message or "scheduled", old, now),
+        ],
+        "placement": {"server": mp.server, "replicas": [r.index for r in mp.replicas],
+                      "state": mp.state, "reasons": [r.as_dict() for r in mp.reasons]},
+        "replicaStatus": replica_status,
+        "artifactGeneration": artifact_gen,
+        "artifactFingerprint": fingerprint,
+        "history": history,
+    }
+
+
+def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord],
+                  now: float) -> dict[str, Any]:
+    old = doc.get("status") or {}
+    by_index = {r.index: r for r in records}
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    ready_count = 0
+    loaded: set[str] = set()
+    for index in range(max([desired, *[i + 1 for i in by_index]])):
+        rec = by_index.get(index)
+        if rec is None:
+            rows.append({"index": index, "connected": False, "ready": False,
+                         "message": "no agent connected yet"})
+            if index < desired:
+                problems.append(f"replica {index}: no agent connected yet")
+            continue
+        models = sorted(n for n, m in rec.models.items() if m.state == "LOADED")
+        loaded.update(models)
+        ok = rec.connected and rec.readiness.ready
+        ready_count += ok
+        if not rec.connected:
+            msg = f"agent disconnected since {clock(rec.disconnected_at or now)}: {rec.disconnect_reason}"
+        elif not rec.readiness.ready:
+            since = f" since {clock(rec.readiness.since)}" if rec.readiness.since else ""
+            msg = (f"inference server {rec.readiness.address} not ready: "
+                   f"{rec.readiness.error or 'not ready'}{since}")
+        else:
+            msg = "ready"
+        if not ok and index < desired:
+            problems.append(f"replica {index}: {msg}")
+        rows.append({"index": index, "connected": rec.connected, "ready": rec.readiness.ready,
+                     "address": rec.readiness.address, "memory": rec.hello.memory,
+                     "capabilities": rec.hello.capabilities, "models": models, "message": msg})
+    ready = desired > 0 and ready_count >= desired
+    message = (f"{ready_count} of {desired} replica(s) ready" + ("; " + "; ".join(problems) if problems else ""))
+    return {
+        "observedGeneration": doc["metadata"].get("generation", 0),
+        "replicas": desired,
+        "readyReplicas": ready_count,
+        "loadedModels": len(loaded),
+        "conditions": [condition("Ready", ready, "ServerReady" if ready else "ServerNotReady",
+                                 message, old, now)],
+        "replicaStatus": rows,
+    }
+

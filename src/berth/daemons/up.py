@@ -1,0 +1,142 @@
+"""`berth up`: the whole platform on one machine, on loopback.
+
+Starts the control plane (with the local provisioner) and the gateway as supervised children, ensures
+a default Server ``mlserver`` in namespace ``default``, shows a live status line until it is ready,
+prints the addresses, and on Ctrl-C/SIGTERM stops every process it started (replicas included).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from berth.adapters.mlserver_proc import mlserver_executable
+from berth.client.http import BerthClient
+from berth.daemons.supervisor import Child, Supervisor, sweep
+from berth.errors import BerthError, ConfigError, NotFound, Unavailable
+
+console = Console(stderr=True, highlight=False)
+RUNTIMES = {"mlserver_sklearn": ["sklearn", "scikit-learn"], "mlserver_mlflow": ["mlflow"],
+            "mlserver_xgboost": ["xgboost"], "mlserver_lightgbm": ["lightgbm"]}
+
+
+def installed_capabilities() -> list[str]:
+    """Capabilities of the MLServer runtimes installed here (what the default Server advertises)."""
+    caps = ["mlserver", "python", "numpy"]
+    for module, names in RUNTIMES.items():
+        if importlib.util.find_spec(module) is not None:
+            caps += names
+    return caps
+
+
+def default_server() -> dict[str, Any]:
+    return {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server",
+            "metadata": {"name": "mlserver", "namespace": "default"},
+            "spec": {"serverConfig": "mlserver", "capabilities": installed_capabilities(), "replicas": 1}}
+
+
+def _check_port(host: str, port: int, what: str, flag: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} on {host} for the {what} is in use ({exc.strerror}); stop what "
+                              f"uses it (another `berth up`?) or choose another with {flag}") from exc
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, BerthError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise Unavailable(f"{what} not up after {timeout:.0f}s ({last or 'no answer'})")
+
+
+def up(
+    data_dir: Path = typer.Option(Path(".berth"), "--data-dir", help="State, logs and replicas live here"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    control_port: int = typer.Option(9004, "--control-port"),
+    gateway_port: int = typer.Option(9000, "--gateway-port"),
+    replica_memory: str = typer.Option("2Gi", "--replica-memory", help="Memory each local replica offers"),
+    no_default_server: bool = typer.Option(False, "--no-default-server",
+                                           help="Do not create the Server mlserver in namespace default"),
+    wait_timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for readiness"),
+) -> None:
+    """Start control plane, gateway and local MLServer replicas on loopback; Ctrl-C stops them all."""
+    mlserver_executable()  # a clear ConfigError when MLServer is missing
+    _check_port(host, control_port, "control plane", "--control-port")
+    _check_port(host, gateway_port, "gateway", "--gateway-port")
+    data_dir = data_dir.resolve()
+    logs = data_dir / "logs"
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sup = Supervisor(lambda line: console.print(f"[yellow]supervisor:[/yellow] {line}"))
+    control_url = f"http://{host}:{control_port}"
+    gateway_url = f"http://{host}:{gateway_port}"
+    py = [sys.executable, "-m", "berth.main"]
+    try:
+        with console.status("starting control plane…") as status:
+            sup.add(Child("control plane", py + ["control", "--provision", "--host", host, "--port",
+                                                 str(control_port), "--data-dir", str(data_dir),
+                                                 "--replica-memory", replica_memory],
+                          logs / "control.log"))
+            _wait(lambda: httpx.get(f"{control_url}/healthz", timeout=1).status_code == 200, 30,
+                  f"control plane at {control_url} (log {logs / 'control.log'})")
+            client = BerthClient(control_url)
+            if not no_default_server:
+                try:
+                    client.get("Server", "default", "mlserver")
+                except NotFound:
+                    client.apply([default_server()])
+            status.update("starting gateway…")
+            sup.add(Child("gateway", py + ["gateway", "--host", host, "--port", str(gateway_port),
+                                           "--control", control_url], logs / "gateway.log"))
+            _wait(lambda: httpx.get(f"{gateway_url}/v2/health/live", timeout=1).status_code == 200, 30,
+                  f"gateway at {gateway_url} (log {logs / 'gateway.log'})")
+            if not no_default_server:
+                _wait_server(client, status, wait_timeout, stop)
+        console.print(f"[green]berth is up[/green]  control plane {control_url}   gateway (V2 REST) "
+                      f"{gateway_url}   data {data_dir}")
+        console.print("apply models with `berth apply -f FILE`; Ctrl-C stops everything")
+        sys.stdout.flush()
+        while not stop.is_set():
+            sup.check()
+            stop.wait(0.5)
+    finally:
+        console.print("stopping…")
+        sup.stop_all()
+        left = sweep(str(data_dir))
+        if left:
+            console.print(f"stopped {len(left)} leftover process(es): {left}")
+        console.print("stopped")
+
+
+def _wait_server(client: BerthClient, status: Any, timeout: float, stop: threading.Event) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        doc = client.get("Server", "default", "mlserver")
+        cond = next((c for c in (doc.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+        if cond.get("status") == "True":
+            return
+        status.update(f"waiting for server mlserver: {cond.get('message', 'starting replicas')}")
+        time.sleep(0.25)
+    if not stop.is_set():
+        console.print(f"[yellow]warning:[/yellow] server mlserver not ready after {timeout:.0f}s; "
+                      "`berth describe server mlserver` says why")

@@ -1,0 +1,135 @@
+"""The control plane's API and CLI against a real control plane (no agents): apply, status, errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from berth.client.http import BerthClient
+from berth.errors import InvalidManifest, NotFound
+from berth.resources.manifest import load_paths
+from tests.support.servers import ControlPlane
+
+
+def _wait_status(client: BerthClient, kind: str, ns: str, name: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = client.get(kind, ns, name)
+        if doc.get("status", {}).get("conditions"):
+            return doc
+        time.sleep(0.05)
+    raise AssertionError(f"{kind} {ns}/{name} got no status in {timeout}s")
+
+
+def test_seeds_apply_and_say_why_no_replica(control: ControlPlane, cli, seeds: Path) -> None:
+    r = cli("--server", control.url, "apply", "-f", str(seeds / "financial-ml"))
+    assert r.code == 0, r.err
+    assert "model.mlops.seldon.io/baseline-predictor created" in r.out
+    assert "secret/ml-platform created" in r.out
+    client = BerthClient(control.url)
+    doc = _wait_status(client, "Model", "financial-ml", "baseline-predictor")
+    st = doc["status"]
+    assert st["state"] == "ScheduleFailed"
+    assert st["message"].startswith("Failed to schedule model as no matching servers are available")
+    assert "server mlserver has no connected replicas (0 of 1)" in st["message"]
+    r = cli("--server", control.url, "get", "models", "-n", "financial-ml", "-o", "wide")
+    assert r.code == 0
+    assert "baseline-predictor" in r.out and "no connected replicas (0 of 1)" in r.out
+    r = cli("--server", control.url, "describe", "model", "baseline-predictor", "-n", "financial-ml")
+    assert r.code == 0 and "NoConnectedReplicas" in r.out
+    # applying the same manifests again changes nothing
+    r = cli("--server", control.url, "apply", "-f", str(seeds / "financial-ml"))
+    assert "baseline-predictor unchanged" in r.out
+
+
+def test_secret_values_never_shown(control: ControlPlane, cli, seeds: Path) -> None:
+    cli("--server", control.url, "apply", "-f", str(seeds / "financial-ml" / "05-secret.yaml"))
+    r = cli("--server", control.url, "get", "secrets", "-n", "financial-ml", "-o", "yaml")
+    assert r.code == 0
+    assert "ml-platform" in r.out and "minio-password" not in r.out and "redacted" in r.out
+
+
+def test_invalid_set_is_rejected_whole(control: ControlPlane, cli, tmp_path: Path) -> None:
+    bad = tmp_path / "models.yaml"
+    bad.write_text("""
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata: {name: good-one}
+spec: {storageUri: "file:///tmp/x", requirements: [sklearn]}
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata: {name: baseline-predictor}
+spec: {storageUri: "s3://b/k", replicas: "three"}
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata: {name: ../etc}
+spec: {storageUri: "s3://b/k"}
+""")
+    r = cli("--server", control.url, "apply", "-f", str(bad))
+    assert r.code != 0
+    assert f'{bad}#2 Model/baseline-predictor: spec.replicas: expected integer, got "three"' in r.err
+    assert "metadata.name" in r.err and "'../etc'" in r.err
+    assert "Traceback" not in r.err
+    # the API itself rejects the same set and changes nothing
+    client = BerthClient(control.url)
+    import yaml
+
+    docs = list(yaml.safe_load_all(bad.read_text()))
+    with pytest.raises(InvalidManifest) as exc:
+        client.apply(docs)
+    assert len(exc.value.problems) == 2
+    assert client.list("Model", "default") == []
+    raw = httpx.post(control.url + "/api/v1/apply", content=b"{not json", timeout=5)
+    assert raw.status_code == 400 and raw.json()["code"] == "InvalidInput"
+    raw = httpx.post(control.url + "/api/v1/apply", json={"documents": [{"kind": "Nope"}]}, timeout=5)
+    assert raw.status_code == 422 and "unknown kind" in raw.json()["message"]
+
+
+def test_get_delete_not_found_and_exit_codes(control: ControlPlane, cli) -> None:
+    r = cli("--server", control.url, "get", "model", "nope")
+    assert r.code == 1 and r.err.startswith("error: ") and "nope" in r.err
+    r = cli("--server", control.url, "delete", "model", "nope")
+    assert r.code == 1
+    with pytest.raises(NotFound):
+        BerthClient(control.url).get("Model", "default", "nope")
+    r = cli("--server", "http://127.0.0.1:1", "get", "models")
+    assert r.code == 1 and "connection refused" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_watch_streams_changes(control: ControlPlane) -> None:
+    client = BerthClient(control.url)
+    _, rev = client.list_at("Model", "default")
+    doc = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
+           "metadata": {"name": "w1", "namespace": "default"},
+           "spec": {"storageUri": "file:///tmp/none", "requirements": ["sklearn"]}}
+    client.apply([doc])
+    events = client.watch(("Model",), "default", since=rev)
+    first = next(events)
+    assert first["type"] == "ADDED" and first["object"]["metadata"]["name"] == "w1"
+
+
+def test_wait_times_out_with_reason(control: ControlPlane, cli) -> None:
+    doc = """apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata: {name: lonely}
+spec: {storageUri: "file:///tmp/none", requirements: [sklearn]}
+"""
+    r = cli("--server", control.url, "apply", "-f", "-", stdin=doc)
+    assert r.code == 0, r.err
+    r = cli("--server", control.url, "wait", "model/lonely", "--for=condition=Ready", "--timeout=1s")
+    assert r.code == 1
+    assert "timed out" in r.err and "no matching servers" in r.err
+
+
+def test_sqlite_state_survives_restart(tmp_path: Path, seeds: Path) -> None:
+    db = tmp_path / "berth.db"
+    with ControlPlane(tmp_path, store=str(db)) as cp:
+        BerthClient(cp.url).apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    with ControlPlane(tmp_path, store=str(db)) as cp:
+        names = [d["metadata"]["name"] for d in BerthClient(cp.url).list("Model", "financial-ml")]
+    assert names == ["baseline-predictor", "enhanced-predictor"]
