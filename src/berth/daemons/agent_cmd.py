@@ -1,0 +1,57 @@
+"""`berth agent`: one agent for one server replica (flags override BERTH_* / Seldon env vars)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import typer
+
+from berth.agent.config import AgentConfig
+from berth.agent.runner import run_agent
+from berth.daemons.runtime import run_until_signalled, setup_logging
+from berth.errors import ConfigError
+from berth.resources.quantity import parse_quantity
+
+
+def agent(
+    server: str | None = typer.Option(None, "--server", help="Server name (env BERTH_SERVER, POD_NAME)"),
+    replica: int | None = typer.Option(None, "--replica", help="Replica index (env BERTH_REPLICA, POD_NAME)"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace (env BERTH_NAMESPACE)"),
+    capabilities: str | None = typer.Option(None, "--capabilities",
+                                            help="Comma-separated (env SELDON_SERVER_CAPABILITIES)"),
+    memory: str | None = typer.Option(None, "--memory", help="Memory offered, e.g. 2Gi (env MEMORY_REQUEST)"),
+    overcommit: int | None = typer.Option(None, "--overcommit", help="Percent (SELDON_OVERCOMMIT_PERCENTAGE)"),
+    inference_host: str | None = typer.Option(None, "--inference-host"),
+    inference_http_port: int | None = typer.Option(None, "--inference-http-port",
+                                                   help="MLServer REST port (SELDON_SERVER_HTTP_PORT)"),
+    inference_grpc_port: int | None = typer.Option(None, "--inference-grpc-port",
+                                                   help="MLServer gRPC port (SELDON_SERVER_GRPC_PORT)"),
+    repository_dir: Path | None = typer.Option(None, "--repository-dir",
+                                               help="MLServer's model_repository_root, where models are placed"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where artifacts are downloaded"),
+    control: str | None = typer.Option(None, "--control",
+                                       help="Control plane HOST:PORT (env SELDON_SCHEDULER_HOST/PORT)"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Run an agent beside an MLServer: report capacity and readiness, load and unload models."""
+    setup_logging(log_level)
+    control_host = control_port = None
+    if control:
+        host, _, port = control.replace("http://", "").replace("ws://", "").rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--control {control!r}: expected HOST:PORT, e.g. 127.0.0.1:9004")
+        control_host, control_port = host, int(port)
+    config = AgentConfig.from_env(
+        os.environ, server=server, replica=replica, namespace=namespace,
+        capabilities=tuple(c.strip() for c in capabilities.split(",") if c.strip()) if capabilities else None,
+        memory=parse_quantity(memory, field="--memory") if memory else None,
+        overcommit_percent=overcommit, inference_host=inference_host,
+        inference_http_port=inference_http_port, inference_grpc_port=inference_grpc_port,
+        repository_dir=repository_dir, data_dir=data_dir, control_host=control_host, control_port=control_port)
+
+    async def main(stop: asyncio.Event) -> None:
+        await run_agent(config, stop)
+
+    run_until_signalled(main)

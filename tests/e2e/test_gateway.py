@@ -1,0 +1,361 @@
+"""The gateway in front of a real MLServer: routing, pass-through, errors, retries, the routes watch.
+
+One MLServer process (sklearn iris model loaded through its repository API) serves every test; the
+gateway runs on a background event loop, fed either a static table or a stand-in control plane that
+serves the routes watch stream exactly as wire.routes describes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+from aiohttp import web
+
+from berth.adapters.mlserver_proc import MLServerProcess, free_port
+from berth.errors import ConfigError, InvalidInput
+from berth.gateway.app import run_gateway
+from berth.gateway.table import load_routes
+from berth.wire.routes import ROUTES_WATCH_PATH, Endpoint, ModelRoute, RoutingTable
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+from tests.support.models import IRIS_INPUT, train_sklearn  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+T = TypeVar("T")
+BIG_INPUT = {"inputs": [{"name": "input-0", "shape": [200, 4], "datatype": "FP64",
+                         "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3] * 100}]}
+
+
+class LoopThread:
+    """An asyncio loop on a daemon thread; ``call`` runs a coroutine there and waits for it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Gateway:
+    """run_gateway on the loop thread, on a free port, until stopped."""
+
+    def __init__(self, lt: LoopThread, **kwargs: Any) -> None:
+        self.lt = lt
+        started: Future[int] = Future()
+        self._stop: asyncio.Event | None = None
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            await run_gateway("127.0.0.1", 0, kwargs.pop("control_url", None), self._stop,
+                              on_started=started.set_result, **kwargs)
+
+        self.done = lt.submit(main())
+        self.url = f"http://127.0.0.1:{started.result(15)}"
+
+    def stop(self) -> None:
+        stop = self._stop
+        assert stop is not None
+        self.lt.loop.call_soon_threadsafe(stop.set)
+        self.done.result(15)
+
+
+class RoutesStandIn:
+    """A stand-in control plane serving only the routes watch stream (NDJSON, whole table per line)."""
+
+    def __init__(self, lt: LoopThread, table: RoutingTable, port: int) -> None:
+        self.lt, self.table, self.port = lt, table, port
+        self.url = f"http://127.0.0.1:{port}"
+        self._queues: list[asyncio.Queue[RoutingTable | None]] = []
+        self._runner: web.AppRunner | None = None
+
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        queue: asyncio.Queue[RoutingTable | None] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            table: RoutingTable | None = self.table
+            while table is not None:
+                await resp.write(table.model_dump_json().encode() + b"\n")
+                table = await queue.get()
+        finally:
+            self._queues.remove(queue)
+        return resp
+
+    def start(self) -> None:
+        async def go() -> None:
+            app = web.Application()
+            app.router.add_get(ROUTES_WATCH_PATH, self._watch)
+            self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.lt.call(go())
+
+    def publish(self, table: RoutingTable) -> None:
+        async def go() -> None:
+            self.table = table
+            for q in self._queues:
+                q.put_nowait(table)
+        self.lt.call(go())
+
+    def stop(self) -> None:
+        async def go() -> None:
+            for q in self._queues:
+                q.put_nowait(None)
+            assert self._runner is not None
+            await self._runner.cleanup()
+        self.lt.call(go())
+
+
+def route(name: str, *addresses: str, namespace: str = "default", state: str = "ModelAvailable",
+          reason: str = "") -> ModelRoute:
+    return ModelRoute(namespace=namespace, name=name, state=state, reason=reason,
+                      endpoints=[Endpoint(server="mlserver", replica=i, http=a, grpc="127.0.0.1:1")
+                                 for i, a in enumerate(addresses)])
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _strip_id(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k != "id"}
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
+    proc = MLServerProcess(tmp_path_factory.mktemp("mlserver"))
+    proc.start()
+    try:
+        proc.wait_ready(90)
+        folder = train_sklearn(proc.repository / "iris")
+        (folder / "model-settings.json").write_text(json.dumps({
+            "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib"}}))
+        r = httpx.post(f"http://{proc.http_address}/v2/repository/models/iris/load", timeout=60)
+        assert r.status_code == 200, r.text
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def lt() -> Iterator[LoopThread]:
+    loop_thread = LoopThread()
+    yield loop_thread
+    loop_thread.close()
+
+
+@pytest.fixture(scope="module")
+def dead() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def gateway(mlserver: MLServerProcess, lt: LoopThread, dead: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    live = mlserver.http_address
+    table = RoutingTable(revision=1, models=[
+        route("iris", live),
+        route("wine", state="LoadFailed", reason="replica mlserver/0: MLServer answered 400: bad model"),
+        route("iris", dead, live, namespace="retry"),
+        route("iris", dead, namespace="gone"),
+    ])
+    routes_file = tmp_path_factory.mktemp("routes") / "routes.yaml"  # as `berth gateway --routes FILE`
+    routes_file.write_text(yaml.safe_dump(table.model_dump(mode="json")))
+    gw = Gateway(lt, routes=load_routes(routes_file), upstream_timeout=20.0)
+    yield gw.url
+    gw.stop()
+
+
+def test_infer_through_gateway_equals_direct_and_names_the_route(mlserver: MLServerProcess,
+                                                                  gateway: str) -> None:
+    direct = httpx.post(f"http://{mlserver.http_address}/v2/models/iris/infer", json=IRIS_INPUT)
+    via = httpx.post(f"{gateway}/v2/models/iris/infer", json=IRIS_INPUT)
+    assert via.status_code == direct.status_code == 200
+    assert _strip_id(via.json()) == _strip_id(direct.json())
+    assert via.headers["x-seldon-route"] == ":iris:"
+    assert via.headers["content-type"] == direct.headers["content-type"]
+    # no Content-Type at all: forwarded as sent (the client library adds none of its own)
+    bare = httpx.post(f"{gateway}/v2/models/iris/infer", content=json.dumps(IRIS_INPUT).encode())
+    assert bare.status_code == 200, bare.text
+    versioned = httpx.post(f"{gateway}/v2/models/iris/versions/v1/infer", json=IRIS_INPUT)
+    direct_versioned = httpx.post(f"http://{mlserver.http_address}/v2/models/iris/versions/v1/infer",
+                                  json=IRIS_INPUT)
+    assert versioned.status_code == direct_versioned.status_code
+    assert versioned.content == direct_versioned.content
+
+
+def test_compressed_answers_and_errors_pass_through_as_bytes(mlserver: MLServerProcess, gateway: str) -> None:
+    body = json.dumps(BIG_INPUT).encode()
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip"}
+    with httpx.Client() as client:
+        via = client.send(client.build_request("POST", f"{gateway}/v2/models/iris/infer", content=body,
+                                               headers=headers), stream=True)
+        raw = b"".join(via.iter_raw())
+    assert via.status_code == 200
+    assert via.headers["content-encoding"] == "gzip"
+    assert len(json.loads(gzip.decompress(raw))["outputs"][0]["data"]) == 200
+    # MLServer's own error for a malformed request comes back with its status and body
+    bad = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": "nope"}]}
+    direct = httpx.post(f"http://{mlserver.http_address}/v2/models/iris/infer", json=bad)
+    via_bad = httpx.post(f"{gateway}/v2/models/iris/infer", json=bad)
+    assert via_bad.status_code == direct.status_code >= 400
+    assert via_bad.content == direct.content
+
+
+def test_metadata_and_model_ready_pass_through(mlserver: MLServerProcess, gateway: str) -> None:
+    direct = httpx.get(f"http://{mlserver.http_address}/v2/models/iris")
+    via = httpx.get(f"{gateway}/v2/models/iris")
+    assert via.status_code == 200 and via.json() == direct.json()
+    assert httpx.get(f"{gateway}/v2/models/iris/ready").status_code == 200
+    assert httpx.get(f"{gateway}/v2/health/live").status_code == 200
+    assert httpx.get(f"{gateway}/v2/health/ready").status_code == 200
+
+
+def test_seldon_model_header_routes_over_the_path(gateway: str) -> None:
+    via = httpx.post(f"{gateway}/v2/models/anything/infer", json=IRIS_INPUT, headers={"seldon-model": "iris"})
+    assert via.status_code == 200, via.text
+    assert via.json()["model_name"] == "iris"
+    assert via.headers["x-seldon-route"] == ":iris:"
+
+
+def test_unknown_model_is_404_naming_the_models_here(gateway: str) -> None:
+    r = httpx.post(f"{gateway}/v2/models/nosuch/infer", json=IRIS_INPUT)
+    assert r.status_code == 404
+    body = r.json()
+    assert body["code"] == "NotFound"
+    assert body["message"] == "model nosuch not found in namespace default; models here: iris, wine"
+    assert body["details"]["models"] == ["iris", "wine"]
+    other = httpx.get(f"{gateway}/v2/models/iris", headers={"seldon-namespace": "elsewhere"})
+    assert other.status_code == 404
+    assert other.json()["message"].endswith("namespace elsewhere; models here: none")
+
+
+def test_not_ready_model_is_503_with_the_reason(gateway: str) -> None:
+    r = httpx.post(f"{gateway}/v2/models/wine/infer", json=IRIS_INPUT)
+    assert r.status_code == 503
+    body = r.json()
+    assert body["code"] == "ModelNotReady"
+    assert body["message"] == ("model wine in namespace default is not ready: LoadFailed: "
+                               "replica mlserver/0: MLServer answered 400: bad model")
+    assert body["details"]["state"] == "LoadFailed"
+
+
+def test_connect_failure_is_retried_on_another_replica(gateway: str) -> None:
+    retry = {"seldon-namespace": "retry"}
+    for _ in range(4):  # the dead replica is first in the table, so the first request meets it
+        r = httpx.post(f"{gateway}/v2/models/iris/infer", json=IRIS_INPUT, headers=retry)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_name"] == "iris"
+
+
+def test_only_replica_dead_is_502_naming_the_address(gateway: str, dead: str) -> None:
+    r = httpx.post(f"{gateway}/v2/models/iris/infer", json=IRIS_INPUT, headers={"seldon-namespace": "gone"})
+    assert r.status_code == 502
+    body = r.json()
+    assert body["code"] == "Unavailable"
+    assert f"inference server {dead} refused connection" in body["message"]
+    assert body["details"]["tried"] == [dead]
+
+
+def test_slow_inference_server_is_504(lt: LoopThread) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.json_response({})
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/v2/models/{name}/infer", slow)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    port = free_port()
+    runner = lt.call(serve())
+    gw = Gateway(lt, routes=RoutingTable(models=[route("iris", f"127.0.0.1:{port}")]), upstream_timeout=0.5)
+    try:
+        started = time.monotonic()
+        r = httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT, timeout=10)
+        assert time.monotonic() - started < 2.5
+        assert r.status_code == 504
+        assert r.json()["code"] == "Timeout"
+        assert f"inference server 127.0.0.1:{port} did not answer model iris" in r.json()["message"]
+    finally:
+        gw.stop()
+        lt.call(runner.cleanup())
+
+
+def test_routes_follow_the_watch_stream_and_survive_the_control_plane(mlserver: MLServerProcess,
+                                                                      lt: LoopThread) -> None:
+    live = mlserver.http_address
+    control = RoutesStandIn(lt, RoutingTable(revision=1, models=[route("iris", live)]), free_port())
+    gw = Gateway(lt, control_url=control.url, watch_backoff_max=0.3)
+    try:
+        # no control plane yet: alive but not ready, and infer says why
+        assert httpx.get(f"{gw.url}/v2/health/live").status_code == 200
+        not_ready = httpx.get(f"{gw.url}/v2/health/ready")
+        assert not_ready.status_code == 503
+        assert f"control plane at {control.url} refused connection" in not_ready.json()["message"]
+        control.start()
+        eventually(lambda: httpx.get(f"{gw.url}/v2/health/ready").status_code == 200)
+        assert httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT).status_code == 200
+        # a new table on the stream: iris moves to namespace "prod"
+        control.publish(RoutingTable(revision=2, models=[route("iris", live, namespace="prod")]))
+        eventually(lambda: httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT).status_code == 404)
+        prod = {"seldon-namespace": "prod"}
+        assert httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT, headers=prod).status_code == 200
+        # the control plane goes away: the gateway keeps serving from the last table
+        control.stop()
+        time.sleep(0.5)
+        assert httpx.get(f"{gw.url}/v2/health/ready").status_code == 200
+        assert httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT, headers=prod).status_code == 200
+        # it comes back with another table: the gateway reconnects and follows it
+        control.table = RoutingTable(revision=3, models=[route("iris", live, namespace="prod"),
+                                                         route("iris", live)])
+        control.start()
+        eventually(lambda: httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT).status_code == 200)
+    finally:
+        gw.stop()
+        try:
+            control.stop()
+        except Exception:
+            pass
+
+
+def test_bad_routes_file_and_missing_source_say_what_to_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.json"
+    bad.write_text('{"models": [{"name": "iris"}]}')
+    with pytest.raises(InvalidInput, match=r"routes.json is not a routing table: models\.0\.namespace"):
+        load_routes(bad)
+    with pytest.raises(InvalidInput, match="cannot read routes file"):
+        load_routes(tmp_path / "absent.json")
+    with pytest.raises(ConfigError, match="--control URL"):
+        asyncio.run(run_gateway("127.0.0.1", 0, None, asyncio.Event()))
