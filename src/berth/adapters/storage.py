@@ -1,0 +1,194 @@
+"""Fetch a model artifact to a local folder: plain paths, file://, s3:// (boto3), http(s):// files.
+
+``fetch`` is blocking (the agent runs it in a thread) and always leaves the artifact's files in ``dest``,
+keeping relative paths.  Every failure is a :class:`berth.errors.StorageError` that names the URI and
+what went wrong where (secret, endpoint, bucket, key) — never a secret value.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from berth.adapters import secrets
+from berth.errors import StorageError
+from berth.wire.agent import ModelSource
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-_]*):(//)?(.*)$", re.S)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``(scheme, rest)``: ``s3://b/p`` and rclone's ``s3:b/p`` give ``("s3", "b/p")``; paths ``""``."""
+    m = _SCHEME.match(uri)
+    if not m or (len(m.group(1)) == 1 and not m.group(2)):  # no scheme, or a Windows drive letter
+        return "", uri
+    return m.group(1).lower(), m.group(3)
+
+
+def fetch(uri: str, dest: Path, source: ModelSource) -> Path:
+    """Download the artifact at ``uri`` into the folder ``dest`` (created if needed); returns ``dest``."""
+    scheme, rest = split_uri(uri.strip())
+    dest.mkdir(parents=True, exist_ok=True)
+    if scheme in ("", "file"):
+        path = unquote(urlsplit(uri).path) if scheme == "file" else uri
+        return _fetch_local(Path(path).expanduser(), dest, uri)
+    if scheme in ("http", "https"):
+        return _fetch_http(uri, dest)
+    if scheme in ("gs", "gcs"):
+        raise StorageError(f"cannot fetch {uri}: gs:// storage is not supported yet; copy the artifact to an "
+                           "s3:// bucket (MinIO works) or a path the agent can read",
+                           details={"uri": uri})
+    if scheme == "s3" or secrets.has_remote(source, scheme):
+        access = secrets.s3_access(source, remote=scheme)
+        return _fetch_s3(uri, rest, dest, access)
+    raise StorageError(f"cannot fetch {uri}: unsupported scheme {scheme}:// (supported: file paths, "
+                       "file://, s3://, http(s)://, or an s3 rclone remote named in the model's secret)",
+                       details={"uri": uri})
+
+
+def _fetch_local(path: Path, dest: Path, uri: str) -> Path:
+    if not path.exists():
+        raise StorageError(f"cannot fetch {uri}: {path} does not exist on the agent's host; "
+                           "use a path the agent can read, or an s3:// URI", details={"uri": uri})
+    try:
+        if path.is_dir():
+            shutil.copytree(path, dest, dirs_exist_ok=True, symlinks=False)
+        else:
+            shutil.copy2(path, dest / path.name)
+    except OSError as exc:
+        raise StorageError(f"cannot fetch {uri}: copying {path} to {dest} failed: {exc}",
+                           details={"uri": uri}) from exc
+    return dest
+
+
+def _fetch_http(uri: str, dest: Path) -> Path:
+    name = PurePosixPath(unquote(urlsplit(uri).path)).name or "model"
+    target = dest / name
+    try:
+        with httpx.stream("GET", uri, follow_redirects=True, timeout=httpx.Timeout(30.0, connect=5.0)) as r:
+            if r.status_code != 200:
+                body = r.read().decode(errors="replace").strip()[:200]
+                raise StorageError(f"cannot fetch {uri}: the server answered HTTP {r.status_code}"
+                                   + (f": {body}" if body else ""), details={"uri": uri})
+            with open(target, "wb") as out:
+                for chunk in r.iter_bytes(1 << 20):
+                    out.write(chunk)
+    except httpx.HTTPError as exc:
+        host = urlsplit(uri).netloc
+        raise StorageError(f"cannot fetch {uri}: {host} could not be reached: {exc or type(exc).__name__}",
+                           details={"uri": uri}) from exc
+    return dest
+
+
+def safe_relative(key: str, prefix: str) -> PurePosixPath | None:
+    """Path of object ``key`` below ``prefix``; None for folder markers; StorageError for escapes."""
+    rel = key[len(prefix):].lstrip("/")
+    if not rel or key.endswith("/"):
+        return None
+    path = PurePosixPath(rel)
+    if any(part in ("..", ".") for part in path.parts):
+        raise StorageError(f"object key {key!r} escapes its prefix; refusing to write it")
+    return path
+
+
+def _s3_client(access: secrets.S3Access) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"},
+                    s3={"addressing_style": "path"} if access.endpoint else {})
+    session = boto3.session.Session()
+    try:
+        return session.client(
+            "s3", endpoint_url=access.endpoint, region_name=access.region or "us-east-1", config=config,
+            aws_access_key_id=access.access_key_id, aws_secret_access_key=access.secret_access_key,
+            aws_session_token=access.session_token)
+    except ValueError as exc:  # botocore: invalid endpoint URL
+        raise StorageError(f"S3 endpoint {access.endpoint!r} from {access.origin} is not a valid URL: {exc}",
+                           details={"endpoint": access.endpoint}) from exc
+
+
+def _fetch_s3(uri: str, rest: str, dest: Path, access: secrets.S3Access) -> Path:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"cannot fetch {uri}: no bucket in the URI (expected s3://BUCKET/PREFIX)",
+                           details={"uri": uri})
+    client = _s3_client(access)
+    try:
+        keys = _list_keys(client, bucket, key)
+        if not keys:
+            raise StorageError(f"no objects under s3://{bucket}/{key} (bucket {bucket}, key prefix {key}) "
+                               f"at {access.endpoint_text}; check storageUri {uri}",
+                               details={"uri": uri, "bucket": bucket, "prefix": key})
+        for obj_key, rel in keys:
+            target = dest.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj_key, str(target))
+    except ClientError as exc:
+        raise _client_error(exc, uri, bucket, key, access) from exc
+    except BotoCoreError as exc:
+        raise _botocore_error(exc, uri, access) from exc
+    return dest
+
+
+def _list_keys(client: Any, bucket: str, key: str) -> list[tuple[str, PurePosixPath]]:
+    """(object key, relative path) of the artifact: one object named ``key``, or all under ``key/``."""
+    prefix = key if (key == "" or key.endswith("/")) else key + "/"
+    found: list[tuple[str, PurePosixPath]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = safe_relative(obj["Key"], prefix)
+            if rel is not None:
+                found.append((obj["Key"], rel))
+    if not found and key and not key.endswith("/"):
+        page = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        if any(o["Key"] == key for o in page.get("Contents", [])):
+            found.append((key, PurePosixPath(PurePosixPath(key).name)))
+    return found
+
+
+_REJECTED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+             "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
+
+
+def _client_error(exc: Any, uri: str, bucket: str, key: str, access: secrets.S3Access) -> StorageError:
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", "")) or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+    text = str(err.get("Message") or exc)
+    details = {"uri": uri, "bucket": bucket, "prefix": key, "code": code, "endpoint": access.endpoint}
+    if code in _REJECTED:
+        return StorageError(f"cannot fetch {uri}: credentials from {access.origin} were rejected by "
+                            f"{access.endpoint_text}: {code}: {text}; fix the access key and secret "
+                            "in the Secret", details=details)
+    if code in ("AccessDenied", "403"):
+        return StorageError(f"cannot fetch {uri}: {access.endpoint_text} denied access to bucket {bucket} "
+                            f"(key prefix {key}) for the credentials from {access.origin}: {text}",
+                            details=details)
+    if code in ("NoSuchBucket", "404"):
+        return StorageError(f"cannot fetch {uri}: bucket {bucket} does not exist at {access.endpoint_text}",
+                            details=details)
+    if code == "NoSuchKey":
+        return StorageError(f"cannot fetch {uri}: object {key} does not exist in bucket {bucket} at "
+                            f"{access.endpoint_text}", details=details)
+    return StorageError(f"cannot fetch {uri}: {access.endpoint_text} answered {code}: {text} "
+                        f"(bucket {bucket}, key prefix {key})", details=details)
+
+
+def _botocore_error(exc: Exception, uri: str, access: secrets.S3Access) -> StorageError:
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, NoCredentialsError
+
+    details = {"uri": uri, "endpoint": access.endpoint}
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return StorageError(f"cannot fetch {uri}: S3 endpoint {access.endpoint_text} (from {access.origin}) "
+                            f"could not be reached: {exc}", details=details)
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"cannot fetch {uri}: no S3 credentials: {access.origin} provides none; set "
+                            "secretName on the Model to a Secret with S3 credentials", details=details)
+    return StorageError(f"cannot fetch {uri} from {access.endpoint_text}: {exc}", details=details)

@@ -1,0 +1,239 @@
+"""Fetch, place, load and unload models on the inference server, and remember what is loaded.
+
+Files an agent owns:
+
+* ``<data dir>/models/<name>/<generation>/`` — the fetched artifact (local copy);
+* ``<data dir>/models/<name>/loaded.json`` — what was loaded (generation, memory), so a restarted agent
+  can adopt models the inference server still holds instead of reloading them;
+* ``<repository>/<name>/`` — the copy MLServer loads (hard links where possible) with its
+  ``model-settings.json``.
+
+Operations on one model are serialised; different models load concurrently, except for the short
+window where the server loads and its memory is measured (so one load's RSS delta is not another's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from berth.adapters import settings, storage
+from berth.adapters.mlserver import MLServerClient, pid_listening_on, rss_of
+from berth.agent.config import AgentConfig
+from berth.errors import BerthError, LoadError, StorageError, Unavailable
+from berth.resources.names import name_problem
+from berth.wire.agent import Load, LoadedModel, ModelEvent
+
+log = logging.getLogger("berth.agent.loader")
+
+Emit = Callable[[ModelEvent], Awaitable[None]]
+STATE_FILE = "loaded.json"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _event(name: str, generation: int, state: str, started: float, *, memory: int = 0,
+           message: str = "") -> ModelEvent:
+    return ModelEvent.model_validate({
+        "name": name, "generation": generation, "state": state, "memory": memory, "message": message,
+        "duration": round(time.monotonic() - started, 3)})
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+class ModelLoader:
+    def __init__(self, config: AgentConfig, client: MLServerClient, emit: Emit) -> None:
+        self.config = config
+        self.client = client
+        self.emit = emit
+        self.loaded: dict[str, LoadedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._measure = asyncio.Lock()
+        self._pid: int | None = config.inference_pid
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def loaded_models(self) -> list[LoadedModel]:
+        return [m.model_copy() for _, m in sorted(self.loaded.items())]
+
+    def lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def inference_pid(self) -> int | None:
+        """The inference server's PID: configured, or the process listening on its HTTP port."""
+        if self.config.inference_pid is not None:
+            return self.config.inference_pid
+        if self._pid is None or rss_of(self._pid) == 0:
+            self._pid = pid_listening_on(self.config.inference_http_port)
+        return self._pid
+
+    def _state_path(self, name: str) -> Path:
+        return self.config.models_dir / name / STATE_FILE
+
+    def _remember(self, model: LoadedModel) -> None:
+        self.loaded[model.name] = model
+        path = self._state_path(model.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(model.model_dump_json())
+
+    def _forget(self, name: str) -> None:
+        self.loaded.pop(name, None)
+        for leftover in (name, f".staging-{name}", f".old-{name}"):
+            _remove(self.config.repository / leftover)
+        _remove(self.config.models_dir / name)
+
+    # -- load ----------------------------------------------------------------------------------
+    async def load(self, msg: Load) -> ModelEvent:
+        async with self.lock(msg.name):
+            started = time.monotonic()
+            problem = name_problem(msg.name, what="model name")
+            if problem:
+                return _event(msg.name, msg.generation, "LOAD_FAILED", started, message=problem)
+            current = self.loaded.get(msg.name)
+            if current is not None and current.generation == msg.generation:
+                try:
+                    await self.client.metadata(msg.name)
+                    return _event(msg.name, msg.generation, "LOADED", started, memory=current.memory)
+                except BerthError:
+                    log.info("%s was recorded loaded but does not answer; loading it again", msg.name)
+            await self.emit(_event(msg.name, msg.generation, "LOADING", started))
+            try:
+                memory = await self._load(msg)
+            except BerthError as exc:
+                log.warning("load of %s (generation %d) failed: %s", msg.name, msg.generation, exc)
+                await self._discard_failed(msg.name)
+                return _event(msg.name, msg.generation, "LOAD_FAILED", started, message=exc.message)
+            except Exception as exc:  # a bug must still end in an outcome the control plane sees
+                log.exception("load of %s failed unexpectedly", msg.name)
+                await self._discard_failed(msg.name)
+                return _event(msg.name, msg.generation, "LOAD_FAILED", started,
+                              message=f"agent error while loading: {type(exc).__name__}: {exc}")
+            try:
+                self._remember(LoadedModel(name=msg.name, generation=msg.generation, memory=memory))
+            except OSError as exc:
+                log.warning("cannot record %s as loaded in %s: %s", msg.name, self.config.models_dir, exc)
+            return _event(msg.name, msg.generation, "LOADED", started, memory=memory)
+
+    async def _load(self, msg: Load) -> int:
+        source = msg.source
+        local = self.config.models_dir / msg.name / str(msg.generation)
+        try:
+            await asyncio.to_thread(_remove, local)
+        except OSError as exc:
+            raise StorageError(f"cannot clear {local} for the download: {exc}") from exc
+        await asyncio.to_thread(storage.fetch, source.storage_uri, local, source)
+        try:
+            await asyncio.to_thread(self._place, msg, local)
+        except OSError as exc:
+            raise LoadError(f"cannot place {msg.name} in the model repository {self.config.repository}: "
+                            f"{exc}") from exc
+        async with self._measure:
+            pid = self.inference_pid()
+            before = rss_of(pid)
+            try:
+                await self.client.load(msg.name)
+            except LoadError as exc:
+                raise LoadError(f"MLServer at {self.client.base_url} failed to load {msg.name}: "
+                                f"{exc.message}", details=exc.details) from exc
+            await self.client.metadata(msg.name)
+            after = rss_of(pid)
+        await asyncio.to_thread(self._drop_other_generations, msg.name, msg.generation)
+        return max(0, after - before)
+
+    def _place(self, msg: Load, local: Path) -> None:
+        """Copy the local artifact into the repository as ``<repository>/<name>/`` with its settings."""
+        repo = self.config.repository
+        repo.mkdir(parents=True, exist_ok=True)
+        staging = repo / f".staging-{msg.name}"  # dot folders are invisible to MLServer's repository scan
+        _remove(staging)
+        shutil.copytree(local, staging, copy_function=_link_or_copy, symlinks=False)
+        settings.prepare(staging, name=msg.name, requirements=msg.source.requirements,
+                         artifact_version=msg.source.artifact_version, extra=msg.source.parameters)
+        target, old = repo / msg.name, repo / f".old-{msg.name}"
+        _remove(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        _remove(old)
+
+    def _drop_other_generations(self, name: str, keep: int) -> None:
+        for child in (self.config.models_dir / name).iterdir():
+            if child.is_dir() and child.name != str(keep):
+                _remove(child)
+
+    async def _discard_failed(self, name: str) -> None:
+        """After a failed load the model is not served here: leave nothing half-loaded behind."""
+        if name in self.loaded or (self.config.repository / name).exists():
+            try:
+                await self.client.unload(name)
+            except BerthError as exc:
+                log.info("cleanup unload of %s after a failed load: %s", name, exc)
+        await asyncio.to_thread(self._forget, name)
+
+    # -- unload --------------------------------------------------------------------------------
+    async def unload(self, name: str) -> ModelEvent:
+        async with self.lock(name):
+            started = time.monotonic()
+            generation = self.loaded[name].generation if name in self.loaded else 0
+            if name_problem(name, what="model name") is None:
+                try:
+                    await self.client.unload(name)
+                except Unavailable as exc:
+                    # Nothing is served by an unreachable server; remove the files so a restart
+                    # with load-at-startup does not bring the model back.
+                    log.warning("unloading %s: %s; removing its files", name, exc)
+                except BerthError as exc:
+                    return _event(name, generation, "UNLOAD_FAILED", started,
+                                  message=f"MLServer at {self.client.base_url} failed to unload {name}: "
+                                          f"{exc.message}")
+                try:
+                    await asyncio.to_thread(self._forget, name)
+                except OSError as exc:
+                    return _event(name, generation, "UNLOAD_FAILED", started,
+                                  message=f"unloaded, but removing its files failed: {exc}")
+            return _event(name, generation, "UNLOADED", started)
+
+    # -- agree with the server after restarts --------------------------------------------------
+    async def resync(self) -> None:
+        """Drop models the server no longer holds; adopt models recorded on disk that it still holds."""
+        try:
+            index = await self.client.index()
+        except BerthError as exc:
+            log.info("cannot read the repository index to resync: %s", exc)
+            return
+        for name, model in list(self.loaded.items()):
+            if self.lock(name).locked() or index.get(name) == "READY":
+                continue
+            await asyncio.to_thread(self._forget, name)
+            await self.emit(ModelEvent(name=name, generation=model.generation, state="UNLOADED",
+                                       message="the inference server no longer holds this model "
+                                               f"(state {index.get(name, 'absent')}; restarted?)"))
+        for path in sorted(self.config.models_dir.glob(f"*/{STATE_FILE}")):
+            try:
+                model = LoadedModel.model_validate_json(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if model.name in self.loaded or self.lock(model.name).locked():
+                continue
+            if index.get(model.name) == "READY" and (self.config.repository / model.name).is_dir():
+                self.loaded[model.name] = model
+                log.info("adopted %s (generation %d), still loaded on the inference server",
+                         model.name, model.generation)
+                await self.emit(ModelEvent(name=model.name, generation=model.generation, state="LOADED",
+                                           memory=model.memory, message="already loaded"))
+            elif index.get(model.name) not in ("LOADING",):
+                await asyncio.to_thread(self._forget, model.name)

@@ -1,0 +1,223 @@
+"""The agent's main loop: stay connected to the control plane and do what it asks.
+
+One WebSocket to ``ws://<control>/api/v1/agents/connect``.  The first frame is ``hello`` (identity,
+capacity, readiness, what is loaded); the control plane answers ``welcome`` and then pushes ``load``
+and ``unload``.  The agent sends ``status`` when readiness changes, ``model`` for each outcome and a
+``heartbeat`` every ``welcome.heartbeat_interval`` seconds.  When the control plane goes away the agent
+keeps its inference server as it is, queues model outcomes, and reconnects with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from berth.adapters.mlserver import MLServerClient
+from berth.agent.config import AgentConfig
+from berth.agent.loader import ModelLoader
+from berth.agent.readiness import ReadinessWatcher
+from berth.wire import agent as wire
+
+log = logging.getLogger("berth.agent")
+
+_MAX_PENDING = 1000
+_WELCOME_TIMEOUT = 10.0
+
+
+class Agent:
+    """One agent: readiness watcher, model loader and the control-plane connection."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.client = MLServerClient(config.inference_host, config.inference_http_port,
+                                     config.inference_grpc_port, probe_timeout=config.probe_timeout,
+                                     load_timeout=config.load_timeout)
+        self.loader = ModelLoader(config, self.client, self.emit)
+        self.readiness = ReadinessWatcher(self.client, self._on_readiness,
+                                          poll_not_ready=config.ready_poll_not_ready,
+                                          poll_ready=config.ready_poll_ready)
+        self.connected = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._send_lock = asyncio.Lock()
+        self._pending: deque[wire.ModelEvent] = deque(maxlen=_MAX_PENDING)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._resync: asyncio.Task[Any] | None = None
+
+    # -- outgoing ------------------------------------------------------------------------------
+    def hello(self) -> wire.Hello:
+        cfg = self.config
+        readiness = self.readiness.current
+        return wire.Hello(
+            namespace=cfg.namespace, server=cfg.server, replica=cfg.replica,
+            capabilities=list(cfg.capabilities), memory=cfg.memory,
+            overcommit_percent=cfg.overcommit_percent, inference=cfg.inference, readiness=readiness,
+            loaded=self.loader.loaded_models(),
+            pid=self.loader.inference_pid() if readiness.ready else None)
+
+    async def _send(self, msg: BaseModel) -> bool:
+        """Send on the live connection; False when there is none (or it just broke)."""
+        async with self._send_lock:
+            ws = self._ws
+            if ws is None or ws.closed:
+                return False
+            try:
+                await ws.send_str(wire.dump(msg))
+                return True
+            except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+                log.info("sending %s to the control plane failed: %s", msg.__class__.__name__, exc)
+                return False
+
+    async def emit(self, event: wire.ModelEvent) -> None:
+        """Report a model outcome now, or after reconnecting when the control plane is away."""
+        log.info("model %s generation %d: %s%s", event.name, event.generation, event.state,
+                 f" ({event.message})" if event.message else "")
+        if not await self._send(event):
+            self._pending.append(event)
+
+    async def _on_readiness(self, new: wire.Readiness, old: wire.Readiness) -> None:
+        await self._send(wire.Status(readiness=new))
+        if new.ready and not old.ready:
+            self._resync = self._spawn(self.loader.resync())
+
+    # -- incoming ------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent task failed", exc_info=task.exception())
+
+    async def _do_load(self, msg: wire.Load) -> None:
+        await self.emit(await self.loader.load(msg))
+
+    async def _do_unload(self, msg: wire.Unload) -> None:
+        await self.emit(await self.loader.unload(msg.name))
+
+    def _dispatch(self, text: str) -> None:
+        try:
+            msg = wire.parse_control(text)
+        except ValidationError as exc:
+            log.warning("ignoring an invalid frame from the control plane: %s", exc.errors()[0]["msg"])
+            return
+        if isinstance(msg, wire.Load):
+            self._spawn(self._do_load(msg))
+        elif isinstance(msg, wire.Unload):
+            self._spawn(self._do_unload(msg))
+        elif isinstance(msg, wire.ErrorMsg):
+            log.error("control plane error %s: %s", msg.code, msg.message)
+
+    # -- connection ----------------------------------------------------------------------------
+    async def _session(self, session: aiohttp.ClientSession) -> bool:
+        """One connection, until it drops (or the task is cancelled); True when it got as far as welcome."""
+        url = self.config.control_url
+        ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024)
+        heartbeat: asyncio.Task[Any] | None = None
+        try:
+            hello = self.hello()
+            await ws.send_str(wire.dump(hello))
+            first = await ws.receive(timeout=_WELCOME_TIMEOUT)
+            if first.type != aiohttp.WSMsgType.TEXT:
+                log.warning("control plane %s closed the connection before welcome (%s)", url, first.type)
+                return False
+            answer = wire.parse_control(first.data)
+            if isinstance(answer, wire.ErrorMsg):
+                log.error("control plane %s refused this agent (%s): %s", url, answer.code, answer.message)
+                return False
+            if not isinstance(answer, wire.Welcome):
+                log.warning("control plane %s answered hello with %s, not welcome", url, answer.type)
+                return False
+            async with self._send_lock:
+                while self._pending:
+                    await ws.send_str(wire.dump(self._pending[0]))
+                    self._pending.popleft()
+                if self.readiness.current != hello.readiness:  # changed while saying hello
+                    await ws.send_str(wire.dump(wire.Status(readiness=self.readiness.current)))
+                self._ws = ws
+            self.connected.set()
+            log.info("connected to control plane %s as %s", url, self.config.identity)
+            heartbeat = asyncio.ensure_future(self._heartbeat(max(0.1, answer.heartbeat_interval)))
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._dispatch(msg.data)
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    break
+            return True
+        finally:
+            async with self._send_lock:
+                self._ws = None
+            self.connected.clear()
+            if heartbeat is not None:
+                heartbeat.cancel()
+            await ws.close()
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self._send(wire.Heartbeat())
+
+    async def _connect_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        delay = cfg.reconnect_min
+        failures = 0
+        timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=5.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                attempt = asyncio.ensure_future(self._session(session))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if stop.is_set():
+                    attempt.cancel()
+                    await asyncio.gather(attempt, return_exceptions=True)
+                    return
+                try:
+                    welcomed = attempt.result()
+                    reason = "connection closed"
+                except (aiohttp.ClientError, OSError, TimeoutError, ValidationError) as exc:
+                    welcomed, reason = False, str(exc) or type(exc).__name__
+                except Exception as exc:  # keep serving the inference server whatever went wrong
+                    log.exception("control plane session failed")
+                    welcomed, reason = False, f"unexpected {type(exc).__name__}: {exc}"
+                if welcomed:
+                    delay, failures = cfg.reconnect_min, 0
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "control plane %s: %s; reconnecting in %.1fs", cfg.control_url, reason, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, cfg.reconnect_max)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; the inference server is left as it is."""
+        watcher = asyncio.ensure_future(self.readiness.run(stop))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.readiness.probed.wait(), timeout=self.config.probe_timeout + 1)
+            if self._resync is not None:  # adopt what a previous agent loaded before saying hello
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._resync), timeout=10)
+            await self._connect_loop(stop)
+        finally:
+            watcher.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(watcher, *self._tasks, return_exceptions=True)
+            await self.client.aclose()
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
+    """Run one agent until ``stop`` is set (the ``berth agent`` command calls this)."""
+    log.info("agent %s: inference server %s, control plane %s, repository %s", config.identity,
+             config.inference.http, config.control_url, config.repository)
+    await Agent(config).run(stop)

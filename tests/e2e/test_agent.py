@@ -1,0 +1,280 @@
+"""The agent against a real MLServer and a stand-in control plane (the agent's WebSocket peer).
+
+The stand-in is a small aiohttp WebSocket server inside the test that answers ``hello`` with
+``welcome``, records every frame and sends ``load``/``unload`` exactly as wire.agent describes them.
+The agent, its adapters and MLServer are all real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import WSMsgType, web
+
+from berth.adapters.mlserver_proc import MLServerProcess, free_port
+from berth.agent.config import AgentConfig
+from berth.agent.runner import run_agent
+from berth.wire import agent as wire
+from tests.support.models import IRIS_INPUT, train_sklearn
+
+pytestmark = pytest.mark.e2e
+Frame = dict[str, Any]
+
+
+class StandIn:
+    """The control plane's side of the agent protocol, recording frames."""
+
+    def __init__(self, port: int, heartbeat_interval: float = 0.3) -> None:
+        self.port = port
+        self.heartbeat_interval = heartbeat_interval
+        self.frames: list[Frame] = []
+        self.changed = asyncio.Condition()
+        self.ws: web.WebSocketResponse | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> StandIn:
+        app = web.Application()
+        app.router.add_get(wire.AGENT_PATH, self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            frame = wire.parse_agent(msg.data).model_dump()
+            if frame["type"] == "hello":
+                self.ws = ws
+                await ws.send_str(wire.dump(wire.Welcome(heartbeat_interval=self.heartbeat_interval)))
+            async with self.changed:
+                self.frames.append(frame)
+                self.changed.notify_all()
+        return ws
+
+    async def send(self, msg: wire.Load | wire.Unload) -> None:
+        assert self.ws is not None, "no agent connected"
+        await self.ws.send_str(wire.dump(msg))
+
+    async def wait_for(self, match: Callable[[Frame], bool], timeout: float = 30.0) -> Frame:
+        async def found() -> Frame:
+            async with self.changed:
+                while True:
+                    for frame in self.frames:
+                        if match(frame):
+                            return frame
+                    await self.changed.wait()
+
+        try:
+            return await asyncio.wait_for(found(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no matching frame within {timeout}s; frames: {self.frames}") from None
+
+
+def _model(name: str, *states: str) -> Callable[[Frame], bool]:
+    return lambda f: f["type"] == "model" and f["name"] == name and f["state"] in states
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
+    proc = MLServerProcess(tmp_path_factory.mktemp("mlserver"))
+    proc.start()
+    try:
+        proc.wait_ready(60)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _config(tmp_path: Path, control_port: int, http_port: int, grpc_port: int,
+            repository: Path | None = None) -> AgentConfig:
+    return AgentConfig(server="mlserver", replica=1, namespace="team-a", capabilities=("sklearn", "mlflow"),
+                       memory=2 << 30, inference_http_port=http_port, inference_grpc_port=grpc_port,
+                       control_port=control_port, data_dir=tmp_path / "agent", repository_dir=repository,
+                       reconnect_max=1.0)
+
+
+def test_agent_loads_fails_reconnects_and_unloads(mlserver: MLServerProcess, tmp_path: Path) -> None:
+    iris = train_sklearn(tmp_path / "artifacts" / "iris")
+    broken = tmp_path / "artifacts" / "broken"
+    broken.mkdir()
+    (broken / "model.joblib").write_bytes(b"this is not a pickle")
+    try:  # what MLServer's sklearn runtime will say about it
+        import joblib
+        joblib.load(broken / "model.joblib")
+        raise AssertionError("garbage loaded")
+    except Exception as exc:  # any error joblib gives is the expected text
+        runtime_error = str(exc)
+    base = f"http://{mlserver.http_address}"
+    port = free_port()
+    cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
+
+    async def scenario() -> None:
+        standin = await StandIn(port).start()
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(cfg, stop))
+        try:
+            hello = await standin.wait_for(lambda f: f["type"] == "hello")
+            assert (hello["namespace"], hello["server"], hello["replica"]) == ("team-a", "mlserver", 1)
+            assert hello["capabilities"] == ["sklearn", "mlflow"] and hello["memory"] == 2 << 30
+            assert hello["readiness"]["ready"] is True and hello["readiness"]["error"] is None
+            assert hello["readiness"]["address"] == f"{base}/v2/health/ready"
+            assert hello["inference"] == {"host": "127.0.0.1", "http_port": mlserver.http_port,
+                                          "grpc_port": mlserver.grpc_port}
+            assert hello["pid"] == mlserver.process.pid and hello["loaded"] == []
+
+            await standin.send(wire.Load(name="iris", generation=2, source=wire.ModelSource(
+                storage_uri=str(iris), requirements=["sklearn"], artifact_version=1)))
+            await standin.send(wire.Load(name="broken", generation=1, source=wire.ModelSource(
+                storage_uri=f"file://{broken}", requirements=["sklearn"])))
+            loaded = await standin.wait_for(_model("iris", "LOADED", "LOAD_FAILED"), 60)
+            assert loaded["state"] == "LOADED", loaded["message"]
+            assert loaded["generation"] == 2 and loaded["memory"] > 0 and loaded["duration"] > 0
+            assert await standin.wait_for(_model("iris", "LOADING"), 1)
+            failed = await standin.wait_for(_model("broken", "LOADED", "LOAD_FAILED"), 60)
+            assert failed["state"] == "LOAD_FAILED"
+            assert f"MLServer at {base} failed to load broken: " in failed["message"]
+            assert runtime_error in failed["message"]
+            assert not (mlserver.repository / "broken").exists()
+            await standin.wait_for(lambda f: f["type"] == "heartbeat", 5)
+
+            async with httpx.AsyncClient(base_url=base) as http:
+                r = await http.post("/v2/models/iris/infer", json=IRIS_INPUT)
+                assert r.status_code == 200, r.text
+                assert r.json()["outputs"][0]["data"] == [0, 2]
+                assert r.json()["model_version"] == "1"
+            settings = json.loads((mlserver.repository / "iris" / "model-settings.json").read_text())
+            assert settings["implementation"] == "mlserver_sklearn.SKLearnModel"
+            assert (cfg.models_dir / "iris" / "2" / "model.joblib").is_file()
+
+            # the control plane restarts: the agent reconnects and says what it holds
+            await standin.stop()
+            standin = await StandIn(port).start()
+            hello = await standin.wait_for(lambda f: f["type"] == "hello", 15)
+            assert hello["loaded"] == [{"name": "iris", "generation": 2, "memory": loaded["memory"]}]
+            assert hello["readiness"]["ready"] is True
+
+            # the agent restarts: it adopts what MLServer still holds instead of reloading it
+            stop.set()
+            await asyncio.wait_for(agent, 10)
+            standin.frames.clear()
+            stop = asyncio.Event()
+            agent = asyncio.create_task(run_agent(cfg, stop))
+            hello = await standin.wait_for(lambda f: f["type"] == "hello", 15)
+            assert hello["loaded"] == [{"name": "iris", "generation": 2, "memory": loaded["memory"]}]
+            await standin.send(wire.Load(name="iris", generation=2, source=wire.ModelSource(
+                storage_uri="s3://not-fetched-again/iris", requirements=["sklearn"])))
+            again = await standin.wait_for(_model("iris", "LOADED", "LOAD_FAILED"), 10)
+            assert again["state"] == "LOADED" and again["memory"] == loaded["memory"]
+
+            await standin.send(wire.Unload(name="iris"))
+            await standin.send(wire.Unload(name="never-loaded"))
+            unloaded = await standin.wait_for(_model("iris", "UNLOADED", "UNLOAD_FAILED"), 30)
+            assert unloaded["state"] == "UNLOADED", unloaded["message"]
+            assert (await standin.wait_for(_model("never-loaded", "UNLOADED", "UNLOAD_FAILED")))[
+                "state"] == "UNLOADED"
+            assert not (mlserver.repository / "iris").exists() and not (cfg.models_dir / "iris").exists()
+            async with httpx.AsyncClient(base_url=base) as http:
+                assert (await http.get("/v2/models/iris")).status_code == 404
+        finally:
+            stop.set()
+            await asyncio.wait_for(agent, 10)
+            await standin.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_agent_reports_an_unready_inference_server_until_it_answers(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    cfg = _config(tmp_path, port, http_port, free_port())
+    address = f"http://127.0.0.1:{http_port}/v2/health/ready"
+
+    async def scenario() -> None:
+        standin = await StandIn(port).start()
+        stop = asyncio.Event()
+        started = time.time()
+        agent = asyncio.create_task(run_agent(cfg, stop))
+        fake: web.AppRunner | None = None
+        try:
+            hello = await standin.wait_for(lambda f: f["type"] == "hello", 10)
+            assert hello["readiness"] == {"ready": False, "address": address, "error": "connection refused",
+                                          "since": hello["readiness"]["since"]}
+            assert started <= hello["readiness"]["since"] <= time.time() and hello["pid"] is None
+
+            # something answers on the port, but not ready yet: 503, then ready
+            answer = {"status": 503}
+
+            async def ready(_: web.Request) -> web.Response:
+                return web.Response(status=answer["status"], text="models still loading")
+
+            app = web.Application()
+            app.router.add_get("/v2/health/ready", ready)
+            fake = web.AppRunner(app)
+            await fake.setup()
+            await web.TCPSite(fake, "127.0.0.1", http_port).start()
+            status = await standin.wait_for(lambda f: f["type"] == "status", 10)
+            assert status["readiness"]["ready"] is False
+            assert status["readiness"]["error"] == "HTTP 503: models still loading"
+            assert status["readiness"]["address"] == address
+            answer["status"] = 200
+            status = await standin.wait_for(lambda f: f["type"] == "status" and f["readiness"]["ready"], 10)
+            assert status["readiness"]["error"] is None
+        finally:
+            stop.set()
+            await asyncio.wait_for(agent, 10)
+            await standin.stop()
+            if fake is not None:
+                with contextlib.suppress(Exception):
+                    await fake.cleanup()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_agent_notices_models_lost_when_the_inference_server_restarts(mlserver: MLServerProcess,
+                                                                     tmp_path: Path) -> None:
+    iris = train_sklearn(tmp_path / "artifacts" / "iris")
+    port = free_port()
+    cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
+
+    async def scenario() -> None:
+        standin = await StandIn(port).start()
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(cfg, stop))
+        try:
+            await standin.wait_for(lambda f: f["type"] == "hello")
+            await standin.send(wire.Load(name="iris-restart", generation=1, source=wire.ModelSource(
+                storage_uri=str(iris), requirements=["sklearn"])))
+            loaded = await standin.wait_for(_model("iris-restart", "LOADED", "LOAD_FAILED"), 60)
+            assert loaded["state"] == "LOADED", loaded["message"]
+
+            await asyncio.to_thread(mlserver.stop)
+            down = await standin.wait_for(lambda f: f["type"] == "status" and not f["readiness"]["ready"], 10)
+            assert down["readiness"]["error"] == "connection refused"
+            await asyncio.to_thread(mlserver.start)
+            await standin.wait_for(lambda f: f["type"] == "status" and f["readiness"]["ready"], 60)
+            lost = await standin.wait_for(_model("iris-restart", "UNLOADED"), 10)
+            assert "the inference server no longer holds this model" in lost["message"]
+            assert not (mlserver.repository / "iris-restart").exists()
+        finally:
+            stop.set()
+            await asyncio.wait_for(agent, 10)
+            await standin.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))

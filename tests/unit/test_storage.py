@@ -1,0 +1,231 @@
+"""Artifact fetching against a real S3 API (moto in server mode on loopback), local paths and HTTP.
+
+The moto server checks credentials (IAM auth switched on after setup), so wrong keys are really
+rejected by the endpoint, as MinIO would.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import boto3
+import httpx
+import joblib
+import pytest
+
+from berth.adapters.mlserver_proc import free_port
+from berth.adapters.storage import fetch, split_uri
+from berth.errors import StorageError
+from berth.wire.agent import ModelSource
+from tests.support.models import IRIS_INPUT, train_sklearn
+
+BUCKET = "models"
+
+
+@dataclass
+class S3:
+    endpoint: str
+    key_id: str
+    secret: str
+
+    def rclone_secret(self, *, key_id: str | None = None, secret: str | None = None) -> dict[str, str]:
+        """The seed manifest's Secret (financial-ml/05-secret.yaml) pointed at this server."""
+        return {"s3": f"""type: s3
+name: s3
+parameters:
+  provider: minio
+  env_auth: false
+  access_key_id: {key_id or self.key_id}
+  secret_access_key: {secret or self.secret}
+  endpoint: {self.endpoint}
+"""}
+
+    def plain_secret(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "admin",
+             "aws_secret_access_key": "admin"}
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName="ml-platform")
+    iam.put_user_policy(UserName="ml-platform", PolicyName="s3", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="ml-platform")["AccessKey"]
+    client = boto3.client("s3", **admin)
+    client.create_bucket(Bucket=BUCKET)
+    model = train_sklearn(tmp_path_factory.mktemp("train") / "iris")
+    client.upload_file(str(model / "model.joblib"), BUCKET, "iris/v1/model.joblib")
+    client.put_object(Bucket=BUCKET, Key="iris/v1/meta/info.txt", Body=b"trained by the test")
+    client.put_object(Bucket=BUCKET, Key="iris/v1-other/ignored.txt", Body=b"not part of iris/v1")
+    httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()  # check keys from now on
+    try:
+        yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf")
+        server.stop()
+
+
+def _source(uri: str, secret: dict[str, str] | None, *, name: str | None = "ml-platform",
+            error: str | None = None) -> ModelSource:
+    return ModelSource(storage_uri=uri, secret_name=name, secret=secret, secret_error=error)
+
+
+def _fetch_error(uri: str, source: ModelSource, dest: Path) -> str:
+    with pytest.raises(StorageError) as info:
+        fetch(uri, dest, source)
+    return info.value.message
+
+
+def _assert_iris(dest: Path) -> None:
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "meta/info.txt", "model.joblib"]
+    model = joblib.load(dest / "model.joblib")
+    assert list(model.predict([IRIS_INPUT["inputs"][0]["data"][:4]])) == [0]
+
+
+def test_split_uri() -> None:
+    assert split_uri("s3://b/p/") == ("s3", "b/p/")
+    assert split_uri("s3:b/p") == ("s3", "b/p")
+    assert split_uri("/tmp/x") == ("", "/tmp/x")
+    assert split_uri("file:///tmp/x") == ("file", "/tmp/x")
+
+
+@pytest.mark.parametrize("uri", ["s3://models/iris/v1/", "s3://models/iris/v1", "s3:models/iris/v1"])
+def test_fetch_with_seldon_rclone_secret(s3: S3, tmp_path: Path, uri: str) -> None:
+    out = fetch(uri, tmp_path / "dest", _source(uri, s3.rclone_secret()))
+    _assert_iris(out)
+
+
+def test_fetch_with_plain_aws_secret(s3: S3, tmp_path: Path) -> None:
+    uri = "s3://models/iris/v1/"
+    _assert_iris(fetch(uri, tmp_path / "dest", _source(uri, s3.plain_secret())))
+
+
+def test_fetch_with_rclone_env_secret_and_remote_named_by_the_uri(s3: S3, tmp_path: Path) -> None:
+    uri = "minio://models/iris/v1"
+    secret = {"RCLONE_CONFIG_MINIO_TYPE": "s3", "RCLONE_CONFIG_MINIO_PROVIDER": "Minio",
+              "RCLONE_CONFIG_MINIO_ACCESS_KEY_ID": s3.key_id,
+              "RCLONE_CONFIG_MINIO_SECRET_ACCESS_KEY": s3.secret,
+              "RCLONE_CONFIG_MINIO_ENDPOINT": s3.endpoint}
+    _assert_iris(fetch(uri, tmp_path / "dest", _source(uri, secret)))
+
+
+def test_fetch_single_object(s3: S3, tmp_path: Path) -> None:
+    uri = "s3://models/iris/v1/model.joblib"
+    out = fetch(uri, tmp_path / "dest", _source(uri, s3.rclone_secret()))
+    assert [p.name for p in out.iterdir()] == ["model.joblib"]
+
+
+@pytest.mark.parametrize(("key_id", "secret", "code"), [
+    ("AKIAWRONGWRONGWRONG1", None, "InvalidAccessKeyId"),
+    (None, "not-the-secret-key-at-all", "SignatureDoesNotMatch"),
+])
+def test_wrong_credentials_are_named_without_their_values(s3: S3, tmp_path: Path, key_id: str | None,
+                                                          secret: str | None, code: str) -> None:
+    uri = "s3://models/iris/v1/"
+    message = _fetch_error(uri, _source(uri, s3.rclone_secret(key_id=key_id, secret=secret)), tmp_path)
+    assert f"credentials from secret ml-platform were rejected by {s3.endpoint}: {code}" in message
+    for value in (s3.secret, "not-the-secret-key-at-all"):
+        assert value not in message
+
+
+def test_missing_secret(tmp_path: Path) -> None:
+    uri = "s3://models/iris/v1/"
+    message = _fetch_error(uri, _source(uri, None, error="secret ml-platform not found in namespace "
+                                                          "financial-ml"), tmp_path)
+    assert "storage secret 'ml-platform'" in message
+    assert "not found in namespace financial-ml" in message
+    message = _fetch_error(uri, _source(uri, None), tmp_path)
+    assert "storage secret 'ml-platform' for s3://models/iris/v1/ could not be used: it was not found" in message
+
+
+def test_secret_without_an_s3_remote(s3: S3, tmp_path: Path) -> None:
+    uri = "s3://models/iris/v1/"
+    secret = {"gcs": "type: gcs\nname: gcs\nparameters:\n  service_account_credentials: hush-hush\n",
+              "note": "hello"}
+    message = _fetch_error(uri, _source(uri, secret), tmp_path)
+    assert "secret ml-platform holds no usable S3 credentials" in message
+    assert "(keys: gcs, note)" in message and "hush-hush" not in message
+
+
+def test_remote_of_another_type_is_named(tmp_path: Path) -> None:
+    uri = "gcsremote://bucket/model"
+    secret = {"gcsremote": "type: gcs\nparameters: {}\n"}
+    message = _fetch_error(uri, _source(uri, secret), tmp_path)
+    assert "remote 'gcsremote' in secret ml-platform has type 'gcs'" in message
+
+
+def test_prefix_without_objects(s3: S3, tmp_path: Path) -> None:
+    uri = "s3://models/nothing-here"
+    message = _fetch_error(uri, _source(uri, s3.rclone_secret()), tmp_path)
+    assert "no objects under s3://models/nothing-here (bucket models, key prefix nothing-here)" in message
+
+
+def test_missing_bucket(s3: S3, tmp_path: Path) -> None:
+    uri = "s3://no-such-bucket/iris/"
+    message = _fetch_error(uri, _source(uri, s3.rclone_secret()), tmp_path)
+    assert f"bucket no-such-bucket does not exist at {s3.endpoint}" in message
+
+
+def test_unreachable_endpoint(s3: S3, tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    uri = "s3://models/iris/v1/"
+    secret = s3.plain_secret() | {"AWS_ENDPOINT_URL": closed}
+    message = _fetch_error(uri, _source(uri, secret), tmp_path)
+    assert f"S3 endpoint {closed} (from secret ml-platform) could not be reached" in message
+
+
+def test_local_folder_file_and_missing_path(tmp_path: Path) -> None:
+    model = train_sklearn(tmp_path / "iris")
+    (model / "sub").mkdir()
+    (model / "sub" / "extra.txt").write_text("x")
+    out = fetch(str(model), tmp_path / "a", _source(str(model), None, name=None))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "model.joblib", "sub/extra.txt"]
+    uri = f"file://{model / 'model.joblib'}"
+    assert [p.name for p in fetch(uri, tmp_path / "b", _source(uri, None, name=None)).iterdir()] == [
+        "model.joblib"]
+    missing = f"file://{tmp_path / 'nope'}"
+    message = _fetch_error(missing, _source(missing, None, name=None), tmp_path / "c")
+    assert f"{tmp_path / 'nope'} does not exist on the agent's host" in message
+
+
+def test_gs_is_not_supported_yet(tmp_path: Path) -> None:
+    uri = "gs://seldon-models/sklearn/iris"
+    assert "gs:// storage is not supported yet" in _fetch_error(uri, _source(uri, None, name=None), tmp_path)
+
+
+def test_http_single_file(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    train_sklearn(served)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        out = fetch(f"{base}/model.joblib", tmp_path / "dest", _source(f"{base}/model.joblib", None, name=None))
+        assert (out / "model.joblib").read_bytes() == (served / "model.joblib").read_bytes()
+        missing = f"{base}/absent.joblib"
+        assert "the server answered HTTP 404" in _fetch_error(missing, _source(missing, None, name=None),
+                                                              tmp_path / "x")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
