@@ -15,7 +15,7 @@ def test_defaults() -> None:
     assert (cfg.server, cfg.replica, cfg.namespace) == ("mlserver", 0, "default")
     assert cfg.capabilities == DEFAULT_CAPABILITIES
     assert cfg.memory == 1 << 30 and cfg.overcommit_percent == 10
-    assert cfg.control_url == "ws://127.0.0.1:9005/api/v1/agents/connect"
+    assert cfg.control_url == "ws://127.0.0.1:9004/api/v1/agents/connect"
     assert cfg.data_path == Path(".berth/agents/default.mlserver-0")
     assert cfg.repository == cfg.data_path / "repository"
     assert cfg.models_dir == cfg.data_path / "models"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import builtins
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,11 +59,11 @@ class BerthClient:
                                   json={"documents": documents, "dryRun": dry_run}))
 
     def list(self, kind: str, namespace: str | None = None,
-             selector: str | None = None) -> list[dict[str, Any]]:
+             selector: str | None = None) -> builtins.list[dict[str, Any]]:
         return self.list_at(kind, namespace, selector)[0]
 
     def list_at(self, kind: str, namespace: str | None = None,
-                selector: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                selector: str | None = None) -> tuple[builtins.list[dict[str, Any]], int]:
         """Items and the store revision they were read at (to watch from)."""
         params = {k: v for k, v in (("namespace", namespace), ("selector", selector)) if v}
         path = "/api/v1/all" if kind == "all" else f"/api/v1/{_plural(kind)}"
@@ -75,7 +76,7 @@ class BerthClient:
     def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/api/v1/namespaces/{namespace}/{_plural(kind)}/{name}"))
 
-    def agents(self, namespace: str | None = None) -> list[dict[str, Any]]:
+    def agents(self, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         params = {"namespace": namespace} if namespace else {}
         return list(self._request("GET", "/api/v1/agents", params=params)["items"])
 

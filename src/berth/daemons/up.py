@@ -132,7 +132,7 @@ def _wait_server(client: BerthClient, status: Any, timeout: float, stop: threadi
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         doc = client.get("Server", "default", "mlserver")
-        cond = next((c for c in (doc.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+        cond: dict[str, Any] = next((c for c in (doc.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
         if cond.get("status") == "True":
             return
         status.update(f"waiting for server mlserver: {cond.get('message', 'starting replicas')}")

@@ -136,6 +136,9 @@ class ModelPlan:
 class Plan:
     namespace: str
     models: dict[str, ModelPlan]
+    # Opaque memo of the inputs this plan was made from, so that ``plan(snapshot, previous=this)`` can
+    # re-plan only what changed.  Not part of the plan's meaning: ignored by ``==`` and ``repr``.
+    basis: Any = field(default=None, compare=False, repr=False)
 
     def replicas_of(self, model: str) -> tuple[ReplicaRef, ...]:
         plan = self.models.get(model)
