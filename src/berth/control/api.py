@@ -77,7 +77,14 @@ class ControlAPI:
         self.hub = hub
         self.routes = routes
         self._changed = asyncio.Event()
+        self.closing = False
         store.add_listener(self._on_event)
+
+    def close(self) -> None:
+        """End every open watch (on shutdown)."""
+        self.closing = True
+        self._changed.set()
+        self.routes.close()
 
     def _on_event(self, ev: Event) -> None:
         self._changed.set()
@@ -208,7 +215,7 @@ class ControlAPI:
                 for k in kinds or ALL_KINDS:
                     for doc in self.store.list(k, ns):
                         await send({"type": "ADDED", "revision": since, "object": shown(doc)})
-            while True:
+            while not self.closing:
                 self._changed.clear()
                 head = self.store.revision()
                 events = self.store.events_since(since, kinds=kinds, namespace=ns)

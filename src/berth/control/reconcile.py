@@ -73,6 +73,9 @@ class Reconciler:
         self.passes = 0
         store.add_listener(self._on_event)
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def mark(self, namespace: str) -> None:
         self._dirty.add(namespace)
         self._wake.set()

@@ -22,6 +22,11 @@ class RoutesPublisher:
         self.revision = 0
         self._encoded = RoutingTable().model_dump_json()
         self._changed = asyncio.Condition()
+        self.closing = False
+
+    def close(self) -> None:
+        self.closing = True
+        asyncio.ensure_future(self._notify())
 
     def table(self) -> RoutingTable:
         return RoutingTable.model_validate_json(self._encoded)
@@ -80,7 +85,7 @@ class RoutesPublisher:
         await resp.prepare(request)
         sent = -1
         try:
-            while True:
+            while not self.closing:
                 if sent != self.revision:
                     sent = self.revision
                     await resp.write(self._encoded.encode() + b"\n")

@@ -65,6 +65,10 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
     try:
         await stop.wait()
     finally:
+        api.close()
+        reconciler.wake()
+        if provisioner is not None:
+            provisioner.changed()
         for ws_rec in list(hub.replicas.values()):
             if ws_rec.ws is not None and not ws_rec.ws.closed:
                 await ws_rec.ws.close()
