@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import sys
 import json
 import time
 from typing import Any
@@ -11,8 +12,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output is not wrapped at 80 columns (kubectl does not wrap either); a terminal keeps its width.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
 
 
 def age(ts: str | None, now: float | None = None) -> str:

@@ -43,18 +43,16 @@ def fingerprint(doc: dict[str, Any]) -> str:
 
 def replica_info(rec: ReplicaRecord) -> ReplicaInfo:
     if rec.connected:
-        error = rec.readiness.error
-        if error and rec.readiness.address:
-            error = f"inference server {rec.readiness.address} not ready: {error}"
+        error = rec.readiness.error if not rec.readiness.ready else None
         since = clock(rec.readiness.since) if rec.readiness.since and error else None
     else:
-        error = f"agent disconnected: {rec.disconnect_reason}"
+        error = rec.disconnect_reason
         since = clock(rec.disconnected_at) if rec.disconnected_at else None
     return ReplicaInfo(
         server=rec.server, namespace=rec.namespace, index=rec.index,
         capabilities=tuple(rec.hello.capabilities), memory=rec.hello.memory,
         overcommit_percent=rec.hello.overcommit_percent, connected=rec.connected,
-        ready=rec.readiness.ready, address=rec.readiness.address or None,
+        ready=rec.readiness.ready, address=rec.hello.inference.http,
         last_error=error, error_since=since,
         loaded=tuple(n for n, m in rec.models.items() if m.state in ("LOADED", "LOADING")))
 
@@ -125,6 +123,7 @@ class Reconciler:
         docs = self.store.list(namespace=ns)
         all_servers = [d for d in self.store.list("Server") if d["metadata"]["namespace"] != ns]
         models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Model"}
+        self._forget_departed(ns, docs)
         records = {f"{r.server}/{r.index}": r for r in self.hub.in_namespace(ns)}
         assignments: dict[str, tuple[ReplicaRef, ...]] = {}
         for rec in records.values():
@@ -158,6 +157,13 @@ class Reconciler:
         self._experiments(ns, now)
         self.routes.publish_namespace(ns, self.store.list("Model", ns), records,
                                       self.store.list("Experiment", ns))
+
+    def _forget_departed(self, ns: str, docs: list[dict[str, Any]]) -> None:
+        """Drop disconnected replicas whose Server is gone or was scaled below them: nothing to wait for."""
+        desired = {d["metadata"]["name"]: server_spec(d).desired_replicas() for d in docs if d["kind"] == "Server"}
+        for rec in self.hub.in_namespace(ns):
+            if not rec.connected and rec.index >= desired.get(rec.server, 0):
+                self.hub.forget(rec.key)
 
     async def _drive(self, ns: str, name: str, doc: dict[str, Any], mp: ModelPlan,
                      records: dict[str, ReplicaRecord], gen: int) -> None:

@@ -37,7 +37,7 @@ def _replica_line(ref: str, rec: ReplicaRecord | None, name: str, gen: int) -> t
         why = rec.disconnect_reason if rec is not None else "no agent connected"
         return "Unavailable", f"replica {ref}: {why}"
     if not rec.readiness.ready:
-        return "Unavailable", (f"replica {ref}: inference server {rec.readiness.address} not ready: "
+        return "Unavailable", (f"replica {ref}: inference server {rec.hello.inference.http} not ready: "
                                f"{rec.readiness.error or 'not ready'}")
     m = rec.models.get(name)
     if m is None:
@@ -65,7 +65,7 @@ def model_status(doc: dict[str, Any], want: ModelWant, mp: ModelPlan, records: d
         state, line = _replica_line(key, rec, name, artifact_gen)
         m = rec.models.get(name) if rec is not None else None
         replica_status[key] = {"state": state, "message": line, "memory": m.memory if m else 0,
-                               "address": rec.readiness.address if rec is not None else ""}
+                               "address": rec.hello.inference.http if rec is not None else ""}
         if state == "Loaded":
             available += 1
         else:
@@ -142,14 +142,14 @@ def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord
             msg = f"agent disconnected since {clock(rec.disconnected_at or now)}: {rec.disconnect_reason}"
         elif not rec.readiness.ready:
             since = f" since {clock(rec.readiness.since)}" if rec.readiness.since else ""
-            msg = (f"inference server {rec.readiness.address} not ready: "
+            msg = (f"inference server {rec.hello.inference.http} not ready: "
                    f"{rec.readiness.error or 'not ready'}{since}")
         else:
             msg = "ready"
         if not ok and index < desired:
             problems.append(f"replica {index}: {msg}")
         rows.append({"index": index, "connected": rec.connected, "ready": rec.readiness.ready,
-                     "address": rec.readiness.address, "memory": rec.hello.memory,
+                     "address": rec.hello.inference.http, "memory": rec.hello.memory,
                      "capabilities": rec.hello.capabilities, "models": models, "message": msg})
     ready = desired > 0 and ready_count >= desired
     message = (f"{ready_count} of {desired} replica(s) ready" + ("; " + "; ".join(problems) if problems else ""))

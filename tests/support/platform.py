@@ -1,0 +1,96 @@
+"""The whole platform for end-to-end tests: a control plane with the local provisioner (real agents
+and MLServer processes) and a gateway, in this process's background threads, on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from berth.adapters.mlserver_proc import free_port
+from berth.client.gateway import GatewayClient
+from berth.client.http import BerthClient
+from berth.gateway.app import run_gateway
+from tests.support.servers import ControlPlane, LoopThread
+
+SELDON = "mlops.seldon.io/v1alpha1"
+
+
+def model_doc(name: str, uri: str, *, namespace: str = "default", requirements: list[str] | None = None,
+              **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": SELDON, "kind": "Model", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"storageUri": uri, "requirements": requirements or ["sklearn"], **spec}}
+
+
+def server_doc(name: str, *, namespace: str = "default", replicas: int = 1,
+               capabilities: list[str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": SELDON, "kind": "Server", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"serverConfig": "mlserver", "replicas": replicas,
+                     "capabilities": capabilities or ["sklearn", "mlflow", "python", "numpy"]}}
+
+
+class Platform:
+    def __init__(self, data_dir: Path, *, provision: bool = True) -> None:
+        self.control = ControlPlane(data_dir, store=str(data_dir / "berth.db"), provision=provision)
+        self.gateway_port = free_port()
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+
+        async def gw(stop: asyncio.Event) -> None:
+            await run_gateway("127.0.0.1", self.gateway_port, self.control.url, stop)
+
+        self._gateway = LoopThread(gw)
+        self.client: BerthClient
+        self.gateway: GatewayClient
+
+    def __enter__(self) -> Platform:
+        self.control.__enter__()
+        self._gateway.start()
+        self.client = BerthClient(self.control.url)
+        self.gateway = GatewayClient(self.gateway_url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.gateway_url}/v2/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.gateway.close()
+        self.client.close()
+        self._gateway.stop()
+        self.control.__exit__(*exc)
+
+    def wait_model(self, name: str, namespace: str = "default", *, state: str = "ModelAvailable",
+                   available: int | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = self.client.get("Model", namespace, name).get("status") or {}
+            if st.get("state") == state and (available is None or st.get("availableReplicas") == available):
+                return st
+            time.sleep(0.1)
+        raise AssertionError(f"model {namespace}/{name} not {state} (available={available}) in {timeout}s; "
+                             f"last status: {st.get('state')}: {st.get('message')}")
+
+    def wait_server(self, name: str, namespace: str = "default", *, ready_replicas: int,
+                    timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = self.client.get("Server", namespace, name).get("status") or {}
+            if st.get("readyReplicas") == ready_replicas and st.get("replicas") == ready_replicas:
+                return st
+            time.sleep(0.1)
+        raise AssertionError(f"server {namespace}/{name} not at {ready_replicas} ready replicas in {timeout}s; "
+                             f"last status: {st}")
+
+    def routed_endpoints(self, name: str, namespace: str = "default") -> list[str]:
+        for route in self.client.routes()["models"]:
+            if route["name"] == name and route["namespace"] == namespace:
+                return sorted(f"{e['server']}/{e['replica']}" for e in route["endpoints"])
+        return []
