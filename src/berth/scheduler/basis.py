@@ -1,0 +1,76 @@
+"""What a plan was made from, kept in ``Plan.basis`` so the next plan can compute only what changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from berth.scheduler.pool import Pool, SlotKey
+from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaInfo, ReplicaRef, ServerInfo, Snapshot
+
+UNSETTLED = ("ScheduleFailed", "PartiallyScheduled")
+
+
+@dataclass(frozen=True)
+class Basis:
+    namespace: str
+    policy: str
+    models: tuple[ModelWant, ...]  # snapshot.models as given: the same object means no model changed
+    wants: dict[str, ModelWant]
+    servers: dict[str, ServerInfo]  # effective, implied servers included
+    replicas: dict[SlotKey, ReplicaInfo]
+    used: dict[SlotKey, int]  # memory the plan put on each replica
+    placements: dict[str, tuple[ReplicaRef, ...]]  # the plan's non-empty placements
+    unsettled: frozenset[str]  # models not fully placed: re-planned every time
+    residents: dict[SlotKey, frozenset[str]]  # models placed on each replica
+    plans: dict[str, ModelPlan]  # the very dict of the Plan this basis belongs to
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
+           models: dict[str, ModelPlan]) -> Basis:
+        """The basis of a full plan."""
+        placements = {name: mp.replicas for name, mp in models.items() if mp.replicas}
+        lists: dict[SlotKey, list[str]] = {}
+        for name, refs in placements.items():
+            for ref in refs:
+                lists.setdefault((ref.server, ref.index), []).append(name)
+        return cls(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
+                   {k: s.info for k, s in pool.slots.items()}, {k: s.used for k, s in pool.slots.items()},
+                   placements, frozenset(n for n, mp in models.items() if mp.state in UNSETTLED),
+                   {k: frozenset(v) for k, v in lists.items()}, models)
+
+    def successor(self, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
+                  models: dict[str, ModelPlan], changed: Iterable[str]) -> Basis:
+        """The basis of an incremental plan: this one with the ``changed`` models' placements redone."""
+        placements = dict(self.placements)
+        unsettled = set(self.unsettled)
+        touched: dict[SlotKey, set[str]] = {}
+
+        def resident_set(key: SlotKey) -> set[str]:
+            found = touched.get(key)
+            if found is None:
+                found = touched[key] = set(self.residents.get(key, ()))
+            return found
+
+        for name in changed:
+            for ref in placements.pop(name, ()):
+                resident_set((ref.server, ref.index)).discard(name)
+            unsettled.discard(name)
+            mp = models.get(name)
+            if mp is None:
+                continue
+            if mp.replicas:
+                placements[name] = mp.replicas
+                for ref in mp.replicas:
+                    resident_set((ref.server, ref.index)).add(name)
+            if mp.state in UNSETTLED:
+                unsettled.add(name)
+        residents = dict(self.residents)
+        for key, names in touched.items():
+            if names:
+                residents[key] = frozenset(names)
+            else:
+                residents.pop(key, None)
+        return Basis(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
+                     {k: s.info for k, s in pool.slots.items()}, {k: s.used for k, s in pool.slots.items()},
+                     placements, frozenset(unsettled), residents, models)

@@ -1,0 +1,115 @@
+"""Stored resource dicts → the scheduler's Snapshot.  Pure: no store, no clock.
+
+A resource dict has the shape the store and manifests use:
+``{"apiVersion", "kind", "metadata": {"name", "namespace", "deletionTimestamp"?}, "spec": {...}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from berth.errors import InvalidManifest
+from berth.resources.kinds import ModelSpec, ServerSpec
+from berth.resources.manifest import format_validation_error
+from berth.scheduler.snapshot import (
+    ModelWant,
+    Policy,
+    ReplicaInfo,
+    ReplicaRef,
+    ServerInfo,
+    Snapshot,
+)
+
+# What Seldon's default "mlserver" ServerConfig advertises (SELDON_SERVER_CAPABILITIES).
+MLSERVER_CAPABILITIES: tuple[str, ...] = (
+    "mlserver", "alibi-detect", "alibi-explain", "huggingface", "lightgbm", "mlflow", "python", "sklearn",
+    "spark-mlib", "xgboost",
+)
+DEFAULT_OVERCOMMIT_PERCENT = 10
+S = TypeVar("S", ModelSpec, ServerSpec)
+
+
+def _meta(doc: Mapping[str, Any]) -> tuple[str, str, bool]:
+    meta = doc.get("metadata") or {}
+    return str(meta.get("name", "")), str(meta.get("namespace") or "default"), \
+        bool(meta.get("deletionTimestamp"))
+
+
+def _spec(doc: Mapping[str, Any], schema: type[S]) -> S:
+    name, namespace, _ = _meta(doc)
+    try:
+        return schema.model_validate(doc.get("spec") or {})
+    except ValidationError as exc:
+        label = f"{doc.get('kind', '?')}/{name} in namespace {namespace}"
+        raise InvalidManifest(format_validation_error(exc, f"{label}: spec")) from exc
+
+
+def model_want(doc: Mapping[str, Any]) -> ModelWant:
+    """A Model resource as the scheduler needs it."""
+    name, namespace, deleting = _meta(doc)
+    spec = _spec(doc, ModelSpec)
+    return ModelWant(
+        name=name,
+        namespace=namespace,
+        requirements=tuple(spec.requirements),
+        memory=spec.memory_bytes(),
+        server=spec.server or None,
+        replicas=spec.desired_replicas(),
+        min_replicas=spec.minReplicas,
+        deleting=deleting,
+    )
+
+
+def server_capabilities(spec: ServerSpec) -> tuple[str, ...]:
+    """``capabilities`` replaces the ServerConfig's set; ``extraCapabilities`` appends to it."""
+    base = spec.capabilities if spec.capabilities is not None else list(MLSERVER_CAPABILITIES)
+    return tuple(dict.fromkeys([*base, *(spec.extraCapabilities or [])]))
+
+
+def server_info(doc: Mapping[str, Any]) -> ServerInfo:
+    """A Server resource as the scheduler needs it."""
+    name, namespace, deleting = _meta(doc)
+    spec = _spec(doc, ServerSpec)
+    return ServerInfo(name=name, namespace=namespace, capabilities=server_capabilities(spec),
+                      desired_replicas=spec.desired_replicas(), deleting=deleting)
+
+
+def dry_run_replicas(servers: Iterable[ServerInfo], memory: int,
+                     overcommit_percent: int = DEFAULT_OVERCOMMIT_PERCENT) -> list[ReplicaInfo]:
+    """Replicas as if every server were up: ``desired_replicas`` each, connected and ready
+    (``berth plan -f`` with no control plane)."""
+    return [ReplicaInfo(server=s.name, namespace=s.namespace, index=i, capabilities=s.capabilities,
+                        memory=memory, overcommit_percent=overcommit_percent, connected=True, ready=True)
+            for s in servers for i in range(s.desired_replicas)]
+
+
+def snapshot_for(namespace: str, docs: Iterable[Mapping[str, Any]], replicas: Iterable[ReplicaInfo],
+                 assignments: Mapping[str, tuple[ReplicaRef, ...]] | None = None,
+                 policy: Policy = "binpack") -> Snapshot:
+    """The Snapshot of one namespace: its Models and Servers from ``docs`` (other kinds are skipped),
+    its replicas; Servers of other namespaces only go into ``foreign_servers``."""
+    models: list[ModelWant] = []
+    servers: list[ServerInfo] = []
+    foreign: dict[str, list[str]] = {}
+    for doc in docs:
+        kind = doc.get("kind")
+        _, ns, _ = _meta(doc)
+        if kind == "Model" and ns == namespace:
+            models.append(model_want(doc))
+        elif kind == "Server" and ns == namespace:
+            servers.append(server_info(doc))
+        elif kind == "Server":
+            name, _, _ = _meta(doc)
+            foreign.setdefault(ns, []).append(name)
+    return Snapshot(
+        namespace=namespace,
+        models=tuple(models),
+        servers=tuple(servers),
+        replicas=tuple(r for r in replicas if r.namespace == namespace),
+        assignments=dict(assignments or {}),
+        policy=policy,
+        foreign_servers={ns: tuple(sorted(names)) for ns, names in sorted(foreign.items())},
+    )

@@ -1,0 +1,112 @@
+"""The placement filters, in DESIGN.md's order: namespace, server pin, server alive, capabilities,
+memory (replica count is decided by the placer from what these leave).
+
+Two forms of the same predicates: :func:`find_full` answers "which server can take every replica?"
+fast and without words; :func:`evaluate` walks one server replica by replica and records a
+:class:`Rejection` for every candidate it turns down.  They must agree; the tests check they do.
+"""
+
+from __future__ import annotations
+
+from berth.scheduler import reasons
+from berth.scheduler.pool import Pool, Slot
+from berth.scheduler.snapshot import ModelWant, Rejection
+
+
+def resolve_pin(model: ModelWant, pool: Pool) -> tuple[str | None, Rejection | None]:
+    """Filters 1 and 2: the server ``spec.server`` names (None: any server), or why it cannot be used."""
+    ref = model.server
+    if not ref:
+        return None, None
+    name = ref
+    if "/" in ref:
+        target_ns, _, name = ref.partition("/")
+        if target_ns != pool.namespace:
+            known = pool.foreign.get(target_ns)
+            exists = None if known is None else name in known
+            return None, reasons.cross_namespace(ref, target_ns, name, model.namespace, pool.names, exists)
+    if name not in pool.servers:
+        return None, reasons.server_not_found(name, pool.namespace, pool.names)
+    return name, None
+
+
+def _fitting(slots: list[Slot], memory: int, kept: list[Slot]) -> list[Slot]:
+    return [s for s in slots if s.capacity - s.used >= memory or s in kept]
+
+
+def find_full(pool: Pool, model: ModelWant, reqs: frozenset[str], pin: str | None,
+              kept: list[Slot]) -> tuple[str, list[Slot]] | None:
+    """The server that takes all desired replicas (the one holding the model first, then by name),
+    with its suitable replicas; None when no server can."""
+    by_server, names = pool.eligible(reqs)
+    desired, memory = model.replicas, model.memory
+    holder = kept[0].server if kept else None
+    if holder is not None:
+        got = _fitting(by_server.get(holder, []), memory, kept)
+        if len(got) >= desired:
+            return holder, got
+    for name in ([pin] if pin is not None else names):
+        if name == holder:
+            continue
+        slots = by_server.get(name)
+        if slots is None or len(slots) < desired or pool.maxfree[name] < memory:
+            continue
+        got = [s for s in slots if s.capacity - s.used >= memory]
+        if len(got) >= desired:
+            return name, got
+        pool.tighten(name)
+    return None
+
+
+def evaluate(pool: Pool, model: ModelWant, reqs: frozenset[str], name: str, kept: list[Slot],
+             out: list[Rejection]) -> list[Slot]:
+    """Filters 3-5 on one server: its suitable replicas; a rejection in ``out`` for each other one."""
+    server = pool.servers[name]
+    if server.deleting:
+        out.append(reasons.server_deleting(name))
+        return []
+    slots = pool.by_server[name]
+    if not any(s.info.connected for s in slots):
+        out.append(reasons.no_replicas(name, server.desired_replicas, len(slots)))
+        out.extend(reasons.replica_not_ready(s.info) for s in slots)
+        return []
+    caps = _capability_rejections(pool, model, reqs, name)
+    suitable: list[Slot] = []
+    for slot in slots:
+        info = slot.info
+        if slot in kept:
+            suitable.append(slot)
+        elif not (info.connected and info.ready):
+            out.append(reasons.replica_not_ready(info))
+        elif info.draining:
+            out.append(reasons.replica_draining(info))
+        elif slot.index in caps:
+            out.append(caps[slot.index])
+        elif slot.capacity - slot.used < model.memory:
+            out.append(reasons.insufficient_memory(info, slot.capacity, slot.used, model.memory))
+        else:
+            suitable.append(slot)
+    known = {s.index for s in slots}
+    out.extend(reasons.replica_missing(name, i) for i in range(server.desired_replicas) if i not in known)
+    return suitable
+
+
+def _capability_rejections(pool: Pool, model: ModelWant, reqs: frozenset[str], name: str
+                           ) -> dict[int, Rejection]:
+    """Filter 4 for every replica of a server (memoised: many models share requirements)."""
+    key = (model.requirements, name)
+    found = pool.caps_rejections.get(key)
+    if found is None:
+        found = {}
+        for slot in pool.by_server[name]:
+            if not reqs <= slot.caps:
+                missing = tuple(dict.fromkeys(r for r in model.requirements if r not in slot.caps))
+                found[slot.index] = reasons.missing_capabilities(name, slot.index, missing, slot.offered,
+                                                                 slot.per_server, pool.caps_memo)
+        pool.caps_rejections[key] = found
+    return found
+
+
+def server_size(pool: Pool, name: str) -> int:
+    """How many replicas a server has, for "(of N)": declared, or known when more are reporting."""
+    return max(pool.servers[name].desired_replicas, len(pool.by_server[name]))

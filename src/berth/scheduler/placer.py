@@ -1,0 +1,165 @@
+"""The two passes of a plan, per model: keep what is still valid, then place the rest.
+
+:class:`Placer` holds the memory handed out so far (in its :class:`Pool`) and each model's kept
+replicas between the passes.  Both ``plan()`` and the incremental re-plan drive it the same way, which
+is what makes their results identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from berth.scheduler import filters, reasons
+from berth.scheduler.pool import Pool, Slot
+from berth.scheduler.snapshot import ModelPlan, ModelWant, Rejection, ReplicaRef
+from berth.scheduler.summary import combine, explain, failure_message, replicas_phrase, server_lines
+
+
+def success_message(replicas: tuple[ReplicaRef, ...]) -> str:
+    return f"scheduled on {replicas[0].server} " + replicas_phrase([r.index for r in replicas])
+
+
+def _refs(slots: list[Slot]) -> tuple[ReplicaRef, ...]:
+    return tuple(s.ref for s in slots)
+
+
+class Placer:
+    def __init__(self, pool: Pool, assignments: Mapping[str, tuple[ReplicaRef, ...]],
+                 previous: Mapping[str, ModelPlan]) -> None:
+        self.pool = pool
+        self.assignments = assignments
+        self.previous = previous  # earlier ModelPlans, reused when identical (saves building them)
+        self.kept: dict[str, list[Slot]] = {}
+        self._reqs: dict[tuple[str, ...], frozenset[str]] = {}
+
+    def _requirements(self, model: ModelWant) -> frozenset[str]:
+        reqs = self._reqs.get(model.requirements)
+        if reqs is None:
+            reqs = self._reqs[model.requirements] = frozenset(model.requirements)
+        return reqs
+
+    def keep(self, model: ModelWant) -> None:
+        """Pass 1: keep the model on the replicas it is assigned to that are all still valid for it."""
+        if model.deleting or model.replicas <= 0:
+            return
+        refs = self.assignments.get(model.name)
+        if not refs:
+            return
+        server, rejection = filters.resolve_pin(model, self.pool)
+        if rejection is not None:
+            return
+        reqs = self._requirements(model)
+        slots = self.pool.slots
+        kept: list[Slot] = []
+        for ref in refs:
+            slot = slots.get((ref.server, ref.index))
+            if slot is None or not slot.usable or slot in kept:
+                continue
+            if server is not None and slot.server != server:
+                continue
+            if not reqs <= slot.caps or slot.capacity - slot.used < model.memory:
+                continue
+            kept.append(slot)
+            server = slot.server
+            if len(kept) >= model.replicas:
+                break
+        if kept:
+            self.pool.take(kept, model.memory)
+            self.kept[model.name] = kept
+
+    def _scheduled(self, model: ModelWant, slots: list[Slot]) -> ModelPlan:
+        refs = _refs(slots)
+        old = self.previous.get(model.name)
+        if old is not None and old.state == "Scheduled" and old.desired == model.replicas \
+                and old.replicas == refs:
+            return old
+        return ModelPlan(model.name, model.replicas, refs, "Scheduled", success_message(refs))
+
+    def _move(self, model: ModelWant, kept: list[Slot], chosen: list[Slot]) -> None:
+        self.pool.give_back([s for s in kept if s not in chosen], model.memory)
+        self.pool.take([s for s in chosen if s not in kept], model.memory)
+
+    def place(self, model: ModelWant) -> ModelPlan:
+        """Pass 2: where the model should be, and why every candidate it does not use was rejected."""
+        if model.deleting:
+            return ModelPlan(model.name, 0, (), "Deleting", "model is being deleted")
+        desired = model.replicas
+        if desired <= 0:
+            return ModelPlan(model.name, 0, (), "Scheduled", "spec.replicas is 0: nothing to place")
+        kept = self.kept.get(model.name, [])
+        if len(kept) >= desired:
+            return self._scheduled(model, kept)
+        pin, rejection = filters.resolve_pin(model, self.pool)
+        if rejection is not None:
+            return self._failed(model, [rejection], kept)
+        if pin is None and not self.pool.names:
+            return self._failed(model, [reasons.no_servers(self.pool.namespace)], kept)
+        reqs = self._requirements(model)
+        found = filters.find_full(self.pool, model, reqs, pin, kept)
+        if found is not None:
+            chosen = self.pool.order(found[1], kept)[:desired]
+            self._move(model, kept, chosen)
+            return self._scheduled(model, chosen)
+        return self._short(model, reqs, pin, kept)
+
+    def _unfit(self, model: ModelWant, reqs: frozenset[str], name: str) -> tuple[list[Rejection], list[str]]:
+        """A server none of whose replicas is usable and capable: its rejections depend on the
+        requirements alone (no memory figure), so models that share them share these."""
+        key = (model.requirements, name)
+        found = self.pool.unfit.get(key)
+        if found is None:
+            out: list[Rejection] = []
+            filters.evaluate(self.pool, model, reqs, name, [], out)
+            found = self.pool.unfit[key] = (out, server_lines(out))
+        return found
+
+    def _short(self, model: ModelWant, reqs: frozenset[str], pin: str | None,
+               kept: list[Slot]) -> ModelPlan:
+        """No server takes every replica: record every rejection, place partially if allowed."""
+        desired = model.replicas
+        capable, _ = self.pool.eligible(reqs)
+        rejections: list[Rejection] = []
+        chunks: list[list[str]] = []
+        short: list[Rejection] = []
+        suitable: dict[str, list[Slot]] = {}
+        for name in ([pin] if pin is not None else self.pool.names):
+            if name not in capable:
+                found, lines = self._unfit(model, reqs, name)
+                rejections.extend(found)
+                chunks.append(lines)
+                continue
+            out: list[Rejection] = []
+            got = suitable[name] = filters.evaluate(self.pool, model, reqs, name, kept, out)
+            if 0 < len(got) < desired:
+                short.append(reasons.not_enough_replicas(name, desired, len(got),
+                                                         filters.server_size(self.pool, name)))
+                out.append(short[-1])
+            rejections.extend(out)
+            chunks.append(server_lines(out))
+        holder = kept[0].server if kept else None
+        best: str | None = None
+        for name in ([holder] if holder is not None else []) + list(suitable):
+            if suitable[name] and (best is None or len(suitable[name]) > len(suitable[best])):
+                best = name
+        lines = combine(short, chunks)
+        floor = max(1, min(model.min_replicas, desired)) if model.min_replicas is not None else None
+        if floor is not None and best is not None and len(suitable[best]) >= floor:
+            chosen = self.pool.order(suitable[best], kept)[:desired]
+            self._move(model, kept, chosen)
+            refs = _refs(chosen)
+            message = (f"scheduled {len(chosen)} of {desired} replicas on {best} "
+                       f"({replicas_phrase([r.index for r in refs])}); "
+                       f"{desired - len(chosen)} missing: {'; '.join(lines)}")
+            return ModelPlan(model.name, desired, refs, "PartiallyScheduled", message, tuple(rejections))
+        return self._failed(model, rejections, kept, failure_message(lines, bool(short)))
+
+    def _failed(self, model: ModelWant, rejections: list[Rejection], kept: list[Slot],
+                message: str | None = None) -> ModelPlan:
+        """ScheduleFailed.  Like Seldon, a model keeps the valid replicas it already had meanwhile."""
+        if message is None:
+            message = failure_message(explain(rejections), False)
+        if kept:
+            message += (f"; it stays on {kept[0].server} "
+                        f"{replicas_phrase([s.index for s in kept])} meanwhile")
+        return ModelPlan(model.name, model.replicas, _refs(kept), "ScheduleFailed", message,
+                         tuple(rejections))

@@ -1,0 +1,54 @@
+"""``plan(snapshot) -> Plan``: where every model of one namespace should be, and why not elsewhere.
+
+Deterministic and pure.  Two passes over the models in name order: first every model keeps the
+replicas it is assigned to that are still valid (their memory is deducted), then the rest are placed —
+the server already holding the model if it can take every replica, else the first server by name that
+can, else (with ``minReplicas``) the one that takes the most.
+
+``plan(snapshot, previous)`` gives exactly the same Plan, faster: models untouched since ``previous``
+keep their ModelPlan and only the models the change touches are planned again (see ``replan``).
+"""
+
+from __future__ import annotations
+
+from berth.errors import InvalidInput
+from berth.scheduler.basis import Basis
+from berth.scheduler.placer import Placer
+from berth.scheduler.pool import Pool
+from berth.scheduler.replan import replan
+from berth.scheduler.snapshot import ModelWant, Plan, Snapshot
+
+
+def models_by_name(snapshot: Snapshot) -> dict[str, ModelWant]:
+    """The snapshot's models by name; each must be of the snapshot's namespace and appear once."""
+    ns = snapshot.namespace
+    wants: dict[str, ModelWant] = {}
+    for model in snapshot.models:
+        if model.namespace != ns:
+            raise InvalidInput(f"snapshot of namespace {ns} holds model {model.namespace}/{model.name}; "
+                               "plan each namespace with its own snapshot")
+        if model.name in wants:
+            raise InvalidInput(f"snapshot of namespace {ns} lists model {model.name} twice; "
+                               "each model must appear once")
+        wants[model.name] = model
+    return wants
+
+
+def plan(snapshot: Snapshot, previous: Plan | None = None) -> Plan:
+    """Place every model of ``snapshot``; ``previous`` (an earlier plan) only makes it faster."""
+    basis = previous.basis if previous is not None else None
+    if isinstance(basis, Basis) and snapshot.models is basis.models and snapshot.namespace == basis.namespace:
+        wants = basis.wants  # the very same models: already checked when that plan was made
+    else:
+        wants = models_by_name(snapshot)
+    if previous is not None and isinstance(basis, Basis):
+        quick = replan(snapshot, wants, previous, basis)
+        if quick is not None:
+            return quick
+    pool = Pool(snapshot)
+    placer = Placer(pool, snapshot.assignments, previous.models if previous is not None else {})
+    names = sorted(wants)
+    for name in names:
+        placer.keep(wants[name])
+    models = {name: placer.place(wants[name]) for name in names}
+    return Plan(snapshot.namespace, models, basis=Basis.of(snapshot, wants, pool, models))

@@ -1,0 +1,164 @@
+"""One constructor per rejection code: the stable code, the figures as data, one complete human line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from berth.resources.quantity import humanize_bytes
+from berth.scheduler.snapshot import (
+    CROSS_NAMESPACE,
+    INSUFFICIENT_MEMORY,
+    MISSING_CAPABILITIES,
+    NO_REPLICAS,
+    NO_SERVERS,
+    NOT_ENOUGH_REPLICAS,
+    REPLICA_DRAINING,
+    REPLICA_NOT_READY,
+    SERVER_DELETING,
+    SERVER_NOT_FOUND,
+    Rejection,
+    ReplicaInfo,
+)
+from berth.scheduler.suggest import did_you_mean, near_match, suggestions
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def cross_namespace(reference: str, target_ns: str, name: str, own_ns: str, here: Sequence[str],
+                    exists: bool | None) -> Rejection:
+    if exists is True:
+        where = f"is in namespace {target_ns}"
+    elif exists is False:
+        where = f"names namespace {target_ns}, which has no server {name} either"
+    else:
+        where = f"names namespace {target_ns}"
+    message = (f"server '{reference}' {where}; a model in {own_ns} can only use servers of its own "
+               f"namespace (servers in {own_ns}: {_names(here)})")
+    return Rejection(CROSS_NAMESPACE, message, server=reference,
+                     data=(("namespace", target_ns), ("name", name), ("exists", exists),
+                           ("servers_here", tuple(here))))
+
+
+def server_not_found(name: str, namespace: str, here: Sequence[str]) -> Rejection:
+    message = f"no server named {name} in namespace {namespace}; servers here: {_names(here)}"
+    match = near_match(name, here)
+    if match is not None:
+        message += f" (did you mean {match}?)"
+    return Rejection(SERVER_NOT_FOUND, message, server=name,
+                     data=(("namespace", namespace), ("servers_here", tuple(here)), ("suggestion", match)))
+
+
+def no_servers(namespace: str) -> Rejection:
+    return Rejection(NO_SERVERS, f"no servers in namespace {namespace}; apply a Server resource there first",
+                     data=(("namespace", namespace),))
+
+
+def server_deleting(server: str) -> Rejection:
+    return Rejection(SERVER_DELETING, f"server {server} is being deleted", server=server)
+
+
+def no_replicas(server: str, desired: int, known: int) -> Rejection:
+    if desired == 0 and known == 0:
+        message = f"server {server} has no replicas (its spec.replicas is 0)"
+    else:
+        message = f"server {server} has no connected replicas (0 of {max(desired, known)})"
+    return Rejection(NO_REPLICAS, message, server=server,
+                     data=(("connected", 0), ("desired", desired), ("known", known)))
+
+
+def _not_ready(server: str, index: int, detail: str, info: ReplicaInfo | None) -> Rejection:
+    data: tuple[tuple[str, object], ...] = (("detail", detail),)
+    if info is not None:
+        data += (("connected", info.connected), ("ready", info.ready), ("address", info.address),
+                 ("error", info.last_error), ("since", info.error_since))
+    else:
+        data += (("connected", False), ("ready", False))
+    return Rejection(REPLICA_NOT_READY, f"server {server}: replica {index}: {detail}", server=server,
+                     replica=index, data=data)
+
+
+def _since(info: ReplicaInfo) -> str:
+    return f" since {info.error_since}" if info.error_since else ""
+
+
+def replica_not_ready(info: ReplicaInfo) -> Rejection:
+    """A known replica whose agent is disconnected, or whose inference server is not ready."""
+    if not info.connected:
+        detail = "agent not connected"
+        if info.last_error:
+            detail += f" (last error: {info.last_error}{_since(info)})"
+    else:
+        where = f"inference server {info.address}" if info.address else "inference server"
+        detail = f"{where} not ready"
+        if info.last_error:
+            detail += f": {info.last_error}"
+        detail += _since(info)
+    return _not_ready(info.server, info.index, detail, info)
+
+
+def replica_missing(server: str, index: int) -> Rejection:
+    """A replica the Server declares but no agent ever reported."""
+    return _not_ready(server, index, "no agent connected", None)
+
+
+def replica_draining(info: ReplicaInfo) -> Rejection:
+    return Rejection(REPLICA_DRAINING, f"server {info.server}: replica {info.index} is draining",
+                     server=info.server, replica=info.index)
+
+
+def _capability_text(missing: tuple[str, ...], offered: tuple[str, ...], per_server: bool
+                     ) -> tuple[str, tuple[tuple[str, str], ...]]:
+    pairs = suggestions(missing, offered)
+    hint = did_you_mean(pairs)
+    word = "capability" if len(missing) == 1 else "capabilities"
+    offers = "server offers" if per_server else "replica offers"
+    text = f"lacks {word} {', '.join(missing)} ({hint + ' ' if hint else ''}{offers}: {_names(offered)})"
+    return text, pairs
+
+
+CapsMemo = dict[tuple[tuple[str, ...], tuple[str, ...], bool], tuple[str, tuple[tuple[str, str], ...]]]
+
+
+def missing_capabilities(server: str, index: int, missing: tuple[str, ...], offered: tuple[str, ...],
+                         per_server: bool, memo: CapsMemo | None = None) -> Rejection:
+    """``per_server``: the replica offers exactly its server's capabilities, so name the server.
+    ``memo`` spares recomputing the near matches for replicas and models that share them."""
+    key = (missing, offered, per_server)
+    found = memo.get(key) if memo is not None else None
+    if found is None:
+        found = _capability_text(missing, offered, per_server)
+        if memo is not None:
+            memo[key] = found
+    text, pairs = found
+    who = f"server {server}" if per_server else f"server {server} replica {index}"
+    return Rejection(MISSING_CAPABILITIES, f"{who} {text}", server=server, replica=index,
+                     data=(("missing", missing), ("offered", offered), ("suggestions", pairs)))
+
+
+def memory_breakdown(memory: int, overcommit: int, used: int) -> str:
+    base = (f"{humanize_bytes(memory)} + {overcommit}% overcommit" if overcommit
+            else f"{humanize_bytes(memory)} capacity")
+    return f"{base}, {humanize_bytes(used)} used"
+
+
+def insufficient_memory(info: ReplicaInfo, capacity: int, used: int, need: int) -> Rejection:
+    free = capacity - used
+    message = (f"replica {info.server}/{info.index} has {humanize_bytes(free)} free "
+               f"({memory_breakdown(info.memory, info.overcommit_percent, used)}); "
+               f"model needs {humanize_bytes(need)}")
+    return Rejection(INSUFFICIENT_MEMORY, message, server=info.server, replica=info.index,
+                     data=(("need", need), ("free", free), ("capacity", capacity), ("used", used),
+                           ("memory", info.memory), ("overcommit_percent", info.overcommit_percent)))
+
+
+def not_enough_replicas(server: str, need: int, suitable: int, total: int) -> Rejection:
+    message = (f"model needs {_plural(need, 'replica')} on one server; "
+               f"server {server} has {suitable} suitable replica{'' if suitable == 1 else 's'} (of {total})")
+    return Rejection(NOT_ENOUGH_REPLICAS, message, server=server,
+                     data=(("need", need), ("suitable", suitable), ("total", total)))
