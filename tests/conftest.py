@@ -11,6 +11,8 @@ import pytest
 
 from tests.support.servers import ControlPlane
 
+pytest_plugins = ["tests.support.s3"]  # the `s3` fixture (moto on loopback)
+
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT.parent / "shared" / "seed-manifests"
 

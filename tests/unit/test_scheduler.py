@@ -272,6 +272,9 @@ def test_snapshot_must_be_one_namespace_with_unique_names() -> None:
 def test_replica_of_an_undeclared_server_is_usable() -> None:
     mp = one([model()], [], replicas("by-hand", capabilities=("sklearn",)))
     assert mp.replicas == (ReplicaRef("by-hand", 0),)
+    late = [dataclasses.replace(r, index=1) for r in replicas("by-hand", capabilities=("sklearn",))]
+    mp = one([model(requirements=("torch",))], [], late)
+    assert mp.message == f"{FAILED}: server by-hand lacks capability torch (server offers: sklearn)"
 
 
 def test_incremental_replan_reuses_untouched_plans() -> None:

@@ -7,15 +7,10 @@ rejected by the endpoint, as MinIO would.
 from __future__ import annotations
 
 import http.server
-import json
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import boto3
-import httpx
 import joblib
 import pytest
 
@@ -24,61 +19,7 @@ from berth.adapters.storage import fetch, split_uri
 from berth.errors import StorageError
 from berth.wire.agent import ModelSource
 from tests.support.models import IRIS_INPUT, train_sklearn
-
-BUCKET = "models"
-
-
-@dataclass
-class S3:
-    endpoint: str
-    key_id: str
-    secret: str
-
-    def rclone_secret(self, *, key_id: str | None = None, secret: str | None = None) -> dict[str, str]:
-        """The seed manifest's Secret (financial-ml/05-secret.yaml) pointed at this server."""
-        return {"s3": f"""type: s3
-name: s3
-parameters:
-  provider: minio
-  env_auth: false
-  access_key_id: {key_id or self.key_id}
-  secret_access_key: {secret or self.secret}
-  endpoint: {self.endpoint}
-"""}
-
-    def plain_secret(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "admin",
-             "aws_secret_access_key": "admin"}
-    iam = boto3.client("iam", **admin)
-    iam.create_user(UserName="ml-platform")
-    iam.put_user_policy(UserName="ml-platform", PolicyName="s3", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="ml-platform")["AccessKey"]
-    client = boto3.client("s3", **admin)
-    client.create_bucket(Bucket=BUCKET)
-    model = train_sklearn(tmp_path_factory.mktemp("train") / "iris")
-    client.upload_file(str(model / "model.joblib"), BUCKET, "iris/v1/model.joblib")
-    client.put_object(Bucket=BUCKET, Key="iris/v1/meta/info.txt", Body=b"trained by the test")
-    client.put_object(Bucket=BUCKET, Key="iris/v1-other/ignored.txt", Body=b"not part of iris/v1")
-    httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()  # check keys from now on
-    try:
-        yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf")
-        server.stop()
+from tests.support.s3 import S3
 
 
 def _source(uri: str, secret: dict[str, str] | None, *, name: str | None = "ml-platform",

@@ -1,0 +1,44 @@
+"""An agent whose MLServer address is wrong: the model's status names that address and the error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from berth.adapters.mlserver_proc import free_port
+from tests.support.platform import Platform, model_doc, server_doc
+
+pytestmark = pytest.mark.e2e
+
+
+def test_agent_pointed_at_wrong_port_is_named(tmp_path: Path) -> None:
+    closed = free_port()
+    with Platform(tmp_path / "berth", provision=False) as p:
+        p.client.apply([server_doc("manual", namespace="hand", replicas=1),
+                        model_doc("iris", str(tmp_path), namespace="hand")])
+        env = dict(os.environ, BERTH_DATA_DIR=str(tmp_path / "agent"))
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "berth.main", "agent", "--server", "manual", "--replica", "0",
+             "--namespace", "hand", "--capabilities", "sklearn", "--memory", "1Gi",
+             "--inference-http-port", str(closed), "--control", f"127.0.0.1:{p.control.port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            st: dict = {}
+            for _ in range(100):
+                st = p.client.get("Model", "hand", "iris").get("status") or {}
+                if f"127.0.0.1:{closed}" in st.get("message", ""):
+                    break
+                time.sleep(0.1)
+            assert st["state"] == "ScheduleFailed"
+            assert f"server manual: replica 0: inference server 127.0.0.1:{closed} not ready: connection refused" \
+                in st["message"]
+            server = p.client.get("Server", "hand", "manual")["status"]
+            assert f"127.0.0.1:{closed}" in server["conditions"][0]["message"]
+        finally:
+            agent.terminate()
+            agent.wait(10)
