@@ -25,7 +25,7 @@ from berth.client.http import BerthClient
 from berth.daemons.supervisor import Child, Supervisor, sweep
 from berth.errors import BerthError, ConfigError, NotFound, Unavailable
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
 RUNTIMES = {"mlserver_sklearn": ["sklearn", "scikit-learn"], "mlserver_mlflow": ["mlflow"],
             "mlserver_xgboost": ["xgboost"], "mlserver_lightgbm": ["lightgbm"]}
 
@@ -112,8 +112,8 @@ def up(
                   f"gateway at {gateway_url} (log {logs / 'gateway.log'})")
             if not no_default_server:
                 _wait_server(client, status, wait_timeout, stop)
-        console.print(f"[green]berth is up[/green]  control plane {control_url}   gateway (V2 REST) "
-                      f"{gateway_url}   data {data_dir}")
+        console.print(f"[green]berth is up[/green]\n  control plane    {control_url}\n"
+                      f"  gateway (V2)     {gateway_url}\n  data and logs    {data_dir}")
         console.print("apply models with `berth apply -f FILE`; Ctrl-C stops everything")
         sys.stdout.flush()
         while not stop.is_set():

@@ -98,9 +98,13 @@ def _capability_rejections(pool: Pool, model: ModelWant, reqs: frozenset[str], n
     found = pool.caps_rejections.get(key)
     if found is None:
         found = {}
+        missing_by_caps: dict[frozenset[str], tuple[str, ...]] = {}
         for slot in pool.by_server[name]:
             if not reqs <= slot.caps:
-                missing = tuple(dict.fromkeys(r for r in model.requirements if r not in slot.caps))
+                missing = missing_by_caps.get(slot.caps)
+                if missing is None:
+                    missing = missing_by_caps[slot.caps] = tuple(
+                        dict.fromkeys(r for r in model.requirements if r not in slot.caps))
                 found[slot.index] = reasons.missing_capabilities(name, slot.index, missing, slot.offered,
                                                                  slot.per_server, pool.caps_memo)
         pool.caps_rejections[key] = found

@@ -113,11 +113,28 @@ class Placer:
             found = self.pool.unfit[key] = (out, server_lines(out))
         return found
 
+    def _hopeless(self, model: ModelWant, reqs: frozenset[str], pin: str | None) -> ModelPlan:
+        """No candidate server has a usable replica offering the requirements: the outcome depends on
+        the requirements and the pin alone, so models that share them share it."""
+        key = (model.requirements, pin)
+        found = self.pool.hopeless.get(key)
+        if found is None:
+            rejections: list[Rejection] = []
+            chunks: list[list[str]] = []
+            for name in ([pin] if pin is not None else self.pool.names):
+                got, lines = self._unfit(model, reqs, name)
+                rejections.extend(got)
+                chunks.append(lines)
+            found = self.pool.hopeless[key] = (tuple(rejections), failure_message(combine([], chunks), False))
+        return ModelPlan(model.name, model.replicas, (), "ScheduleFailed", found[1], found[0])
+
     def _short(self, model: ModelWant, reqs: frozenset[str], pin: str | None,
                kept: list[Slot]) -> ModelPlan:
         """No server takes every replica: record every rejection, place partially if allowed."""
         desired = model.replicas
         capable, _ = self.pool.eligible(reqs)
+        if not kept and (not capable if pin is None else pin not in capable):
+            return self._hopeless(model, reqs, pin)
         rejections: list[Rejection] = []
         chunks: list[list[str]] = []
         short: list[Rejection] = []

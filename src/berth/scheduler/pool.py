@@ -93,6 +93,8 @@ class Pool:
         self.caps_memo: CapsMemo = {}
         # by (requirements, server), for servers with no usable capable replica: rejections and lines
         self.unfit: dict[tuple[tuple[str, ...], str], tuple[list[Rejection], list[str]]] = {}
+        # by (requirements, pin), when no candidate server has one: a failed model's reasons and message
+        self.hopeless: dict[tuple[tuple[str, ...], str | None], tuple[tuple[Rejection, ...], str]] = {}
 
     def tighten(self, server: str) -> int:
         """Recompute the most free memory any usable replica of ``server`` has (and remember it)."""

@@ -20,7 +20,7 @@ from berth.scheduler.snapshot import (
     Rejection,
 )
 
-MAX_LINES = 12  # beyond this the message says how many more reasons the status holds
+MAX_LINES = 12  # past this, the message says how many more candidates were rejected
 FAILED = "Failed to schedule model as no matching servers are available"
 FAILED_REPLICAS = "Failed to schedule model as no matching server had enough suitable replicas"
 
