@@ -43,10 +43,10 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _event(name: str, generation: int, state: str, started: float, *, memory: int = 0,
-           message: str = "") -> ModelEvent:
+           message: str = "", inference_seconds: float = 0.0) -> ModelEvent:
     return ModelEvent.model_validate({
         "name": name, "generation": generation, "state": state, "memory": memory, "message": message,
-        "duration": round(time.monotonic() - started, 3)})
+        "duration": round(time.monotonic() - started, 3), "inference_seconds": round(inference_seconds, 3)})
 
 
 def _remove(path: Path) -> None:
@@ -112,7 +112,7 @@ class ModelLoader:
                     log.info("%s was recorded loaded but does not answer; loading it again", msg.name)
             await self.emit(_event(msg.name, msg.generation, "LOADING", started))
             try:
-                memory = await self._load(msg)
+                memory, seconds = await self._load(msg)
             except BerthError as exc:
                 log.warning("load of %s (generation %d) failed: %s", msg.name, msg.generation, exc)
                 await self._discard_failed(msg.name)
@@ -126,9 +126,11 @@ class ModelLoader:
                 self._remember(LoadedModel(name=msg.name, generation=msg.generation, memory=memory))
             except OSError as exc:
                 log.warning("cannot record %s as loaded in %s: %s", msg.name, self.config.models_dir, exc)
-            return _event(msg.name, msg.generation, "LOADED", started, memory=memory)
+            return _event(msg.name, msg.generation, "LOADED", started, memory=memory,
+                          inference_seconds=seconds)
 
-    async def _load(self, msg: Load) -> int:
+    async def _load(self, msg: Load) -> tuple[int, float]:
+        """Fetch, place and load; returns (RSS delta in bytes, seconds MLServer's load call took)."""
         source = msg.source
         local = self.config.models_dir / msg.name / str(msg.generation)
         try:
@@ -144,15 +146,17 @@ class ModelLoader:
         async with self._measure:
             pid = self.inference_pid()
             before = rss_of(pid)
+            load_started = time.monotonic()
             try:
                 await self.client.load(msg.name)
             except LoadError as exc:
                 raise LoadError(f"MLServer at {self.client.base_url} failed to load {msg.name}: "
                                 f"{exc.message}", details=exc.details) from exc
+            seconds = time.monotonic() - load_started
             await self.client.metadata(msg.name)
             after = rss_of(pid)
         await asyncio.to_thread(self._drop_other_generations, msg.name, msg.generation)
-        return max(0, after - before)
+        return max(0, after - before), seconds
 
     def _place(self, msg: Load, local: Path) -> None:
         """Copy the local artifact into the repository as ``<repository>/<name>/`` with its settings."""

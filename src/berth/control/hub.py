@@ -32,6 +32,8 @@ class ReplicaModel:
     memory: int = 0
     message: str = ""
     since: float = field(default_factory=time.time)
+    duration: float = 0.0  # seconds the agent's last load took (fetch + MLServer load + verify)
+    inference_seconds: float = 0.0  # of which MLServer's own load call
     attempts: int = 0  # consecutive failed loads of this generation
     retry_at: float = 0.0  # no new load before this time (backoff after a failure)
 
@@ -199,4 +201,5 @@ class AgentHub:
             log.warning("load of %s on %s/%s/%d failed (attempt %d, retry in %.0fs): %s", ev.name,
                         *rec.key, attempts, backoff, ev.message)
         else:
-            rec.models[ev.name] = ReplicaModel(ev.state, ev.generation, ev.memory, ev.message)
+            rec.models[ev.name] = ReplicaModel(ev.state, ev.generation, ev.memory, ev.message,
+                                               duration=ev.duration, inference_seconds=ev.inference_seconds)

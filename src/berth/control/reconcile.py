@@ -24,7 +24,7 @@ from berth.errors import Conflict, NotFound
 from berth.resources.kinds import model_spec, server_spec
 from berth.scheduler import plan
 from berth.scheduler.build import model_want, snapshot_for
-from berth.scheduler.snapshot import ModelPlan, ReplicaInfo, ReplicaRef
+from berth.scheduler.snapshot import ModelPlan, Plan, ReplicaInfo, ReplicaRef
 from berth.store.base import Event, Store
 from berth.wire import agent as wire
 
@@ -67,7 +67,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._writing = False
         self._on_servers_changed = on_servers_changed
-        self.plans: dict[str, dict[str, ModelPlan]] = {}
+        self.plans: dict[str, Plan] = {}  # last plan per namespace: the next one re-plans incrementally
         self.passes = 0
         store.add_listener(self._on_event)
 
@@ -134,8 +134,8 @@ class Reconciler:
         policy = ((runtime or {}).get("metadata", {}).get("annotations") or {}).get(POLICY_ANNOTATION)
         snap = snapshot_for(ns, docs + all_servers, [replica_info(r) for r in records.values()],
                             assignments, "spread" if policy == "spread" else "binpack")
-        result = plan(snap)
-        self.plans[ns] = dict(result.models)
+        result = plan(snap, previous=self.plans.get(ns))
+        self.plans[ns] = result
         statuses: list[tuple[str, str, dict[str, Any]]] = []
         for name, doc in models.items():
             mp = result.models[name]
@@ -190,7 +190,7 @@ class Reconciler:
 
     async def _unload_strays(self, ns: str, models: dict[str, dict[str, Any]],
                              records: dict[str, ReplicaRecord]) -> None:
-        plans = self.plans[ns]
+        plans = self.plans[ns].models
         for key, rec in records.items():
             for name, m in list(rec.models.items()):
                 wanted = name in models and any(str(r) == key for r in plans[name].replicas)

@@ -65,6 +65,8 @@ def model_status(doc: dict[str, Any], want: ModelWant, mp: ModelPlan, records: d
         state, line = _replica_line(key, rec, name, artifact_gen)
         m = rec.models.get(name) if rec is not None else None
         replica_status[key] = {"state": state, "message": line, "memory": m.memory if m else 0,
+                               "loadSeconds": m.duration if m else 0.0,
+                               "inferenceLoadSeconds": m.inference_seconds if m else 0.0,
                                "address": rec.hello.inference.http if rec is not None else ""}
         if state == "Loaded":
             available += 1

@@ -80,7 +80,8 @@ class ModelEvent(_Msg):
     state: ModelState
     memory: int = 0  # bytes the load took (RSS delta) for LOADED
     message: str = ""  # MLServer's own error text, storage error, ...
-    duration: float = 0.0  # seconds the operation took
+    duration: float = 0.0  # seconds the operation took (fetch, placement, load, verification)
+    inference_seconds: float = 0.0  # of which the inference server's own load call took
 
 
 class Heartbeat(_Msg):
