@@ -55,6 +55,7 @@ def moto_server() -> Iterator[tuple[str, dict[str, str]]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()  # moto's state is per process: start clean
     admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "admin",
              "aws_secret_access_key": "admin"}
     try:

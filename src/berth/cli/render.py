@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import calendar
-import sys
 import json
+import sys
 import time
 from typing import Any
 

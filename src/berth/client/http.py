@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
-import builtins
 from collections.abc import Iterator
 from typing import Any
 

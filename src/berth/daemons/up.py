@@ -132,7 +132,8 @@ def _wait_server(client: BerthClient, status: Any, timeout: float, stop: threadi
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         doc = client.get("Server", "default", "mlserver")
-        cond: dict[str, Any] = next((c for c in (doc.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+        conditions = (doc.get("status") or {}).get("conditions", [])
+        cond: dict[str, Any] = next((c for c in conditions if c["type"] == "Ready"), {})
         if cond.get("status") == "True":
             return
         status.update(f"waiting for server mlserver: {cond.get('message', 'starting replicas')}")

@@ -1,0 +1,51 @@
+"""`berth plan` on the misconfigured seeds: one line per unplaced model naming the real cause."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CASES = {
+    "capability-typo.yaml": ["financial-ml/baseline-predictor", "lacks capabilities torch, scikit-learn",
+                             "pytorch for torch", "sklearn for scikit-learn"],
+    "cross-namespace-server.yaml": ["financial-ml/test-model-simple", "'seldon-system/mlserver'",
+                                    "in namespace seldon-system", "its own namespace"],
+    "memory-too-large.yaml": ["financial-ml/big-predictor", "1.1 GiB free", "model needs 64 GiB"],
+    "more-replicas-than-server.yaml": ["no matching server had enough suitable replicas",
+                                       "model needs 3 replicas", "has 1 suitable replica (of 1)"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plan_names_the_cause(cli, seeds: Path, name: str) -> None:
+    r = cli("plan", "-f", str(seeds / "misconfigured" / name))
+    assert r.code == 1
+    lines = [line for line in r.out.splitlines() if line.startswith("✗")]
+    assert len(lines) == 1, r.out
+    assert "Failed to schedule model as no matching server" in lines[0]
+    for fragment in CASES[name]:
+        assert fragment in lines[0], f"{fragment!r} missing from: {lines[0]}"
+    assert "error: 1 model(s) cannot be placed" in r.err
+
+
+def test_plan_of_the_good_seeds_places_both(cli, seeds: Path) -> None:
+    r = cli("plan", "-f", str(seeds / "financial-ml"), "-o", "json")
+    assert r.code == 0, r.err
+    models = {m["model"]: m for m in json.loads(r.out)["models"]}
+    assert {n: (m["state"], m["server"], m["replicas"]) for n, m in models.items()} == {
+        "baseline-predictor": ("Scheduled", "mlserver", [0]), "enhanced-predictor": ("Scheduled", "mlserver", [0])}
+
+
+def test_plan_memory_flag_changes_the_verdict(cli, seeds: Path) -> None:
+    r = cli("plan", "-f", str(seeds / "misconfigured" / "memory-too-large.yaml"), "--replica-memory", "64Gi")
+    assert r.code == 0 and "✓ financial-ml/big-predictor: Scheduled on mlserver" in r.out
+
+
+def test_plan_rejects_bad_manifest_with_place(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "m.yaml"
+    bad.write_text("apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: x}\n"
+                   "spec: {storageUri: s3://b/k, memory: lots}\n")
+    r = cli("plan", "-f", str(bad))
+    assert r.code == 1 and f"{bad}#1 Model/x: spec.memory" in r.err and "Traceback" not in r.err
