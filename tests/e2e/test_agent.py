@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiohttp import WSMsgType, web
 
-from berth.adapters.mlserver_proc import MLServerProcess, free_port
+from berth.adapters.mlserver_proc import MLServerProcess, free_port, free_ports
 from berth.agent.config import AgentConfig
 from berth.agent.runner import run_agent
 from berth.wire import agent as wire
@@ -202,8 +202,8 @@ def test_agent_loads_fails_reconnects_and_unloads(mlserver: MLServerProcess, tmp
 
 
 def test_agent_reports_an_unready_inference_server_until_it_answers(tmp_path: Path) -> None:
-    port, http_port = free_port(), free_port()
-    cfg = _config(tmp_path, port, http_port, free_port())
+    port, http_port, grpc_port = free_ports(3)
+    cfg = _config(tmp_path, port, http_port, grpc_port)
     address = f"http://127.0.0.1:{http_port}/v2/health/ready"
 
     async def scenario() -> None:

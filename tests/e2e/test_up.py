@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from berth.adapters.mlserver_proc import free_port
+from berth.adapters.mlserver_proc import free_ports
 from tests.support.models import train_sklearn
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +39,7 @@ def _ours(data: Path) -> list[int]:
 
 def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    cport, gport = free_port(), free_port()
+    cport, gport = free_ports(2)
     env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}")
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(data), "--control-port", str(cport),
                                    "--gateway-port", str(gport)], env=env, stderr=subprocess.PIPE, text=True)

@@ -29,6 +29,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1", *, avoid: tuple[int, ...] = ()) -> list[int]:
+    """``count`` distinct free ports, held open together while chosen so none repeats."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
 def mlserver_executable() -> str:
     """Path of the ``mlserver`` program next to this Python, or on PATH; ConfigError when absent."""
     beside = Path(sys.executable).parent / "mlserver"
@@ -68,9 +86,11 @@ class MLServerProcess:
     def write_settings(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repository.mkdir(parents=True, exist_ok=True)
-        self.http_port = self.http_port or free_port(self.host)
-        self.grpc_port = self.grpc_port or free_port(self.host)
-        self.metrics_port = self.metrics_port or free_port(self.host)
+        taken = tuple(p for p in (self.http_port, self.grpc_port, self.metrics_port) if p)
+        fresh = iter(free_ports(3 - len(taken), self.host, avoid=taken))
+        self.http_port = self.http_port or next(fresh)
+        self.grpc_port = self.grpc_port or next(fresh)
+        self.metrics_port = self.metrics_port or next(fresh)
         settings = {
             "host": self.host,
             "http_port": self.http_port,
