@@ -60,7 +60,8 @@ class RoutesPublisher:
             exps.append(ExperimentRoute(
                 namespace=ns, name=doc["metadata"]["name"], default=spec.get("default"),
                 candidates=[Candidate(name=c["name"], weight=c["weight"]) for c in spec.get("candidates", [])],
-                mirror=mirror.get("name"), mirror_percent=mirror.get("percent", 0), ready=ready))
+                mirror=mirror.get("name"), mirror_percent=mirror.get("percent", 0), ready=ready,
+                reason=(doc.get("status") or {}).get("message", "")))
         if self._models.get(ns) == routes and self._experiments.get(ns) == exps:
             return
         self._models[ns] = routes

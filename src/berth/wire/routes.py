@@ -45,6 +45,7 @@ class ExperimentRoute(_Msg):
     mirror: str | None = None
     mirror_percent: int = 0
     ready: bool = False
+    reason: str = ""  # why not ready (a candidate missing, not Ready, another namespace, ...)
 
 
 class RoutingTable(_Msg):
