@@ -133,3 +133,18 @@ def test_sqlite_state_survives_restart(tmp_path: Path, seeds: Path) -> None:
     with ControlPlane(tmp_path, store=str(db)) as cp:
         names = [d["metadata"]["name"] for d in BerthClient(cp.url).list("Model", "financial-ml")]
     assert names == ["baseline-predictor", "enhanced-predictor"]
+
+
+def test_pipelines_are_stored_and_say_they_are_not_served(control: ControlPlane, cli) -> None:
+    doc = """apiVersion: mlops.seldon.io/v1alpha1
+kind: Pipeline
+metadata: {name: chain}
+spec:
+  steps: [{name: tfidf}, {name: classifier, inputs: [tfidf]}]
+  output: {steps: [classifier]}
+"""
+    assert cli("--server", control.url, "apply", "-f", "-", stdin=doc).code == 0
+    st = _wait_status(BerthClient(control.url), "Pipeline", "default", "chain")["status"]
+    assert "does not serve them yet" in st["message"] and "tfidf, classifier" in st["message"]
+    r = cli("--server", control.url, "get", "pipelines")
+    assert "chain" in r.out and "tfidf, classifier" in r.out

@@ -83,3 +83,10 @@ def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", cport))  # the port is free again
+
+
+def test_up_without_mlserver_says_so_in_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ, BERTH_MLSERVER=str(tmp_path / "no-mlserver-here"))
+    r = _run(env, "up", "--data-dir", str(tmp_path / "data"))
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "BERTH_MLSERVER" in r.stderr and "Traceback" not in r.stderr

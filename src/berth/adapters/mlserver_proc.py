@@ -48,7 +48,13 @@ def free_ports(count: int, host: str = "127.0.0.1", *, avoid: tuple[int, ...] = 
 
 
 def mlserver_executable() -> str:
-    """Path of the ``mlserver`` program next to this Python, or on PATH; ConfigError when absent."""
+    """Path of the ``mlserver`` program: ``BERTH_MLSERVER``, else next to this Python, else on PATH."""
+    chosen = os.environ.get("BERTH_MLSERVER")
+    if chosen:
+        if Path(chosen).is_file() and os.access(chosen, os.X_OK):
+            return chosen
+        raise ConfigError(f"BERTH_MLSERVER={chosen!r} is not an executable file; point it at the `mlserver` "
+                          "program or unset it")
     beside = Path(sys.executable).parent / "mlserver"
     if beside.exists():
         return str(beside)

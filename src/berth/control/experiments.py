@@ -1,4 +1,4 @@
-"""Experiment status: every candidate, the default and the mirror must exist here and be Ready."""
+"""Experiment and Pipeline status: what they refer to must exist here and be Ready."""
 
 from __future__ import annotations
 
@@ -41,5 +41,20 @@ def experiment_status(doc: dict[str, Any], models: dict[str, dict[str, Any]],
         "observedGeneration": doc["metadata"].get("generation", 0),
         "conditions": [condition("ExperimentReady", ok, reason, message, doc.get("status"), now),
                        condition("Ready", ok, reason, message, doc.get("status"), now)],
+        "message": message,
+    }
+
+
+def pipeline_status(doc: dict[str, Any], models: dict[str, dict[str, Any]], now: float) -> dict[str, Any]:
+    """Pipelines are validated and stored; serving them is not built yet, and the status says so."""
+    steps = [s.get("name", "") for s in (doc.get("spec") or {}).get("steps", [])]
+    missing = [s for s in steps if s not in models]
+    message = ("pipelines are validated and stored; this version of Berth does not serve them yet "
+               f"(steps: {', '.join(steps)})")
+    if missing:
+        message += f"; step model(s) not found in namespace {doc['metadata']['namespace']}: {', '.join(missing)}"
+    return {
+        "observedGeneration": doc["metadata"].get("generation", 0),
+        "conditions": [condition("Ready", False, "PipelineNotServed", message, doc.get("status"), now)],
         "message": message,
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 from berth.control import secrets, status
 from berth.control.clock import clock
-from berth.control.experiments import experiment_status
+from berth.control.experiments import experiment_status, pipeline_status
 from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
 from berth.control.routes import RoutesPublisher
 from berth.errors import Conflict, NotFound
@@ -229,7 +229,9 @@ class Reconciler:
                 claimed[default] = exp["metadata"]["name"]
         statuses = [("Experiment", e["metadata"]["name"], experiment_status(e, models, claimed, now))
                     for e in experiments]
-        self._write_statuses(ns, experiments, statuses)
+        pipelines = self.store.list("Pipeline", ns)
+        statuses += [("Pipeline", p["metadata"]["name"], pipeline_status(p, models, now)) for p in pipelines]
+        self._write_statuses(ns, experiments + pipelines, statuses)
 
 
 def model_source(store: Store, ns: str, doc: dict[str, Any]) -> wire.ModelSource:
