@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import berth
-from berth.cli import describe_cmd, infer_cmd, plan_cmd, render, resources_cmd
+from berth.cli import describe_cmd, doctor_cmd, infer_cmd, plan_cmd, render, resources_cmd
 from berth.cli.context import settings
 from berth.errors import BerthError
 
@@ -42,5 +42,6 @@ def build() -> typer.Typer:
     app.command()(resources_cmd.wait)
     app.command()(plan_cmd.plan)
     app.command()(infer_cmd.infer)
+    app.command()(doctor_cmd.doctor)
     app.command()(version)
     return app

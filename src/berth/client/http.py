@@ -80,6 +80,10 @@ class BerthClient:
         params = {"namespace": namespace} if namespace else {}
         return list(self._request("GET", "/api/v1/agents", params=params)["items"])
 
+    def storage_check(self, namespace: str, name: str) -> dict[str, Any]:
+        """The control plane's check of a model's storage: {ok, uri, checks: [{name, ok, detail}], message}."""
+        return dict(self._request("GET", f"/api/v1/namespaces/{namespace}/models/{name}/storage"))
+
     def routes(self) -> dict[str, Any]:
         return dict(self._request("GET", "/api/v1/routes"))
 

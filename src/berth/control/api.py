@@ -25,6 +25,7 @@ import yaml
 from aiohttp import web
 
 import berth
+from berth.control import checks
 from berth.control.hub import AgentHub
 from berth.control.routes import RoutesPublisher
 from berth.control.secrets import redact
@@ -100,6 +101,7 @@ class ControlAPI:
         r.add_get("/api/v1/agents", self.agents)
         r.add_get(ROUTES_PATH, self.routes.get)
         r.add_get(ROUTES_WATCH_PATH, self.routes.watch)
+        r.add_get("/api/v1/namespaces/{ns}/models/{name}/storage", checks.storage_handler(self.store))
         r.add_get("/api/v1/namespaces/{ns}/{kind}/{name}", self.get)
         r.add_delete("/api/v1/namespaces/{ns}/{kind}/{name}", self.delete)
         r.add_get("/api/v1/{kind}", self.list)

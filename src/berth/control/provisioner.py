@@ -2,16 +2,18 @@
 
 As Seldon's operator turns a Server into a StatefulSet, this turns it into pairs of supervised local
 processes — a real MLServer on free loopback ports and a ``berth agent`` beside it — and keeps that
-true when the Server is scaled or deleted.  A replica whose process dies is restarted with backoff;
-one that keeps crashing is reported in the log and left stopped.
+true when the Server is scaled, changed or deleted.  A replica whose process dies is restarted with
+backoff; one that keeps crashing is reported in the log and left stopped.  Replicas outlive a killed
+control plane: their pids are kept in ``<data dir>/replicas/state.json`` and the next control plane
+adopts the ones still running instead of starting duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from berth.adapters.mlserver_proc import MLServerProcess
+from berth.control.localproc import Handle
 from berth.resources.kinds import server_spec
 from berth.resources.quantity import parse_quantity
 from berth.scheduler.build import server_info
@@ -39,16 +42,23 @@ class LocalReplica:
     workdir: Path
     capabilities: tuple[str, ...]
     memory: int
-    mlserver: MLServerProcess
-    agent: subprocess.Popen[bytes] | None = None
+    mlserver: Handle | None = None
+    agent: Handle | None = None
+    http_port: int = 0
+    grpc_port: int = 0
     restarts: list[float] = field(default_factory=list)
     next_start: float = 0.0
     gave_up: bool = False
 
     def alive(self) -> bool:
-        proc = self.mlserver.process
-        return (proc is not None and proc.poll() is None
-                and self.agent is not None and self.agent.poll() is None)
+        return self.mlserver is not None and self.mlserver.alive() and \
+            self.agent is not None and self.agent.alive()
+
+    def record(self) -> dict[str, Any]:
+        return {"workdir": str(self.workdir), "capabilities": list(self.capabilities), "memory": self.memory,
+                "http_port": self.http_port, "grpc_port": self.grpc_port,
+                "mlserver": self.mlserver.record() if self.mlserver else None,
+                "agent": self.agent.record() if self.agent else None}
 
 
 class LocalProvisioner:
@@ -57,11 +67,16 @@ class LocalProvisioner:
         self.store = store
         self.control_host = control_host
         self.control_port = control_port
-        self.root = data_dir / "replicas"
+        self.root = data_dir.resolve() / "replicas"
         self.replica_memory = replica_memory
         self.overcommit_percent = overcommit_percent
         self.replicas: dict[Key, LocalReplica] = {}
         self._wake = asyncio.Event()
+        self._adopt()
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
 
     def changed(self) -> None:
         self._wake.set()
@@ -72,7 +87,7 @@ class LocalProvisioner:
                 self.converge()
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                 except TimeoutError:
                     pass
         finally:
@@ -88,86 +103,118 @@ class LocalProvisioner:
 
     def converge(self) -> None:
         want = self.desired()
+        dirty = False
         for key in sorted(set(self.replicas) - set(want), reverse=True):
             log.info("stopping replica %s/%s/%d (server scaled down or deleted)", *key)
             self._stop(self.replicas.pop(key))
+            dirty = True
         now = time.monotonic()
         for key, doc in sorted(want.items()):
+            caps, memory = self._shape(doc)
             rep = self.replicas.get(key)
+            if rep is not None and (rep.capabilities, rep.memory) != (caps, memory):
+                log.info("replica %s/%s/%d: server changed (capabilities or memory); restarting it", *key)
+                self._stop(self.replicas.pop(key))
+                rep = None
             if rep is None:
-                rep = self._new(key, doc)
+                rep = LocalReplica(key, self.root / key[0] / f"{key[1]}-{key[2]}", caps, memory)
                 self.replicas[key] = rep
                 self._start(rep)
+                dirty = True
             elif not rep.alive() and not rep.gave_up and now >= rep.next_start:
                 self._restart(rep, now)
+                dirty = True
+        if dirty:
+            self._save()
 
-    def _new(self, key: Key, doc: dict[str, Any]) -> LocalReplica:
-        ns, name, index = key
-        workdir = self.root / ns / f"{name}-{index}"
+    def _shape(self, doc: dict[str, Any]) -> tuple[tuple[str, ...], int]:
         annotations = doc["metadata"].get("annotations") or {}
         memory = self.replica_memory
         if MEMORY_ANNOTATION in annotations:
             memory = parse_quantity(annotations[MEMORY_ANNOTATION], field=MEMORY_ANNOTATION)
-        return LocalReplica(key=key, workdir=workdir, capabilities=server_info(doc).capabilities,
-                            memory=memory, mlserver=MLServerProcess(workdir / "mlserver"))
+        return server_info(doc).capabilities, memory
 
     def _start(self, rep: LocalReplica) -> None:
         ns, name, index = rep.key
-        rep.mlserver.http_port = rep.mlserver.grpc_port = rep.mlserver.metrics_port = 0
-        proc = rep.mlserver.start()
+        mls = MLServerProcess(rep.workdir / "mlserver")
+        proc = mls.start()
+        rep.mlserver = Handle.of(proc)
+        rep.http_port, rep.grpc_port = mls.http_port, mls.grpc_port
         env = dict(os.environ)
         env.update({
             "BERTH_NAMESPACE": ns, "BERTH_SERVER": name, "BERTH_REPLICA": str(index),
             "BERTH_CAPABILITIES": ",".join(rep.capabilities), "BERTH_MEMORY": str(rep.memory),
             "BERTH_OVERCOMMIT_PERCENT": str(self.overcommit_percent),
-            "BERTH_INFERENCE_HOST": rep.mlserver.host,
-            "BERTH_INFERENCE_HTTP_PORT": str(rep.mlserver.http_port),
-            "BERTH_INFERENCE_GRPC_PORT": str(rep.mlserver.grpc_port),
+            "BERTH_INFERENCE_HOST": mls.host,
+            "BERTH_INFERENCE_HTTP_PORT": str(mls.http_port),
+            "BERTH_INFERENCE_GRPC_PORT": str(mls.grpc_port),
             "BERTH_INFERENCE_PID": str(proc.pid),
-            "BERTH_REPOSITORY_DIR": str(rep.mlserver.repository),
+            "BERTH_REPOSITORY_DIR": str(mls.repository),
             "BERTH_DATA_DIR": str(rep.workdir / "agent"),
             "BERTH_CONTROL_HOST": self.control_host, "BERTH_CONTROL_PORT": str(self.control_port),
         })
         log_file = open(rep.workdir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
-        rep.agent = subprocess.Popen([sys.executable, "-m", "berth.main", "agent"], env=env,
-                                     stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        agent = subprocess.Popen([sys.executable, "-m", "berth.main", "agent"], env=env,
+                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
         log_file.close()
+        rep.agent = Handle.of(agent)
         log.info("started replica %s/%s/%d: mlserver pid %d on %s, agent pid %d", ns, name, index,
-                 proc.pid, rep.mlserver.http_address, rep.agent.pid)
+                 proc.pid, mls.http_address, agent.pid)
 
     def _restart(self, rep: LocalReplica, now: float) -> None:
-        what = []
-        if rep.mlserver.process is not None and rep.mlserver.process.poll() is not None:
-            what.append(f"mlserver exited with status {rep.mlserver.process.returncode}")
-        if rep.agent is not None and rep.agent.poll() is not None:
-            what.append(f"agent exited with status {rep.agent.returncode}")
+        what = [f"{label} {h.exit_text()}" for label, h in (("mlserver", rep.mlserver), ("agent", rep.agent))
+                if h is not None and not h.alive()]
         rep.restarts = [t for t in rep.restarts if now - t < RESTART_WINDOW] + [now]
         self._stop(rep)
         if len(rep.restarts) > MAX_RESTARTS:
             rep.gave_up = True
             log.error("replica %s/%s/%d keeps crashing (%d restarts in %.0fs; last: %s); not restarting it "
-                      "again — see %s", *rep.key, len(rep.restarts) - 1, RESTART_WINDOW, ", ".join(what),
-                      rep.workdir)
+                      "again — see the logs in %s", *rep.key, len(rep.restarts) - 1, RESTART_WINDOW,
+                      ", ".join(what), rep.workdir)
             return
-        delay = min(30.0, 0.5 * 2 ** (len(rep.restarts) - 1))
-        rep.next_start = now + delay
-        log.warning("replica %s/%s/%d: %s; restarting (restart %d)", *rep.key, ", ".join(what),
+        rep.next_start = now + min(30.0, 0.5 * 2 ** (len(rep.restarts) - 1))
+        log.warning("replica %s/%s/%d: %s; restarting it (restart %d)", *rep.key, ", ".join(what),
                     len(rep.restarts))
         self._start(rep)
 
     def _stop(self, rep: LocalReplica) -> None:
-        if rep.agent is not None and rep.agent.poll() is None:
-            try:
-                os.killpg(rep.agent.pid, signal.SIGTERM)
-                rep.agent.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(rep.agent.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        rep.mlserver.stop()
+        for handle in (rep.agent, rep.mlserver):
+            if handle is not None:
+                handle.stop()
 
     def stop_all(self) -> None:
         for key in sorted(self.replicas, reverse=True):
             self._stop(self.replicas.pop(key))
+        self._save()
+
+    # -- surviving a control plane restart ---------------------------------------------------------
+    def _save(self) -> None:
+        records = {"/".join(map(str, k)): r.record() for k, r in sorted(self.replicas.items())}
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(records, indent=1))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.warning("cannot record replicas in %s: %s", self.state_path, exc)
+
+    def _adopt(self) -> None:
+        try:
+            records = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return
+        for text, rec in records.items():
+            ns, name, index = text.rsplit("/", 2)
+            mls = Handle.adopt(rec.get("mlserver") or {})
+            agent = Handle.adopt(rec.get("agent") or {})
+            if mls is None or agent is None:
+                for h in (agent, mls):
+                    if h is not None:
+                        h.stop()
+                continue
+            key = (ns, name, int(index))
+            self.replicas[key] = LocalReplica(key, Path(rec["workdir"]), tuple(rec["capabilities"]),
+                                              int(rec["memory"]), mls, agent, rec["http_port"], rec["grpc_port"])
+            log.info("adopted running replica %s/%s/%s (mlserver pid %d, agent pid %d)", ns, name, index,
+                     mls.pid, agent.pid)
