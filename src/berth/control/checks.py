@@ -14,6 +14,7 @@ S3 calls run in a thread with short timeouts so a dead endpoint answers in secon
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ def _s3_checks(uri: str, rest: str, source: ModelSource, scheme: str) -> list[Ch
         access = s3secrets.s3_access(source, remote=scheme)
     except StorageError as exc:
         return [_check("credentials", False, exc.message), not_checked]
+    if source.secret is None:  # boto3's own chain, here on the control plane's host
+        access = dataclasses.replace(access, origin="the control plane's environment (no secretName)")
     bucket, _, key = rest.partition("/")
     if not bucket:
         return [_check("credentials", None, "not checked"),

@@ -31,6 +31,7 @@ from berth.wire import agent as wire
 log = logging.getLogger("berth.control.reconcile")
 POLICY_ANNOTATION = "berth.io/placement-policy"
 RETRY_INTERVAL = 2.0  # seconds between timer passes over namespaces with unavailable models
+WARMUP_LIMIT = 10.0  # at most this long after start-up, routes wait for declared replicas to reconnect
 
 
 def fingerprint(doc: dict[str, Any]) -> str:
@@ -90,9 +91,19 @@ class Reconciler:
     def _namespaces(self) -> set[str]:
         return {d["metadata"]["namespace"] for d in self.store.list()} | {k[0] for k in self.hub.replicas}
 
+    def _replicas_back(self) -> bool:
+        """Every replica a Server declares has an agent connected (after a restart: has reconnected)."""
+        for doc in self.store.list("Server"):
+            ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+            for i in range(server_spec(doc).desired_replicas()):
+                rec = self.hub.replicas.get((ns, name, i))
+                if rec is None or not rec.connected:
+                    return False
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
         self._dirty.update(self._namespaces())
-        last_timer = time.monotonic()
+        started = last_timer = time.monotonic()
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=RETRY_INTERVAL)
@@ -109,6 +120,13 @@ class Reconciler:
                 except Exception:  # one namespace's trouble must not stop the others
                     log.exception("reconcile of namespace %s failed", ns)
                     self._dirty.add(ns)
+            if not self.routes.warm.is_set() and (
+                    self._replicas_back() or time.monotonic() - started > WARMUP_LIMIT):
+                self._dirty.update(self._namespaces())  # publish every namespace's routes, then open
+                for ns in sorted(self._dirty):
+                    await self.reconcile(ns)
+                self._dirty.clear()
+                self.routes.set_warm()
 
     def _unsettled(self) -> set[str]:
         out = set()

@@ -7,11 +7,13 @@ NDJSON line whenever it changes.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
 
 from berth.control.hub import ReplicaRecord
+from berth.errors import Unavailable
 from berth.wire.routes import Candidate, Endpoint, ExperimentRoute, ModelRoute, RoutingTable
 
 
@@ -19,10 +21,19 @@ class RoutesPublisher:
     def __init__(self) -> None:
         self._models: dict[str, list[ModelRoute]] = {}
         self._experiments: dict[str, list[ExperimentRoute]] = {}
-        self.revision = 0
-        self._encoded = RoutingTable().model_dump_json()
+        # Revisions start from the clock so a restarted control plane never goes backwards.
+        self.revision = int(time.time() * 1000)
+        self._encoded = RoutingTable(revision=self.revision).model_dump_json()
         self._changed = asyncio.Condition()
         self.closing = False
+        # Gateways get no table until the first reconcile after start-up has seen the replicas
+        # reconnect: a restarted control plane must not push an empty table over a good one.
+        self.warm = asyncio.Event()
+
+    def set_warm(self) -> None:
+        if not self.warm.is_set():
+            self.warm.set()
+            asyncio.ensure_future(self._notify())
 
     def close(self) -> None:
         self.closing = True
@@ -78,6 +89,9 @@ class RoutesPublisher:
             self._changed.notify_all()
 
     async def get(self, request: web.Request) -> web.Response:
+        if not self.warm.is_set():
+            raise Unavailable("the control plane is starting: waiting for replicas to reconnect before it "
+                              "publishes routes; retry in a few seconds")
         return web.Response(text=self._encoded, content_type="application/json")
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
@@ -86,6 +100,11 @@ class RoutesPublisher:
         await resp.prepare(request)
         sent = -1
         try:
+            while not self.warm.is_set() and not self.closing:
+                try:
+                    await asyncio.wait_for(self.warm.wait(), timeout=15.0)
+                except TimeoutError:
+                    await resp.write(b"\n")
             while not self.closing:
                 if sent != self.revision:
                     sent = self.revision
