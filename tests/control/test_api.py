@@ -148,3 +148,13 @@ spec:
     assert "does not serve them yet" in st["message"] and "tfidf, classifier" in st["message"]
     r = cli("--server", control.url, "get", "pipelines")
     assert "chain" in r.out and "tfidf, classifier" in r.out
+
+
+def test_metrics(control: ControlPlane, seeds: Path) -> None:
+    client = BerthClient(control.url)
+    client.apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    _wait_status(client, "Model", "financial-ml", "baseline-predictor")
+    text = httpx.get(control.url + "/metrics", timeout=5).text
+    assert 'berth_models{namespace="financial-ml",state="ScheduleFailed"} 2.0' in text
+    assert 'berth_schedule_failures_total{namespace="financial-ml",reason="NoConnectedReplicas"}' in text
+    assert "berth_schedule_attempts_total" in text

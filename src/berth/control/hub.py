@@ -84,6 +84,7 @@ class AgentHub:
 
     def __init__(self, on_change: Callable[[str], None]) -> None:
         self.replicas: dict[ReplicaKey, ReplicaRecord] = {}
+        self.on_model_event: Callable[[str, str], None] | None = None  # (namespace, state)
         self._on_change = on_change
         self.heartbeat_interval = 5.0
 
@@ -187,6 +188,8 @@ class AgentHub:
         self._on_change(rec.namespace)
 
     def _model_event(self, rec: ReplicaRecord, ev: wire.ModelEvent) -> None:
+        if self.on_model_event is not None:
+            self.on_model_event(rec.namespace, ev.state)
         current = rec.models.get(ev.name)
         if ev.state == "UNLOADED":
             rec.models.pop(ev.name, None)

@@ -19,6 +19,7 @@ from berth.control import secrets, status
 from berth.control.clock import clock
 from berth.control.experiments import experiment_status, pipeline_status
 from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
+from berth.control.metrics import ControlMetrics
 from berth.control.routes import RoutesPublisher
 from berth.errors import Conflict, NotFound
 from berth.resources.kinds import model_spec, server_spec
@@ -60,8 +61,10 @@ def replica_info(rec: ReplicaRecord) -> ReplicaInfo:
 
 class Reconciler:
     def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
-                 on_servers_changed: Callable[[], None] | None = None) -> None:
+                 on_servers_changed: Callable[[], None] | None = None,
+                 metrics: ControlMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.hub = hub
         self.routes = routes
         self._dirty: set[str] = set()
@@ -154,6 +157,11 @@ class Reconciler:
                             assignments, "spread" if policy == "spread" else "binpack")
         result = plan(snap, previous=self.plans.get(ns))
         self.plans[ns] = result
+        if self.metrics is not None:
+            self.metrics.schedule_attempts[ns] += len(result.models)
+            for mp in result.models.values():
+                for code in {r.code for r in mp.reasons} if mp.state != "Scheduled" else ():
+                    self.metrics.schedule_failures[(ns, code)] += 1
         statuses: list[tuple[str, str, dict[str, Any]]] = []
         for name, doc in models.items():
             mp = result.models[name]

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from berth.control.api import DEFAULT_MAX_BODY, ControlAPI
 from berth.control.hub import AgentHub
+from berth.control.metrics import ControlMetrics
 from berth.control.provisioner import LocalProvisioner
 from berth.control.reconcile import Reconciler
 from berth.control.routes import RoutesPublisher
@@ -43,9 +44,11 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
     control_url = f"http://{opts.host}:{opts.port}"
     provisioner = (LocalProvisioner(store, opts.host, opts.port, opts.data_dir, replica_memory=opts.replica_memory,
                                     overcommit_percent=opts.overcommit_percent) if opts.provision else None)
-    reconciler = Reconciler(store, hub, routes,
+    metrics = ControlMetrics(store, hub)
+    hub.on_model_event = lambda ns, state: metrics.loads.update([(ns, state)])
+    reconciler = Reconciler(store, hub, routes, metrics=metrics,
                             on_servers_changed=provisioner.changed if provisioner is not None else None)
-    api = ControlAPI(store, hub, routes)
+    api = ControlAPI(store, hub, routes, metrics)
     runner = web.AppRunner(api.app(max_body=opts.max_body), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
