@@ -27,9 +27,10 @@ from aiohttp import web
 import berth
 from berth.control import checks
 from berth.control.hub import AgentHub
+from berth.control.metrics import ControlMetrics
 from berth.control.routes import RoutesPublisher
 from berth.control.secrets import redact
-from berth.errors import BerthError, InvalidInput, InvalidManifest, PayloadTooLarge
+from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge
 from berth.resources.kinds import ALL_KINDS, APPLY_ORDER, kind_from_alias
 from berth.resources.manifest import validate_document
 from berth.resources.names import check_name
@@ -56,8 +57,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(PayloadTooLarge(f"request body too large: {exc.text}"))
     except web.HTTPException as exc:
         if exc.status == 404:
-            return error_response(BerthError(f"no such endpoint: {request.method} {request.path}",
-                                             code="NotFound"))
+            return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
         if exc.status == 405:
             return web.json_response({"code": "MethodNotAllowed", "details": None,
                                       "message": f"{request.method} not allowed on {request.path}"}, status=405)
@@ -73,8 +73,10 @@ def shown(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class ControlAPI:
-    def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher) -> None:
+    def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
+                 metrics: ControlMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.hub = hub
         self.routes = routes
         self._changed = asyncio.Event()
@@ -94,6 +96,8 @@ class ControlAPI:
         app = web.Application(middlewares=[errors_middleware], client_max_size=max_body)
         r = app.router
         r.add_get("/healthz", self.healthz)
+        if self.metrics is not None:
+            r.add_get("/metrics", self.metrics.handler)
         r.add_get("/api/v1/version", self.version)
         r.add_post("/api/v1/apply", self.apply)
         r.add_get("/api/v1/watch", self.watch)
