@@ -4,6 +4,7 @@ Secret's endpoint and keys; wrong keys and a missing secret become LoadFailed na
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ def _secret(base: dict[str, Any], endpoint: str, key_id: str, secret_key: str) -
     return doc
 
 
-def test_financial_seeds_from_s3(s3_seeds: dict[str, Any], tmp_path: Path) -> None:
+def test_financial_seeds_from_s3(s3_seeds: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                 cli) -> None:
+    caplog.set_level(logging.DEBUG)
     docs = s3_seeds["docs"]
     secret = next(d for d in docs if d["kind"] == "Secret")
     ready = [_secret(secret, s3_seeds["endpoint"], s3_seeds["key_id"], s3_seeds["secret"]) if d is secret else d
@@ -75,7 +78,16 @@ def test_financial_seeds_from_s3(s3_seeds: dict[str, Any], tmp_path: Path) -> No
         assert "SignatureDoesNotMatch" in st["message"] or "rejected" in st["message"]
         st = p.wait_model("no-secret-model", NS, state="LoadFailed", timeout=60)
         assert "not-there" in st["message"] and "not found" in st["message"]
-        # the secret's values never show in any status
-        for kind in ("Model", "Server"):
-            for doc in p.client.list(kind, NS):
-                assert s3_seeds["secret"] not in str(doc)
+        # the secret's values never show in any status, CLI output or log
+        secret_values = (s3_seeds["secret"], "not-the-key")
+        shown = [str(p.client.list(kind, NS)) for kind in ("Model", "Server", "Experiment", "Secret")]
+        for args in (("get", "secrets", "-n", NS, "-o", "yaml"), ("get", "all", "-n", NS, "-o", "json"),
+                     ("describe", "model", "wrong-keys-model", "-n", NS)):
+            r = cli("--server", p.control.url, *args)
+            shown += [r.out, r.err]
+        data = tmp_path / "berth"
+        shown += [f.read_text(errors="replace") for f in data.rglob("*.log")]
+        shown.append(caplog.text)
+        for text in shown:
+            for value in secret_values:
+                assert value not in text
