@@ -168,6 +168,22 @@ def _probe_replica(a: dict[str, Any]) -> Row:
                "from the gateway's host")
 
 
+def _gateway_head(url: str, how: str) -> Row:
+    """The gateway is reachable: is it also ready (holding a routing table)?"""
+    r = httpx.get(f"{url}/v2/health/ready", timeout=QUICK)
+    if r.status_code == 200:
+        return Row("cli → gateway", url, True, f"live and ready; {how}")
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    why = str(body.get("message")) if isinstance(body, dict) and body.get("message") else r.text[:120]
+    return Row("cli → gateway", url, False,
+               f"reachable but not ready (HTTP {r.status_code}): {why}; check the gateway reaches the control plane "
+               "(`berth gateway --control URL`); a control plane that just started publishes routes once its "
+               f"replicas reconnect (10 s at most); {how}")
+
+
 def gateway_rows(url: str, agents: list[dict[str, Any]], in_scope: Callable[[str], bool]) -> list[Row]:
     """The gateway's own probe of its upstreams, or (older gateways) liveness plus probes from here."""
     unreachable = ("; start it with `berth up` (or `berth gateway`), or point --gateway / BERTH_GATEWAY at it")
@@ -178,16 +194,16 @@ def gateway_rows(url: str, agents: list[dict[str, Any]], in_scope: Callable[[str
             if live.status_code != 200:
                 return [Row("cli → gateway", url, False, f"{url}/v2/health/live answered HTTP {live.status_code}; "
                                                          "is --gateway pointing at a Berth gateway?")]
-            head = Row("cli → gateway", url, True, f"live; it has no {PROBE}, so the replicas were probed from "
-                                                   "the CLI (GET /v2/health/ready)")
+            head = _gateway_head(url, f"it has no {PROBE}, so the replicas were probed from the CLI")
             return [head, *_parallel(_probe_replica, [a for a in agents if a["connected"]])]
+        endpoints = _endpoints(r)
+        if endpoints is None:
+            return [Row("cli → gateway", url, False, f"{url}{PROBE} answered HTTP {r.status_code}: "
+                                                     f"{r.text[:120]!r}; is --gateway pointing at a Berth gateway?")]
+        rows = [_gateway_head(url, f"{len(endpoints)} upstream(s) probed by the gateway ({PROBE})")]
     except httpx.HTTPError as exc:
         return [Row("cli → gateway", url, False, f"cannot reach the gateway at {url}: {connect_reason(exc)}"
                                                  + unreachable)]
-    if r.status_code != 200:
-        return [Row("cli → gateway", url, False, f"{url}{PROBE} answered HTTP {r.status_code}: {r.text[:120]}")]
-    endpoints = r.json().get("endpoints") or []
-    rows = [Row("cli → gateway", url, True, f"live; {len(endpoints)} upstream(s) probed by the gateway ({PROBE})")]
     for e in sorted(endpoints, key=lambda e: str(e.get("address"))):
         models = [str(m) for m in e.get("models") or []]
         if models and not any(in_scope(m.partition("/")[0]) for m in models):
@@ -203,6 +219,13 @@ def gateway_rows(url: str, agents: list[dict[str, Any]], in_scope: Callable[[str
     return rows
 
 
+def _endpoints(r: httpx.Response) -> list[dict[str, Any]] | None:
+    try:
+        return [dict(e) for e in r.json()["endpoints"]] if r.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def storage_rows(client: BerthClient, models: list[dict[str, Any]]) -> list[Row]:
     def one(doc: dict[str, Any]) -> Row:
         ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
@@ -213,8 +236,10 @@ def storage_rows(client: BerthClient, models: list[dict[str, Any]]) -> list[Row]
         except BerthError as exc:
             return Row("model storage", f"{ns}/{name}", False, f"storage check failed: {exc.message}")
         if ans.get("ok"):
-            passed = ", ".join(c["name"] for c in ans.get("checks", []) if c.get("ok"))
-            return Row("model storage", f"{ns}/{name}", True, f"{ans.get('uri')}: {passed or 'nothing'} ok")
+            done = " ".join(f"{c['name']} ✓" for c in ans.get("checks", []) if c.get("ok"))
+            idle = ", ".join(c["name"] for c in ans.get("checks", []) if c.get("ok") is None)
+            return Row("model storage", f"{ns}/{name}", True,
+                       f"{ans.get('uri')}: {done}" + (f" (n/a: {idle})" if idle else ""))
         failed = [c for c in ans.get("checks", []) if c.get("ok") is False]
         return Row("model storage", f"{ns}/{name}", False,
                    "; ".join(f"{c['name']}: {c['detail']}" for c in failed) or str(ans.get("message")))
@@ -253,8 +278,9 @@ def requirement_rows(models: list[dict[str, Any]], servers: list[dict[str, Any]]
         caps = list(dict.fromkeys(c for s in pool for c in offered[(want.namespace, s)]))
         missing = [r for r in want.requirements if r not in caps]
         if not missing:
-            text = ", ".join(want.requirements) or "none"
-            rows.append(Row("requirements", target, True, f"{text} offered by {', '.join(pool)}"))
+            text = (f"{', '.join(want.requirements)} offered by {', '.join(pool)}" if want.requirements
+                    else "no requirements")
+            rows.append(Row("requirements", target, True, text))
             continue
         hints = " ".join(f"did you mean {m} for {r}?" for r in missing if (m := near_match(r, caps)))
         where = "; ".join(f"{s} offers {', '.join(offered[(want.namespace, s)]) or 'nothing'}" for s in pool)
@@ -300,13 +326,13 @@ def stuck_rows(models: list[dict[str, Any]], threshold: float, now: float) -> li
         age = now - since if since is not None else 0.0
         text = f"{state} for {_ago(age)}" + (f" (since {_clock(since)})" if since is not None else "")
         message = f": {st['message']}" if st.get("message") else ""
-        if age <= threshold:
+        if age < threshold:
             rows.append(Row("model progress", f"{ns}/{name}", True,
                             f"{text}, under the {_ago(threshold)} threshold{message}"))
         else:
             rows.append(Row("model progress", f"{ns}/{name}", False,
-                            f"{text}, over the {_ago(threshold)} threshold{message}; fix what it names, "
-                            f"see `berth describe model {name} -n {ns}`"))
+                            f"{text}, over the {_ago(threshold)} threshold{message}; fix what it names "
+                            f"(`berth describe model {name} -n {ns}` shows every reason)"))
     return rows
 
 
@@ -333,7 +359,7 @@ def diagnose(client: BerthClient, gateway: str, namespace: str | None, stuck_aft
 
 
 def matrix(rows: list[Row]) -> Table:
-    t = Table(header_style="bold", pad_edge=False)
+    t = Table(box=None, header_style="bold", pad_edge=False)
     for c in ("CHECK", "TARGET", "RESULT", "DETAIL"):
         t.add_column(c, overflow="fold")
     marks = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]-[/yellow] skipped"}

@@ -50,7 +50,7 @@ class Handle:
             return self.popen.poll() is None
         try:
             proc = psutil.Process(self.pid)
-            return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - self.create_time) <= 0.05
+            return bool(proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - self.create_time) <= 0.05)
         except psutil.NoSuchProcess:
             return False
 

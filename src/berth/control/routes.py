@@ -37,6 +37,7 @@ class RoutesPublisher:
 
     def close(self) -> None:
         self.closing = True
+        self.warm.set()  # wakes watches still waiting for the start-up table; they see `closing` and end
         asyncio.ensure_future(self._notify())
 
     def table(self) -> RoutingTable:
