@@ -23,8 +23,12 @@ OnChange = Callable[[Readiness, Readiness], Awaitable[None]]
 
 class ReadinessWatcher:
     def __init__(self, client: MLServerClient, on_change: OnChange, *, poll_not_ready: float = 0.5,
-                 poll_ready: float = 2.0) -> None:
+                 poll_ready: float = 2.0, unresponsive_grace: float = 10.0) -> None:
         self.client = client
+        # A ready server that stops answering in time (MLServer's loop busy loading a large model)
+        # stays ready this long; a refused connection or an HTTP error counts at once.
+        self.unresponsive_grace = unresponsive_grace
+        self._slow_since: float | None = None
         self.on_change = on_change
         self.poll_not_ready = poll_not_ready
         self.poll_ready = poll_ready
@@ -37,6 +41,13 @@ class ReadinessWatcher:
         probe = await self.client.probe()
         ready = probe.error is None
         previous = self.current
+        if not ready and previous.ready and probe.error is not None and probe.error.startswith("timeout"):
+            now = time.monotonic()
+            self._slow_since = self._slow_since or now
+            if now - self._slow_since < self.unresponsive_grace:
+                log.info("inference server %s slow to answer (%s); still counted ready", probe.url, probe.error)
+                return self.current
+        self._slow_since = None
         first = not self.probed.is_set()
         if first or ready != previous.ready or probe.error != previous.error:
             self.current = Readiness(ready=ready, address=probe.url, error=probe.error, since=time.time())
@@ -55,6 +66,6 @@ class ReadinessWatcher:
             except Exception:  # a bug in a callback must not stop the watch
                 log.exception("readiness check failed")
                 current = self.current
-            delay = self.poll_ready if current.ready else self.poll_not_ready
+            delay = self.poll_ready if current.ready and self._slow_since is None else self.poll_not_ready
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -218,6 +218,8 @@ class Reconciler:
                              records: dict[str, ReplicaRecord]) -> None:
         plans = self.plans[ns].models
         for key, rec in records.items():
+            if not rec.connected or not rec.readiness.ready:
+                continue  # it serves nothing now; if it comes back still holding models, decide then
             for name, m in list(rec.models.items()):
                 wanted = name in models and any(str(r) == key for r in plans[name].replicas)
                 if wanted or m.state == "UNLOADING":
