@@ -55,25 +55,35 @@ class LoopThread:
         return self.submit(coro).result(timeout)
 
     def close(self) -> None:
+        async def cancel_the_rest() -> None:  # e.g. a stand-in server's handler still sleeping
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
 
 class Gateway:
-    """run_gateway on the loop thread, on a free port, until stopped."""
+    """run_gateway on the loop thread, on a free port (and a free gRPC port with ``grpc=True``), until stopped."""
 
-    def __init__(self, lt: LoopThread, **kwargs: Any) -> None:
+    def __init__(self, lt: LoopThread, *, grpc: bool = False, **kwargs: Any) -> None:
         self.lt = lt
         started: Future[int] = Future()
+        grpc_started: Future[int] = Future()
         self._stop: asyncio.Event | None = None
 
         async def main() -> None:
             self._stop = asyncio.Event()
             await run_gateway("127.0.0.1", 0, kwargs.pop("control_url", None), self._stop,
-                              on_started=started.set_result, **kwargs)
+                              on_started=started.set_result, grpc_port=0 if grpc else None,
+                              on_grpc_started=grpc_started.set_result, **kwargs)
 
         self.done = lt.submit(main())
         self.url = f"http://127.0.0.1:{started.result(15)}"
+        self.grpc = f"127.0.0.1:{grpc_started.result(5)}" if grpc else ""
 
     def stop(self) -> None:
         stop = self._stop
@@ -131,9 +141,11 @@ class RoutesStandIn:
 
 
 def route(name: str, *addresses: str, namespace: str = "default", state: str = "ModelAvailable",
-          reason: str = "") -> ModelRoute:
+          reason: str = "", grpc: tuple[str, ...] = ()) -> ModelRoute:
+    """A model route on ``addresses`` (REST), with the gRPC addresses ``grpc`` of the same replicas."""
     return ModelRoute(namespace=namespace, name=name, state=state, reason=reason,
-                      endpoints=[Endpoint(server="mlserver", replica=i, http=a, grpc="127.0.0.1:1")
+                      endpoints=[Endpoint(server="mlserver", replica=i, http=a,
+                                          grpc=grpc[i] if grpc else "127.0.0.1:1")
                                  for i, a in enumerate(addresses)])
 
 
@@ -148,21 +160,30 @@ def _strip_id(answer: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in answer.items() if k != "id"}
 
 
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
-    proc = MLServerProcess(tmp_path_factory.mktemp("mlserver"))
+def start_mlserver(workdir: Path, *names: str) -> MLServerProcess:
+    """A real MLServer with the iris model loaded under each of ``names`` (through its repository API)."""
+    proc = MLServerProcess(workdir)
     proc.start()
     try:
         proc.wait_ready(90)
-        folder = train_sklearn(proc.repository / "iris")
-        (folder / "model-settings.json").write_text(json.dumps({
-            "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
-            "parameters": {"uri": "./model.joblib"}}))
-        r = httpx.post(f"http://{proc.http_address}/v2/repository/models/iris/load", timeout=60)
-        assert r.status_code == 200, r.text
-        yield proc
-    finally:
+        for seed, name in enumerate(names):
+            folder = train_sklearn(proc.repository / name, seed=seed)
+            (folder / "model-settings.json").write_text(json.dumps({
+                "name": name, "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib"}}))
+            r = httpx.post(f"http://{proc.http_address}/v2/repository/models/{name}/load", timeout=60)
+            assert r.status_code == 200, r.text
+    except BaseException:
         proc.stop()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
+    proc = start_mlserver(tmp_path_factory.mktemp("mlserver"), "iris")
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +380,53 @@ def test_bad_routes_file_and_missing_source_say_what_to_fix(tmp_path: Path) -> N
         load_routes(tmp_path / "absent.json")
     with pytest.raises(ConfigError, match="--control URL"):
         asyncio.run(run_gateway("127.0.0.1", 0, None, asyncio.Event()))
+
+
+def test_malformed_json_and_shape_mismatch_are_400_before_reaching_the_model(gateway: str) -> None:
+    broken = httpx.post(f"{gateway}/v2/models/iris/infer", content=b'{"inputs": [{"name": ',
+                        headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400
+    body = broken.json()
+    assert body["code"] == "InvalidInput"
+    assert body["message"].startswith("request for model iris: the body is not valid JSON: ")
+    assert broken.headers["content-type"].startswith("application/json")
+    short = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64", "data": [1.0] * 7}]}
+    r = httpx.post(f"{gateway}/v2/models/iris/infer", json=short)
+    assert r.status_code == 400
+    assert r.json()["code"] == "InvalidInput"
+    assert 'inputs[0] "x": shape [2, 4] needs 8 values, data has 7' in r.json()["message"]
+    assert r.json()["details"]["expected"] == 8 and r.json()["details"]["got"] == 7
+    # a compressed body is not inspected: forwarded as sent, the server answers it
+    packed = gzip.compress(json.dumps(IRIS_INPUT).encode())
+    ok = httpx.post(f"{gateway}/v2/models/iris/infer", content=packed,
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_oversized_body_is_413_and_limit_is_configurable(mlserver: MLServerProcess, lt: LoopThread) -> None:
+    gw = Gateway(lt, routes=RoutingTable(models=[route("iris", mlserver.http_address)]), max_request_bytes=1024)
+    try:
+        assert httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT).status_code == 200
+        big = httpx.post(f"{gw.url}/v2/models/iris/infer", json=BIG_INPUT)
+        assert big.status_code == 413
+        assert big.json()["code"] == "PayloadTooLarge"
+        assert "larger than the gateway accepts (1024 bytes)" in big.json()["message"]
+    finally:
+        gw.stop()
+
+
+def test_metrics_count_requests_errors_and_latency_per_model(gateway: str) -> None:
+    for _ in range(3):
+        assert httpx.post(f"{gateway}/v2/models/iris/infer", json=IRIS_INPUT).status_code == 200
+    httpx.post(f"{gateway}/v2/models/wine/infer", json=IRIS_INPUT)
+    httpx.post(f"{gateway}/v2/models/made-up-name/infer", json=IRIS_INPUT)
+    r = httpx.get(f"{gateway}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    ok = 'candidate="",code="200",experiment="",model="iris",namespace="default",protocol="rest"'
+    line = next(x for x in text.splitlines() if x.startswith("berth_gateway_requests_total{") and ok in x)
+    assert float(line.rsplit(" ", 1)[1]) >= 3
+    assert 'berth_gateway_request_errors_total{candidate="",code="503",experiment="",model="wine"' in text
+    assert 'berth_gateway_request_errors_total{candidate="",code="404",experiment="",model="",namespace=""' in text
+    assert "made-up-name" not in text
+    assert 'berth_gateway_request_duration_seconds_count{candidate="",experiment="",model="iris"' in text

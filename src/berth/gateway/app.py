@@ -1,56 +1,91 @@
 """The gateway's V2 (Open Inference Protocol) REST endpoint, in front of every inference server.
 
 Requests are routed by the ``seldon-model`` header when present, else by the model name in the path,
-in the namespace of the ``seldon-namespace`` header (``default`` when absent); the inference server
-knows the model by its plain name.  Answers pass MLServer's status and body through untouched and
-carry ``x-seldon-route``; the gateway's own failures are JSON ``{code, message, details}``.
+in the namespace of the ``seldon-namespace`` header (``default`` when absent), through
+:meth:`Router.decide` (experiments, weights, sticky ``x-seldon-route``).  The inference server knows the
+model by its plain name.  Answers pass MLServer's status and body through untouched and carry
+``x-seldon-route``; the gateway's own failures are JSON ``{code, message, details}``.  A JSON infer body
+is checked (it parses; each input's data fills its shape) before it is forwarded as received.
+``GET /metrics`` serves the Prometheus metrics of REST and gRPC together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
+import grpc
 from aiohttp import web
 
 import berth
 from berth.errors import BerthError, ConfigError, PayloadTooLarge, Unavailable
+from berth.gateway.checks import check_infer_body, is_plain_json
+from berth.gateway.grpcserver import GrpcGateway, start_grpc
+from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
+from berth.gateway.mirror import Mirrors
 from berth.gateway.proxy import Proxy, error_response
-from berth.gateway.table import RoutingTableHolder, TableWatcher, Target
+from berth.gateway.routing import Decision, Router
+from berth.gateway.watch import TableWatcher
 from berth.wire.routes import RoutingTable
 
 log = logging.getLogger("berth.gateway")
 
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 _EMPTY = b""
+_REST = "rest"
 
 
 class _Handlers:
-    def __init__(self, holder: RoutingTableHolder, proxy: Proxy, max_request_bytes: int) -> None:
-        self.holder = holder
+    def __init__(self, router: Router, proxy: Proxy, metrics: Metrics, mirrors: Mirrors,
+                 max_request_bytes: int, check_inputs: bool) -> None:
+        self.router = router
         self.proxy = proxy
+        self.metrics = metrics
+        self.mirrors = mirrors
         self.max_request_bytes = max_request_bytes
+        self.check_inputs = check_inputs
 
-    def _target(self, request: web.Request) -> Target:
+    def _decide(self, request: web.Request) -> tuple[str, Decision]:
         headers = request.headers
         name = headers.get("seldon-model") or request.match_info["name"]
-        return self.holder.resolve(headers.get("seldon-namespace") or "default", name)
+        return name, self.router.decide(headers.get("seldon-namespace") or "default", name,
+                                        headers.get("x-seldon-route"))
+
+    def _fail(self, err: BerthError, started: float, decision: Decision | None = None) -> web.Response:
+        resp = error_response(err)
+        labels = decision.labels if decision is not None else error_labels(err)
+        self.metrics.observe(labels, _REST, str(resp.status), True, time.perf_counter() - started)
+        return resp
 
     async def infer(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         try:
-            target = self._target(request)
+            name, decision = self._decide(request)
         except BerthError as err:
-            return error_response(err)
+            return self._fail(err, started)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error_response(PayloadTooLarge(
-                f"request for model {target.name} is larger than the gateway accepts "
-                f"({self.max_request_bytes} bytes); send a smaller batch or raise the gateway's limit",
-                details={"model": target.name, "limit_bytes": self.max_request_bytes}))
-        return await self.proxy.forward(target, "infer", request.match_info.get("version"), "POST", body,
-                                        request.headers)
+            return self._fail(PayloadTooLarge(
+                f"request for model {name} is larger than the gateway accepts ({self.max_request_bytes} bytes); "
+                "send a smaller batch or raise the gateway's limit (--max-request-bytes)",
+                details={"model": name, "limit_bytes": self.max_request_bytes}), started, decision)
+        headers = request.headers
+        if self.check_inputs and is_plain_json(headers):
+            try:
+                check_infer_body(body, name)
+            except BerthError as err:
+                return self._fail(err, started, decision)
+        version = request.match_info.get("version")
+        resp = await self.proxy.forward(decision, "infer", version, "POST", body, headers)
+        mirror = decision.mirror
+        if mirror is not None:
+            self.mirrors.send(decision.mirror_labels, _REST, self.proxy.copy(mirror, "infer", version, body, headers))
+        status = resp.status
+        self.metrics.observe(decision.labels, _REST, str(status), status >= 400, time.perf_counter() - started)
+        return resp
 
     async def metadata(self, request: web.Request) -> web.Response:
         return await self._get(request, "meta")
@@ -59,36 +94,51 @@ class _Handlers:
         return await self._get(request, "ready")
 
     async def _get(self, request: web.Request, kind: str) -> web.Response:
+        started = time.perf_counter()
         try:
-            target = self._target(request)
+            _, decision = self._decide(request)
         except BerthError as err:
-            return error_response(err)
-        return await self.proxy.forward(target, kind, request.match_info.get("version"), "GET", _EMPTY,
+            return self._fail(err, started)
+        resp = await self.proxy.forward(decision, kind, request.match_info.get("version"), "GET", _EMPTY,
                                         request.headers)
+        self.metrics.observe(decision.labels, _REST, str(resp.status), resp.status >= 400,
+                             time.perf_counter() - started)
+        return resp
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def ready(self, request: web.Request) -> web.Response:
-        if self.holder.ready:
+        if self.router.ready:
             return web.Response(status=200)
-        return error_response(Unavailable(f"gateway not ready: {self.holder.problem}",
-                                          details={"problem": self.holder.problem}))
+        return error_response(Unavailable(f"gateway not ready: {self.router.problem}",
+                                          details={"problem": self.router.problem}))
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response({"name": "berth-gateway", "version": berth.__version__, "extensions": []})
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=self.metrics.exposition())
+        resp.headers["Content-Type"] = CONTENT_TYPE
+        return resp
 
-def make_app(table: RoutingTableHolder, *, upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
-             max_request_bytes: int = MAX_REQUEST_BYTES) -> web.Application:
-    """The gateway application serving from ``table`` (which a watcher may update at any time)."""
-    proxy = Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
-    h = _Handlers(table, proxy, max_request_bytes)
-    app = web.Application(client_max_size=max_request_bytes, handler_args={"access_log": None})
+
+def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | None = None,
+             mirrors: Mirrors | None = None, upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
+             max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True) -> web.Application:
+    """The gateway application serving from ``router`` (whose table a watcher may replace at any time)."""
+    proxy = proxy or Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
+    metrics = metrics or Metrics()
+    mirrors = mirrors or Mirrors(metrics)
+    h = _Handlers(router, proxy, metrics, mirrors, max_request_bytes, check_inputs)
+    # request bodies stay as sent (a compressed body is forwarded compressed, with its Content-Encoding)
+    app = web.Application(client_max_size=max_request_bytes,
+                          handler_args={"access_log": None, "auto_decompress": False})
 
     async def pooled(_: web.Application) -> AsyncIterator[None]:
         await proxy.start()
         yield
+        await mirrors.close()
         await proxy.close()
 
     app.cleanup_ctx.append(pooled)
@@ -100,27 +150,37 @@ def make_app(table: RoutingTableHolder, *, upstream_timeout: float = 60.0, conne
     add("GET", "/v2/health/live", h.live)
     add("GET", "/v2/health/ready", h.ready)
     add("GET", "/v2", h.server_metadata)
+    add("GET", "/metrics", h.prometheus)
     return app
 
 
 async def run_gateway(host: str, port: int, control_url: str | None, stop: asyncio.Event, *,
-                      routes: RoutingTable | None = None, upstream_timeout: float = 60.0,
-                      connect_timeout: float = 5.0, watch_backoff_max: float = 5.0,
-                      on_started: Callable[[int], None] | None = None) -> None:
-    """Serve the gateway on ``host:port`` until ``stop`` is set.
+                      routes: RoutingTable | None = None, grpc_port: int | None = None,
+                      upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
+                      max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
+                      watch_backoff_max: float = 5.0, on_started: Callable[[int], None] | None = None,
+                      on_grpc_started: Callable[[int], None] | None = None) -> None:
+    """Serve the gateway (REST on ``host:port``, gRPC on ``host:grpc_port`` when given) until ``stop`` is set.
 
     The table comes from the control plane at ``control_url`` (followed, with reconnects), from
     ``routes`` (a static table), or both (``routes`` serves until the control plane answers).
-    ``on_started`` gets the bound port (useful with ``port=0``).
+    ``on_started`` gets the bound REST port and ``on_grpc_started`` the gRPC one (useful with port 0);
+    both servers listen before either is called.
     """
     if control_url is None and routes is None:
         raise ConfigError("the gateway needs a control plane URL (--control URL) or a static routing "
                           "table (--routes FILE) to know where models are")
-    holder = RoutingTableHolder(routes)
-    app = make_app(holder, upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
+    router = Router(routes)
+    metrics = Metrics()
+    mirrors = Mirrors(metrics)
+    proxy = Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
+    app = make_app(router, proxy=proxy, metrics=metrics, mirrors=mirrors, max_request_bytes=max_request_bytes,
+                   check_inputs=check_inputs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=min(upstream_timeout, 10.0))
     await runner.setup()
     watcher_task: asyncio.Task[None] | None = None
+    grpc_server: grpc.aio.Server | None = None
+    grpc_gateway: GrpcGateway | None = None
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
         try:
@@ -129,17 +189,29 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
             raise ConfigError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}; "
                               "choose another port (--port) or stop what uses it") from exc
         bound = int(runner.addresses[0][1])
+        grpc_bound = None
+        if grpc_port is not None:
+            grpc_gateway = GrpcGateway(router, proxy.balancer, metrics, mirrors, upstream_timeout=upstream_timeout,
+                                       connect_timeout=connect_timeout, max_request_bytes=max_request_bytes)
+            router.listeners.append(lambda: grpc_gateway.forget_unrouted() if grpc_gateway else None)
+            grpc_server, grpc_bound = await start_grpc(grpc_gateway, host, grpc_port)
         if control_url is not None:
-            watcher = TableWatcher(control_url, holder, backoff_max=watch_backoff_max,
+            watcher = TableWatcher(control_url, router, backoff_max=watch_backoff_max,
                                    connect_timeout=connect_timeout)
             watcher_task = asyncio.create_task(watcher.run(stop))
-        log.info("gateway serving V2 on http://%s:%d (routes from %s)", host, bound,
-                 control_url or "a static table")
+        log.info("gateway serving V2 REST on http://%s:%d%s (routes from %s)", host, bound,
+                 f" and gRPC on {host}:{grpc_bound}" if grpc_bound else "", control_url or "a static table")
         if on_started is not None:
             on_started(bound)
+        if on_grpc_started is not None and grpc_bound is not None:
+            on_grpc_started(grpc_bound)
         await stop.wait()
     finally:
         if watcher_task is not None:
             watcher_task.cancel()
             await asyncio.gather(watcher_task, return_exceptions=True)
+        if grpc_server is not None:
+            await grpc_server.stop(min(upstream_timeout, 5.0))
+        if grpc_gateway is not None:
+            await grpc_gateway.upstreams.close()
         await runner.cleanup()

@@ -1,9 +1,9 @@
-"""Forward one V2 request to an inference server over pooled keep-alive connections.
+"""Forward one V2 REST request to an inference server over pooled keep-alive connections.
 
 The request body is read once and sent as bytes; the answer's status, body and encoding come back
-untouched (the session never decompresses or re-encodes).  A request whose connection could not be
-opened is retried once on another replica holding the model; a request that reached a model is never
-retried.  Every failure becomes a Berth error naming the address and what went wrong.
+untouched (never decompressed or re-encoded).  A request whose connection could not be opened is
+retried once on another replica holding the model; a request that reached a model is never retried.
+Every failure becomes a Berth error naming the address and what went wrong.
 """
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ import json
 import time
 from collections.abc import Mapping
 
-import aiohttp
 from aiohttp import web
 
 from berth.errors import BerthError, Timeout, Unavailable
 from berth.gateway.balance import Balancer
+from berth.gateway.routing import Decision
 from berth.gateway.table import Target, describe_connect_error
+from berth.gateway.upstream import ConnectFailed, Disconnected, Pool
 
-# uvicorn (MLServer's HTTP server) drops idle keep-alive connections after 5 s: give ours back first,
-# so a request never goes out on a connection the server is closing.
-KEEPALIVE_S = 4.0
 # A replica that refused a connection is passed over this long (unless no other replica is left), so
 # one dead replica in the table does not cost every request a failed connect before its retry.
 EJECT_S = 2.0
 _BAD_GATEWAY = 502
-_ANSWER_HEADERS = ("Content-Type", "Content-Encoding", "x-request-id")
+_FORWARDED = (("Content-Type", b"Content-Type: "), ("Content-Encoding", b"Content-Encoding: "),
+              ("x-request-id", b"x-request-id: "))
 
 
 def error_response(err: BerthError, status: int | None = None) -> web.Response:
@@ -35,65 +34,63 @@ def error_response(err: BerthError, status: int | None = None) -> web.Response:
                         content_type="application/json")
 
 
+def _head(line: bytes, headers: Mapping[str, str], length: int) -> bytes:
+    """Request line, Host, the headers the inference server needs (as sent), Content-Length, blank line."""
+    parts = [line, b"Accept-Encoding: ", headers.get("Accept-Encoding", "identity").encode("utf-8", "surrogateescape"),
+             b"\r\n"]
+    for name, prefix in _FORWARDED:
+        value = headers.get(name)
+        if value is not None:
+            parts += (prefix, value.encode("utf-8", "surrogateescape"), b"\r\n")
+    if length:
+        parts += (b"Content-Length: ", str(length).encode(), b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 class Proxy:
-    """Holds the shared client session and the balancer; forwards requests to chosen replicas."""
+    """Holds the connection pool and the balancer; forwards requests to chosen replicas."""
 
     def __init__(self, balancer: Balancer | None = None, *, upstream_timeout: float = 60.0,
-                 connect_timeout: float = 5.0, connections_per_host: int = 512) -> None:
+                 connect_timeout: float = 5.0) -> None:
         self.balancer = balancer or Balancer()
         self.upstream_timeout = upstream_timeout
         self.connect_timeout = min(connect_timeout, upstream_timeout)
-        self.connections_per_host = connections_per_host
-        self._session: aiohttp.ClientSession | None = None
+        self.pool = Pool(connect_timeout=self.connect_timeout)
         self._down: dict[str, float] = {}  # address -> monotonic time until which it is passed over
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.connections_per_host,
-                                         keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=self.upstream_timeout, sock_connect=self.connect_timeout)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Content-Type", "User-Agent"))
+        """Nothing to open up front: connections are made on first use and kept."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
 
-    async def forward(self, target: Target, kind: str, version: str | None, method: str, body: bytes,
+    async def forward(self, decision: Decision, kind: str, version: str | None, method: str, body: bytes,
                       headers: Mapping[str, str]) -> web.Response:
-        """Send the request for ``target`` to one replica (two on a connect failure) and answer."""
-        session = self._session
-        if session is None:
-            raise RuntimeError("Proxy.forward called before Proxy.start")
+        """Send the request to one replica of the decided model (two on a connect failure) and answer."""
+        target = decision.target
         balancer = self.balancer
-        upstream = _upstream_headers(headers)
-        data = body or None
         failed: list[str] = []
         problems: list[str] = []
         address = self._pick(target, failed)
         while address is not None:
-            url = target.url(address, kind, version)
+            head = _head(target.line(address, kind, version), headers, len(body))
             balancer.acquire(address)
             try:
-                async with session.request(method, url, data=data, headers=upstream) as resp:
-                    payload = await resp.read()
-                    answer = {"x-seldon-route": target.route}
-                    for name in _ANSWER_HEADERS:
-                        value = resp.headers.get(name)
-                        if value is not None:
-                            answer[name] = value
-                    if self._down:
-                        self._down.pop(address, None)
-                    return web.Response(status=resp.status, body=payload, headers=answer)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                answer = await self.pool.request(address, head, body, self.upstream_timeout)
+            except ConnectFailed as exc:
                 failed.append(address)
                 self._down[address] = time.monotonic() + EJECT_S
                 problems.append(describe_connect_error(f"inference server {address}", exc))
             except TimeoutError:
                 return error_response(self._timeout(target, address))
-            except aiohttp.ClientError as exc:
-                return error_response(_broken(target, address, exc), _BAD_GATEWAY)
+            except Disconnected as exc:
+                return error_response(_broken(target, address, str(exc)), _BAD_GATEWAY)
+            else:
+                if self._down:
+                    self._down.pop(address, None)
+                answer.headers["x-seldon-route"] = decision.route
+                return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
             finally:
                 balancer.release(address)
             if len(failed) >= 2:
@@ -107,6 +104,27 @@ class Proxy:
             details={"model": target.name, "namespace": target.namespace, "tried": failed,
                      "errors": problems})
         return error_response(err, _BAD_GATEWAY)
+
+    async def copy(self, target: Target, kind: str, version: str | None, body: bytes,
+                   headers: Mapping[str, str]) -> str:
+        """Send a copy of a request to ``target`` (an experiment's mirror); answers the outcome, drops the body."""
+        address = self._pick(target, [])
+        if address is None:
+            return "unavailable"
+        head = _head(target.line(address, kind, version), headers, len(body))
+        self.balancer.acquire(address)
+        try:
+            answer = await self.pool.request(address, head, body, self.upstream_timeout)
+            return "ok" if answer.status < 400 else "error"
+        except ConnectFailed:
+            self._down[address] = time.monotonic() + EJECT_S
+            return "unavailable"
+        except TimeoutError:
+            return "timeout"
+        except Disconnected:
+            return "error"
+        finally:
+            self.balancer.release(address)
 
     def _pick(self, target: Target, failed: list[str]) -> str | None:
         """The replica for the next attempt: not failed in this request, not recently refusing."""
@@ -130,22 +148,9 @@ class Proxy:
                      "timeout_s": self.upstream_timeout})
 
 
-def _upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Only what the inference server needs: body type and encodings (passed through as sent)."""
-    out = {"Accept-Encoding": headers.get("Accept-Encoding", "identity")}
-    for name in ("Content-Type", "Content-Encoding", "x-request-id"):
-        value = headers.get(name)
-        if value is not None:
-            out[name] = value
-    return out
-
-
-def _broken(target: Target, address: str, exc: aiohttp.ClientError) -> Unavailable:
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        detail = "closed the connection before answering"
+def _broken(target: Target, address: str, detail: str) -> Unavailable:
     return Unavailable(
         f"inference server {address} failed while answering model {target.name} in namespace "
         f"{target.namespace}: {detail}; the request reached the server, so it was not retried",
         details={"model": target.name, "namespace": target.namespace, "address": address,
-                 "error": type(exc).__name__})
+                 "error": "Disconnected"})

@@ -1,0 +1,284 @@
+"""Through-gateway ÷ direct-MLServer: throughput and latency, REST and gRPC, side by side in one run.
+
+One MLServer process holds a small sklearn model (iris LogisticRegression, loaded through the
+repository API); a gateway process (``berth gateway`` on uvloop, static routing table) fronts it.  The
+same load generator (a separate process: ``wrk`` for REST when installed, else aiohttp; grpc.aio for
+gRPC, sending pre-encoded requests) drives the same concurrency for ``--duration`` seconds at each
+target, at each concurrency level (1: the added latency, unqueued; 8: throughput), interleaved
+direct/gateway/direct/gateway (``--rounds`` pairs).  Prints every phase with the CPU time MLServer and
+the gateway spent per request, then the medians: throughput, p50 and p99 latency, the throughput
+ratio and the added p50.  Goals: ratio >= 0.95 and added p50 <= 0.5 ms.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--concurrency 1,8] [--rounds 2] [--protocols rest,grpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.models import IRIS_INPUT, train_sklearn  # noqa: E402
+
+Result = dict[str, float]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+# ---- load generators (run in a child process, print one JSON line) ----
+
+async def _drive(send: Any, concurrency: int, duration: float) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        clock = time.perf_counter
+        while True:
+            started = clock()
+            if started >= deadline:
+                return
+            ok = await send()
+            latencies.append(clock() - started)
+            if not ok:
+                errors += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    return {"rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 0.5) * 1e3,
+            "p99_ms": pct(latencies, 0.99) * 1e3, "requests": len(latencies), "errors": errors}
+
+
+async def _rest_load(address: str, concurrency: int, duration: float) -> Result:
+    import aiohttp
+
+    url = f"http://{address}/v2/models/iris/infer"
+    body = json.dumps(IRIS_INPUT).encode()
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def send() -> bool:
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        await _drive(send, concurrency, 1.0)  # warm the connections
+        return await _drive(send, concurrency, duration)
+
+
+def _grpc_request() -> bytes:
+    from mlserver.grpc import dataplane_pb2 as pb
+
+    spec = IRIS_INPUT["inputs"][0]
+    tensor = pb.ModelInferRequest.InferInputTensor(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"],
+                                                   contents=pb.InferTensorContents(fp64_contents=spec["data"]))
+    return pb.ModelInferRequest(model_name="iris", inputs=[tensor]).SerializeToString()  # type: ignore[no-any-return]
+
+
+async def _grpc_load(address: str, concurrency: int, duration: float) -> Result:
+    import grpc
+
+    body = _grpc_request()
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def send() -> bool:
+            try:
+                await call(body, timeout=30)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+
+        await _drive(send, concurrency, 1.0)
+        return await _drive(send, concurrency, duration)
+
+
+def _wrk_load(address: str, concurrency: int, duration: float, workdir: Path) -> Result:
+    script = workdir / "post.lua"
+    report = workdir / "wrk.json"
+    body = json.dumps(json.dumps(IRIS_INPUT))
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {body}\nwrk.headers["Content-Type"] = "application/json"\n'
+                      "done = function(summary, latency, requests)\n"
+                      f'  local f = io.open("{report}", "w")\n'
+                      '  f:write(string.format(\'{"requests": %d, "seconds": %f, "errors": %d, "p50": %f, '
+                      '"p99": %f}\', summary.requests, summary.duration / 1e6, summary.errors.status '
+                      "+ summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, "
+                      "latency:percentile(50), latency:percentile(99)))\n  f:close()\nend\n")
+    url = f"http://{address}/v2/models/iris/infer"
+    subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", str(script), url], capture_output=True, check=True)
+    subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "-s", str(script), url],
+                   capture_output=True, check=True)
+    r = json.loads(report.read_text())
+    return {"rps": r["requests"] / r["seconds"], "p50_ms": r["p50"] / 1e3, "p99_ms": r["p99"] / 1e3,
+            "requests": r["requests"], "errors": r["errors"]}
+
+
+def load_main(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+        run: Any = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    if args.load == "grpc":
+        result = run(_grpc_load(args.address, int(args.concurrency), args.duration))
+    else:
+        result = run(_rest_load(args.address, int(args.concurrency), args.duration))
+    print(json.dumps(result))
+    return 0
+
+
+# ---- orchestration ----
+
+def _wait_http(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} not ready after {timeout:.0f}s")
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its children (MLServer's workers included)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _phase(protocol: str, address: str, concurrency: int, args: argparse.Namespace, workdir: Path) -> Result:
+    if protocol == "rest" and args.client == "wrk":
+        return _wrk_load(address, concurrency, args.duration, workdir)
+    cmd = [sys.executable, __file__, "--load", protocol, "--address", address, "--concurrency",
+           str(concurrency), "--duration", str(args.duration)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _start(workdir: Path) -> tuple[Any, subprocess.Popen[bytes], dict[str, str]]:
+    import httpx
+
+    from berth.adapters.mlserver_proc import MLServerProcess, free_ports
+    from berth.wire.routes import Endpoint, ModelRoute, RoutingTable
+
+    mlserver = MLServerProcess(workdir / "mlserver")
+    mlserver.start()
+    mlserver.wait_ready(120)
+    folder = train_sklearn(mlserver.repository / "iris")
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}))
+    r = httpx.post(f"http://{mlserver.http_address}/v2/repository/models/iris/load", timeout=120)
+    if r.status_code != 200:
+        raise SystemExit(f"MLServer did not load the model: {r.text}")
+    grpc_direct = f"127.0.0.1:{mlserver.grpc_port}"
+    table = RoutingTable(revision=1, models=[ModelRoute(namespace="default", name="iris", state="ModelAvailable",
+                         endpoints=[Endpoint(server="mlserver", replica=0, http=mlserver.http_address,
+                                             grpc=grpc_direct)])])
+    routes = workdir / "routes.json"
+    routes.write_text(table.model_dump_json())
+    rest_port, grpc_port = free_ports(2)
+    log = open(workdir / "gateway.log", "wb")  # noqa: SIM115 - handed to the child
+    gateway = subprocess.Popen([sys.executable, "-m", "berth.main", "gateway", "--host", "127.0.0.1", "--port",
+                                str(rest_port), "--grpc-port", str(grpc_port), "--control", "", "--routes", str(routes),
+                                "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+    _wait_http(f"http://127.0.0.1:{rest_port}/v2/health/ready", 30)
+    addresses = {"rest direct": mlserver.http_address, "rest gateway": f"127.0.0.1:{rest_port}",
+                 "grpc direct": grpc_direct, "grpc gateway": f"127.0.0.1:{grpc_port}"}
+    return mlserver, gateway, addresses
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "python"
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        mlserver, gateway, addresses = _start(workdir)
+        results: dict[tuple[str, int, str], list[Result]] = {}
+        try:
+            print(f"{args.rounds} rounds x {args.duration:g}s per phase, concurrency {levels}, "
+                  f"REST client {args.client}, gRPC client grpc.aio, {os.cpu_count()} CPUs")
+            for rnd in range(args.rounds):
+                for protocol in protocols:
+                    for level in levels:
+                        for via in ("direct", "gateway"):
+                            before = _cpu(gateway.pid), _cpu(mlserver.process.pid)
+                            r = _phase(protocol, addresses[f"{protocol} {via}"], level, args, workdir)
+                            gw_cpu, ml_cpu = _cpu(gateway.pid) - before[0], _cpu(mlserver.process.pid) - before[1]
+                            r["gateway_cpu_us"] = gw_cpu / max(r["requests"], 1) * 1e6
+                            r["mlserver_cpu_us"] = ml_cpu / max(r["requests"], 1) * 1e6
+                            results.setdefault((protocol, level, via), []).append(r)
+                            print(f"  round {rnd + 1} {protocol:4} c={level:<3} {via:7} {r['rps']:9.1f} req/s  "
+                                  f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  errors {int(r['errors'])}  "
+                                  f"CPU/request: MLServer {r['mlserver_cpu_us']:5.0f} us"
+                                  + (f", gateway {r['gateway_cpu_us']:4.0f} us" if via == "gateway" else ""),
+                                  flush=True)
+        finally:
+            gateway.terminate()
+            try:
+                gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+            mlserver.stop()
+    print(f"\nmedians over {args.rounds} rounds{'':16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for protocol in protocols:
+        for level in levels:
+            med = {via: {k: statistics.median(r[k] for r in results[(protocol, level, via)])
+                         for k in ("rps", "p50_ms", "p99_ms", "gateway_cpu_us")} for via in ("direct", "gateway")}
+            for via in ("direct", "gateway"):
+                m = med[via]
+                print(f"  {protocol:4} c={level:<3} {via:26}{m['rps']:10.1f}{m['p50_ms']:10.3f}{m['p99_ms']:10.3f}")
+            ratio = med["gateway"]["rps"] / med["direct"]["rps"]
+            added = med["gateway"]["p50_ms"] - med["direct"]["p50_ms"]
+            print(f"  {protocol:4} c={level:<3} gateway/direct throughput {ratio:.3f} (goal >= 0.95), added p50 "
+                  f"{added:+.3f} ms (goal <= 0.5), gateway CPU {med['gateway']['gateway_cpu_us']:.0f} us/request")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--concurrency", default="1,8", help="requests in flight; a comma list runs each level")
+    parser.add_argument("--rounds", type=int, default=2, help="direct/gateway pairs per protocol")
+    parser.add_argument("--protocols", default="rest,grpc")
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                        help="REST load generator (auto: wrk when installed)")
+    parser.add_argument("--load", choices=("rest", "grpc"), help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    return load_main(args) if args.load else bench_main(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

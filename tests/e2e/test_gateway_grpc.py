@@ -1,0 +1,212 @@
+"""The gateway's V2 gRPC endpoint in front of a real MLServer: pass-through, routing, errors, retries.
+
+One MLServer process holds the iris model under two names (iris, iris2); the gateway serves REST and
+gRPC from a static table, and the tests talk to it with MLServer's own generated stubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
+
+from berth.adapters.mlserver_proc import MLServerProcess, free_port
+from berth.wire.routes import Candidate, ExperimentRoute, RoutingTable
+from tests.e2e.test_gateway import Gateway, LoopThread, route, start_mlserver
+from tests.support.models import IRIS_INPUT
+
+pytestmark = pytest.mark.e2e
+
+
+def infer_request(model: str = "iris", values: list[float] | None = None, shape: tuple[int, ...] = (2, 4)
+                  ) -> pb.ModelInferRequest:
+    spec = IRIS_INPUT["inputs"][0]
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=spec["name"], datatype="FP64", shape=list(shape),
+        contents=pb.InferTensorContents(fp64_contents=values if values is not None else spec["data"]))
+    return pb.ModelInferRequest(model_name=model, inputs=[tensor])
+
+
+def metadata_of(call: Any) -> dict[str, str]:
+    return {m.key: m.value for m in (call.trailing_metadata() or ())}
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
+    proc = start_mlserver(tmp_path_factory.mktemp("mlserver"), "iris", "iris2")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def lt() -> Iterator[LoopThread]:
+    loop_thread = LoopThread()
+    yield loop_thread
+    loop_thread.close()
+
+
+@pytest.fixture(scope="module")
+def dead() -> tuple[str, str]:
+    return f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def gw(mlserver: MLServerProcess, lt: LoopThread, dead: tuple[str, str]) -> Iterator[Gateway]:
+    live, live_grpc = mlserver.http_address, f"127.0.0.1:{mlserver.grpc_port}"
+    table = RoutingTable(revision=1, models=[
+        route("iris", live, grpc=(live_grpc,)),
+        route("iris2", live, grpc=(live_grpc,)),
+        route("wine", state="LoadFailed", reason="replica mlserver/0: MLServer answered 400: bad model"),
+        route("iris", dead[0], live, namespace="retry", grpc=(dead[1], live_grpc)),
+        route("iris", dead[0], namespace="gone", grpc=(dead[1],)),
+    ], experiments=[
+        ExperimentRoute(namespace="default", name="ab", candidates=[Candidate(name="iris", weight=50),
+                                                                    Candidate(name="iris2", weight=50)], ready=True),
+        ExperimentRoute(namespace="default", name="waiting", candidates=[Candidate(name="iris", weight=1)],
+                        ready=False, reason="candidate model iris3 not found in namespace default"),
+    ])
+    gateway = Gateway(lt, grpc=True, routes=table, upstream_timeout=20.0, max_request_bytes=1 << 20)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(gw: Gateway) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(gw.grpc) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def direct(mlserver: MLServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{mlserver.grpc_port}") as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_infer_through_gateway_equals_direct_and_names_the_route(stub: Any, direct: Any) -> None:
+    via, call = stub.ModelInfer.with_call(infer_request())
+    expected = direct.ModelInfer(infer_request())
+    assert via.model_name == "iris"
+    assert via.outputs == expected.outputs
+    assert metadata_of(call)["x-seldon-route"] == ":iris:"
+
+
+def test_seldon_model_metadata_routes_over_model_name(stub: Any) -> None:
+    via, call = stub.ModelInfer.with_call(infer_request("something-else"), metadata=(("seldon-model", "iris2"),))
+    assert via.model_name == "iris2"
+    assert metadata_of(call)["x-seldon-route"] == ":iris2:"
+
+
+def test_model_metadata_ready_and_server_calls(stub: Any, direct: Any) -> None:
+    assert stub.ModelMetadata(pb.ModelMetadataRequest(name="iris")) == \
+        direct.ModelMetadata(pb.ModelMetadataRequest(name="iris"))
+    assert stub.ModelReady(pb.ModelReadyRequest(name="iris2")).ready is True
+    assert stub.ServerLive(pb.ServerLiveRequest()).live is True
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready is True
+    assert stub.ServerMetadata(pb.ServerMetadataRequest()).name == "berth-gateway"
+
+
+def test_gateway_errors_are_grpc_statuses_with_the_rest_messages(stub: Any, gw: Gateway) -> None:
+    cases = [("nosuch", {}, grpc.StatusCode.NOT_FOUND, 404, "NotFound"),
+             ("wine", {}, grpc.StatusCode.UNAVAILABLE, 503, "ModelNotReady"),
+             ("waiting.experiment", {}, grpc.StatusCode.UNAVAILABLE, 503, "ExperimentNotReady"),
+             ("iris", {"seldon-namespace": "elsewhere"}, grpc.StatusCode.NOT_FOUND, 404, "NotFound")]
+    for model, headers, code, status, error_code in cases:
+        rest = httpx.post(f"{gw.url}/v2/models/{model}/infer", json=IRIS_INPUT, headers=headers)
+        assert rest.status_code == status
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(infer_request(model), metadata=tuple(headers.items()))
+        err = info.value
+        assert err.code() == code
+        assert err.details() == rest.json()["message"]
+        assert metadata_of(err)["berth-error-code"] == error_code == rest.json()["code"]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(pb.ModelInferRequest())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "names no model" in info.value.details()
+
+
+def test_inference_server_errors_pass_through(stub: Any, direct: Any) -> None:
+    bad = infer_request(values=[5.1], shape=(2, 4))
+    with pytest.raises(grpc.RpcError) as via:
+        stub.ModelInfer(bad)
+    with pytest.raises(grpc.RpcError) as straight:
+        direct.ModelInfer(bad)
+    assert via.value.code() == straight.value.code() != grpc.StatusCode.OK
+    assert via.value.details() == straight.value.details()
+    assert metadata_of(via.value)["x-seldon-route"] == ":iris:"
+
+
+def test_connect_failure_is_retried_on_another_replica(stub: Any, dead: tuple[str, str]) -> None:
+    for _ in range(4):
+        answer = stub.ModelInfer(infer_request(), metadata=(("seldon-namespace", "retry"),))
+        assert answer.model_name == "iris"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(infer_request(), metadata=(("seldon-namespace", "gone"),))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"inference server {dead[1]} (gRPC) refused connection" in info.value.details()
+
+
+def test_experiment_split_and_sticky_route_over_grpc(stub: Any) -> None:
+    seen: Counter[str] = Counter()
+    routes = {}
+    for _ in range(40):
+        answer, call = stub.ModelInfer.with_call(infer_request("iris"), metadata=(("seldon-model", "ab.experiment"),))
+        seen[answer.model_name] += 1
+        routes[answer.model_name] = metadata_of(call)["x-seldon-route"]
+    assert set(seen) == {"iris", "iris2"}
+    assert routes["iris2"] == ":ab.experiment:iris2:"
+    for _ in range(10):
+        answer, call = stub.ModelInfer.with_call(
+            infer_request("ab.experiment"), metadata=(("x-seldon-route", routes["iris2"]),))
+        assert answer.model_name == "iris2"
+        assert metadata_of(call)["x-seldon-route"] == routes["iris2"]
+
+
+def test_oversized_message_is_resource_exhausted(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(infer_request(values=[1.0] * 200_000, shape=(50_000, 4)))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_metrics_count_grpc_by_status(stub: Any, gw: Gateway) -> None:
+    stub.ModelInfer(infer_request())
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert 'berth_gateway_requests_total{candidate="",code="OK",experiment="",model="iris",namespace="default",' \
+           'protocol="grpc"}' in text
+    assert 'code="NOT_FOUND",experiment="",model="",namespace="",protocol="grpc"}' in text
+
+
+def test_slow_inference_server_is_deadline_exceeded(lt: LoopThread) -> None:
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(3)
+        return b""
+
+    async def serve() -> grpc.aio.Server:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(slow)}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        return server
+
+    port = free_port()
+    server = lt.call(serve())
+    upstream = f"127.0.0.1:{port}"
+    gw = Gateway(lt, grpc=True, routes=RoutingTable(models=[route("iris", "127.0.0.1:1", grpc=(upstream,))]),
+                 upstream_timeout=0.5)
+    try:
+        with grpc.insecure_channel(gw.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert f"inference server {upstream} did not answer model iris in namespace default within 0.5s" \
+            in info.value.details()
+    finally:
+        gw.stop()
+        lt.call(server.stop(0))
