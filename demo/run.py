@@ -70,12 +70,12 @@ def main() -> int:
     manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     print(f"manifests: {SEEDS} with storageUri pointed at {WORK / 'models'} -> {manifest}")
 
-    control_port, gateway_port = port_or_free(9004), port_or_free(9000)
+    control_port, gateway_port, grpc_port = port_or_free(9004), port_or_free(9000), port_or_free(9001)
     env = dict(os.environ, BERTH_ADDRESS=f"http://127.0.0.1:{control_port}",
                BERTH_GATEWAY=f"http://127.0.0.1:{gateway_port}", COLUMNS="160")
     step(f"berth up (control plane :{control_port}, gateway :{gateway_port})")
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(WORK / "data"), "--control-port", str(control_port),
-                                   "--gateway-port", str(gateway_port)], env=env)
+                                   "--gateway-port", str(gateway_port), "--grpc-port", str(grpc_port)], env=env)
     try:
         deadline = time.monotonic() + 180
         while subprocess.call(BERTH + ["get", "servers"], env=env, stdout=subprocess.DEVNULL,

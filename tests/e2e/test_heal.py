@@ -123,11 +123,12 @@ def test_replica_killed_under_traffic_loses_nothing(platform: Platform, iris: Pa
 
 def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
     data = tmp_path / "data"
-    cport, gport = free_ports(2)
+    cport, gport, grpc = free_ports(3)
     env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}")
     berth = [sys.executable, "-m", "berth.main"]
     up = subprocess.Popen(berth + ["up", "--data-dir", str(data), "--control-port", str(cport),
-                                   "--gateway-port", str(gport)], env=env, stderr=subprocess.PIPE, text=True)
+                                   "--gateway-port", str(gport), "--grpc-port", str(grpc)],
+                          env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert up.stderr is not None
         while "gateway (V2)" not in (line := up.stderr.readline()):

@@ -39,10 +39,11 @@ def _ours(data: Path) -> list[int]:
 
 def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    cport, gport = free_ports(2)
+    cport, gport, grpc = free_ports(3)
     env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}")
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(data), "--control-port", str(cport),
-                                   "--gateway-port", str(gport)], env=env, stderr=subprocess.PIPE, text=True)
+                                   "--gateway-port", str(gport), "--grpc-port", str(grpc)],
+                          env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert up.stderr is not None
         lines = []

@@ -73,6 +73,7 @@ def up(
     host: str = typer.Option("127.0.0.1", "--host"),
     control_port: int = typer.Option(9004, "--control-port"),
     gateway_port: int = typer.Option(9000, "--gateway-port"),
+    grpc_port: int = typer.Option(9001, "--grpc-port", help="Gateway V2 gRPC port"),
     replica_memory: str = typer.Option("2Gi", "--replica-memory", help="Memory each local replica offers"),
     no_default_server: bool = typer.Option(False, "--no-default-server",
                                            help="Do not create the Server mlserver in namespace default"),
@@ -82,6 +83,7 @@ def up(
     mlserver_executable()  # a clear ConfigError when MLServer is missing
     _check_port(host, control_port, "control plane", "--control-port")
     _check_port(host, gateway_port, "gateway", "--gateway-port")
+    _check_port(host, grpc_port, "gateway's gRPC endpoint", "--grpc-port")
     data_dir = data_dir.resolve()
     logs = data_dir / "logs"
     stop = threading.Event()
@@ -107,12 +109,14 @@ def up(
                     client.apply([default_server()])
             status.update("starting gateway…")
             sup.add(Child("gateway", py + ["gateway", "--host", host, "--port", str(gateway_port),
-                                           "--control", control_url], logs / "gateway.log"))
+                                           "--grpc-port", str(grpc_port), "--control", control_url],
+                          logs / "gateway.log"))
             _wait(lambda: httpx.get(f"{gateway_url}/v2/health/live", timeout=1).status_code == 200, 30,
                   f"gateway at {gateway_url} (log {logs / 'gateway.log'})")
             if not no_default_server:
                 _wait_server(client, status, wait_timeout, stop)
         console.print(f"[green]berth is up[/green]\n  control plane    {control_url}\n"
+                      f"  gateway gRPC     {host}:{grpc_port}\n"
                       f"  gateway (V2)     {gateway_url}\n  data and logs    {data_dir}")
         console.print("apply models with `berth apply -f FILE`; Ctrl-C stops everything")
         sys.stdout.flush()
