@@ -4,9 +4,6 @@ names the address or object, the error and the fix; the command exits 1 when any
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 
 from berth.adapters.mlserver_proc import free_port
 from tests.support.models import train_sklearn
-from tests.support.platform import Platform, model_doc, server_doc
+from tests.support.platform import Platform, manual_agent, model_doc, server_doc
 from tests.support.s3 import enforce_auth, moto_server, user_with_keys
 
 pytestmark = pytest.mark.e2e
@@ -136,21 +133,12 @@ def test_agent_pointed_at_closed_port(cli: Any, tmp_path: Path) -> None:
     closed = free_port()
     with Platform(tmp_path / "berth", provision=False) as p:
         p.client.apply([server_doc("manual", namespace="hand", replicas=2)])
-        env = dict(os.environ, BERTH_DATA_DIR=str(tmp_path / "agent"))
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "berth.main", "agent", "--server", "manual", "--replica", "0",
-             "--namespace", "hand", "--capabilities", "sklearn", "--memory", "1Gi",
-             "--inference-http-port", str(closed), "--control", f"127.0.0.1:{p.control.port}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with manual_agent(p, tmp_path / "agent", server="manual", namespace="hand", http_port=closed):
             deadline = time.monotonic() + 30
             while not any(a["connected"] and a["error"] for a in p.client.agents("hand")):
                 assert time.monotonic() < deadline, "the agent never connected"
                 time.sleep(0.1)
             code, report, _ = _doctor(cli, p, "-n", "hand")
-        finally:
-            agent.terminate()
-            agent.wait(10)
     assert code == 1
     inference = _rows(report, "agent → inference server")[0]
     assert inference["result"] == "fail"

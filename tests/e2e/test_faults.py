@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from berth.adapters.mlserver_proc import free_port
-from tests.support.platform import Platform, model_doc, server_doc
+from tests.support.platform import Platform, manual_agent, model_doc, server_doc
 
 pytestmark = pytest.mark.e2e
 
@@ -21,13 +18,7 @@ def test_agent_pointed_at_wrong_port_is_named(tmp_path: Path) -> None:
     with Platform(tmp_path / "berth", provision=False) as p:
         p.client.apply([server_doc("manual", namespace="hand", replicas=1),
                         model_doc("iris", str(tmp_path), namespace="hand")])
-        env = dict(os.environ, BERTH_DATA_DIR=str(tmp_path / "agent"))
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "berth.main", "agent", "--server", "manual", "--replica", "0",
-             "--namespace", "hand", "--capabilities", "sklearn", "--memory", "1Gi",
-             "--inference-http-port", str(closed), "--control", f"127.0.0.1:{p.control.port}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
+        with manual_agent(p, tmp_path / "agent", server="manual", namespace="hand", http_port=closed):
             st: dict = {}
             for _ in range(100):
                 st = p.client.get("Model", "hand", "iris").get("status") or {}
@@ -39,6 +30,3 @@ def test_agent_pointed_at_wrong_port_is_named(tmp_path: Path) -> None:
                 in st["message"]
             server = p.client.get("Server", "hand", "manual")["status"]
             assert f"127.0.0.1:{closed}" in server["conditions"][0]["message"]
-        finally:
-            agent.terminate()
-            agent.wait(10)

@@ -4,7 +4,12 @@ and MLServer processes) and a gateway, in this process's background threads, on 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +99,20 @@ class Platform:
             if route["name"] == name and route["namespace"] == namespace:
                 return sorted(f"{e['server']}/{e['replica']}" for e in route["endpoints"])
         return []
+
+
+@contextmanager
+def manual_agent(platform: Platform, data: Path, *, server: str, namespace: str, http_port: int,
+                 replica: int = 0) -> Iterator[subprocess.Popen[bytes]]:
+    """`berth agent` started by hand (as on another host), pointed at an inference server port."""
+    env = dict(os.environ, BERTH_DATA_DIR=str(data))
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "berth.main", "agent", "--server", server, "--replica", str(replica),
+         "--namespace", namespace, "--capabilities", "sklearn", "--memory", "1Gi",
+         "--inference-http-port", str(http_port), "--control", f"127.0.0.1:{platform.control.port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield agent
+    finally:
+        agent.terminate()
+        agent.wait(10)
