@@ -98,6 +98,10 @@ class ModelNotReady(Unavailable):
     code = "ModelNotReady"
 
 
+class ExperimentNotReady(Unavailable):
+    code = "ExperimentNotReady"
+
+
 class Timeout(BerthError):
     code = "Timeout"
     http_status = 504

@@ -430,3 +430,33 @@ def test_metrics_count_requests_errors_and_latency_per_model(gateway: str) -> No
     assert 'berth_gateway_request_errors_total{candidate="",code="404",experiment="",model="",namespace=""' in text
     assert "made-up-name" not in text
     assert 'berth_gateway_request_duration_seconds_count{candidate="",experiment="",model="iris"' in text
+
+
+def test_vanished_replica_is_retried_and_a_half_answer_is_not(mlserver: MLServerProcess, lt: LoopThread) -> None:
+    """A replica that reads the request and dies (kill -9) costs a retry; one that started answering, a 502."""
+    async def vanish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()  # reset, no answer: as a killed process
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{")
+        await writer.drain()
+        writer.close()
+
+    servers = [lt.call(asyncio.start_server(handler, "127.0.0.1", 0)) for handler in (vanish, half)]
+    gone, partial = (f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers)
+    table = RoutingTable(models=[route("iris", gone, mlserver.http_address),
+                                 route("iris", partial, namespace="half")])
+    gw = Gateway(lt, routes=table)
+    try:
+        r = httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT)
+        assert r.status_code == 200, r.text
+        broken = httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT, headers={"seldon-namespace": "half"})
+        assert broken.status_code == 502
+        assert f"inference server {partial} failed while answering model iris" in broken.json()["message"]
+        assert "not retried" in broken.json()["message"]
+    finally:
+        gw.stop()
+        for server in servers:
+            lt.loop.call_soon_threadsafe(server.close)

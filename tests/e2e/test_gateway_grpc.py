@@ -210,3 +210,40 @@ def test_slow_inference_server_is_deadline_exceeded(lt: LoopThread) -> None:
     finally:
         gw.stop()
         lt.call(server.stop(0))
+
+
+def test_unavailable_replica_is_retried_on_another(lt: LoopThread, mlserver: MLServerProcess) -> None:
+    """A replica answering UNAVAILABLE (going away: MLServer itself never answers it) costs one retry."""
+    calls: list[bytes] = []
+
+    async def leaving(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        calls.append(request)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+        return b""
+
+    async def serve() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(leaving)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = lt.call(serve())
+    going = f"127.0.0.1:{port}"
+    table = RoutingTable(models=[route("iris", "127.0.0.1:2", mlserver.http_address,
+                                       grpc=(going, f"127.0.0.1:{mlserver.grpc_port}")),
+                                 route("iris", "127.0.0.1:2", namespace="alone", grpc=(going,))])
+    gw = Gateway(lt, grpc=True, routes=table)
+    try:
+        with grpc.insecure_channel(gw.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(infer_request()).model_name == "iris"
+            assert len(calls) == 1
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(infer_request(), metadata=(("seldon-namespace", "alone"),))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert f"inference server {going} (gRPC) is unavailable: Socket closed" in info.value.details()
+    finally:
+        gw.stop()
+        lt.call(server.stop(0))

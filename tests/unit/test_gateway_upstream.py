@@ -10,7 +10,7 @@ import pytest
 
 from berth.adapters.mlserver_proc import free_port
 from berth.gateway.table import describe_connect_error
-from berth.gateway.upstream import ConnectFailed, Disconnected, Pool
+from berth.gateway.upstream import ConnectFailed, Disconnected, Pool, Vanished
 
 BODY = b'{"model_name":"iris","outputs":[]}'
 
@@ -80,6 +80,10 @@ class Scripted:
             writer.write(ok + b"connection: close\r\ncontent-length: 2\r\n\r\n{}")
         elif path == "/drop":
             return False
+        elif path == "/half":  # starts answering, then goes away
+            writer.write(ok + b"content-length: 100\r\n\r\n{")
+            await writer.drain()
+            return False
         elif path == "/slow":
             await asyncio.sleep(5)
         await writer.drain()
@@ -145,11 +149,14 @@ def test_close_delimited_and_connection_close_answers_are_not_reused() -> None:
     run(go)
 
 
-def test_server_closing_before_answering_is_disconnected() -> None:
+def test_server_closing_before_answering_has_vanished_and_after_starting_is_disconnected() -> None:
     async def go(server: Scripted, pool: Pool) -> None:
-        with pytest.raises(Disconnected, match="closed the connection before answering"):
+        with pytest.raises(Vanished, match="closed the connection before answering"):
             await pool.request(server.address, head("/drop"), b"", 5)
         assert (await pool.request(server.address, head("/cl"), b"", 5)).status == 200
+        with pytest.raises(Disconnected) as info:
+            await pool.request(server.address, head("/half"), b"", 5)
+        assert not isinstance(info.value, Vanished)
     run(go)
 
 

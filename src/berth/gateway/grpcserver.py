@@ -7,7 +7,8 @@ sticky sessions from ``x-seldon-route``.  Routing is :meth:`Router.decide`, as f
 chosen model is not the name in the request, a new field 1 naming it is appended (the last value wins),
 so the rest of the message goes upstream byte for byte over a pooled channel per replica.
 
-Answers carry ``x-seldon-route`` in the initial metadata.  MLServer's own statuses pass through; the
+Answers carry ``x-seldon-route`` in the trailing metadata (set with the answer: a separate send of
+initial metadata costs a round of its own).  MLServer's own statuses pass through; the
 gateway's failures are gRPC statuses with the same messages as the REST JSON errors, and the error's
 code (``NotFound``, ``ModelNotReady``, ...) in the trailing metadata key ``berth-error-code``.
 ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the gateway itself.
@@ -187,11 +188,12 @@ class GrpcGateway:
             if failure is not None:
                 code = failure.code()
                 details = failure.details() or ""
-                if code is _SC.UNAVAILABLE and details.startswith(_NEVER_CONNECTED):
+                if code is _SC.UNAVAILABLE:  # MLServer never answers it: the replica is unreachable or vanished
                     failed.append(address)
                     self._down[address] = time.monotonic() + EJECT_S
-                    problems.append(f"inference server {upstream} (gRPC) refused connection"
-                                    if "refused" in details else f"inference server {upstream} (gRPC): {details}")
+                    refused = "refused" in details and details.startswith(_NEVER_CONNECTED)
+                    problems.append(f"inference server {upstream} (gRPC) refused connection" if refused
+                                    else f"inference server {upstream} (gRPC) is unavailable: {details}")
                     if len(failed) >= 2:
                         break
                     address = self._pick(target, failed)

@@ -1,9 +1,11 @@
 """Forward one V2 REST request to an inference server over pooled keep-alive connections.
 
 The request body is read once and sent as bytes; the answer's status, body and encoding come back
-untouched (never decompressed or re-encoded).  A request whose connection could not be opened is
-retried once on another replica holding the model; a request that reached a model is never retried.
-Every failure becomes a Berth error naming the address and what went wrong.
+untouched (never decompressed or re-encoded).  A request whose connection could not be opened, or whose
+replica vanished (the connection died before a single byte of an answer: killed, restarting), is
+retried once on another replica holding the model.  A request that got an answer, part of one, or no
+answer in time is never retried.  Every failure becomes a Berth error naming the address and what went
+wrong.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from berth.errors import BerthError, Timeout, Unavailable
 from berth.gateway.balance import Balancer
 from berth.gateway.routing import Decision
 from berth.gateway.table import Target, describe_connect_error
-from berth.gateway.upstream import ConnectFailed, Disconnected, Pool
+from berth.gateway.upstream import ConnectFailed, Disconnected, Pool, Vanished
 
 # A replica that refused a connection is passed over this long (unless no other replica is left), so
 # one dead replica in the table does not cost every request a failed connect before its retry.
@@ -82,6 +84,10 @@ class Proxy:
                 failed.append(address)
                 self._down[address] = time.monotonic() + EJECT_S
                 problems.append(describe_connect_error(f"inference server {address}", exc))
+            except Vanished as exc:
+                failed.append(address)
+                self._down[address] = time.monotonic() + EJECT_S
+                problems.append(f"inference server {address} {exc}")
             except TimeoutError:
                 return error_response(self._timeout(target, address))
             except Disconnected as exc:
@@ -151,6 +157,6 @@ class Proxy:
 def _broken(target: Target, address: str, detail: str) -> Unavailable:
     return Unavailable(
         f"inference server {address} failed while answering model {target.name} in namespace "
-        f"{target.namespace}: {detail}; the request reached the server, so it was not retried",
+        f"{target.namespace}: {detail}; it had started answering, so the request was not retried",
         details={"model": target.name, "namespace": target.namespace, "address": address,
                  "error": "Disconnected"})

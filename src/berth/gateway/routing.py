@@ -20,7 +20,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from berth.errors import NotFound, Unavailable
+from berth.errors import ExperimentNotReady, NotFound, Unavailable
 from berth.gateway.table import Target, compile_route
 from berth.wire.routes import ExperimentRoute, RoutingTable
 
@@ -73,11 +73,10 @@ class Split:
 
     def choose(self, rng: random.Random, route_header: str | None) -> Decision:
         if not self.ready:
-            raise Unavailable(
+            raise ExperimentNotReady(
                 f"experiment {self.name} in namespace {self.namespace} is not ready: {self.reason}; "
                 f"`berth describe experiment {self.name} -n {self.namespace}` shows its candidates",
-                details={"experiment": self.name, "namespace": self.namespace, "reason": self.reason},
-                code="ExperimentNotReady")
+                details={"experiment": self.name, "namespace": self.namespace, "reason": self.reason})
         at = self.sticky(route_header) if route_header else -1
         if at < 0:
             at = weighted_index(self.cumulative, self.total, rng.random()) if self.total > 0 \

@@ -28,6 +28,11 @@ class Disconnected(ConnectionError):
     """The upstream closed the connection (or sent garbage) before a whole answer arrived."""
 
 
+class Vanished(Disconnected):
+    """The connection died before a single byte of an answer: the replica went away (killed, restarted,
+    or it had closed an idle connection as the request went out)."""
+
+
 class Answer:
     __slots__ = ("status", "headers", "body")
 
@@ -38,8 +43,8 @@ class Answer:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("transport", "waiter", "buf", "closed", "reusable", "idle_since", "_head", "_length", "_chunked",
-                 "_status", "_headers")
+    __slots__ = ("transport", "waiter", "buf", "closed", "reusable", "idle_since", "answering", "_head", "_length",
+                 "_chunked", "_status", "_headers")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -48,6 +53,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.reusable = True
         self.idle_since = 0.0
+        self.answering = False  # a byte of the answer to the request in flight has arrived
         self._reset()
 
     def _reset(self) -> None:
@@ -64,6 +70,7 @@ class _Conn(asyncio.Protocol):
         if self.waiter is None:  # nothing asked: the server is talking out of turn
             self.close()
             return
+        self.answering = True
         self.buf += data
         try:
             self._parse()
@@ -81,8 +88,9 @@ class _Conn(asyncio.Protocol):
                 self.reusable = False
                 self._finish(bytes(self.buf[self._head:]))
             else:
-                detail = f": {exc}" if exc else ""
-                waiter.set_exception(Disconnected(f"closed the connection before answering{detail}"))
+                detail = f" ({exc})" if exc else ""
+                lost = Disconnected if self.answering else Vanished
+                waiter.set_exception(lost(f"closed the connection before answering{detail}"))
 
     def close(self) -> None:
         self.closed = True
@@ -214,13 +222,15 @@ class Pool:
     async def request(self, address: str, head: bytes, body: bytes, timeout: float) -> Answer:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; the whole answer.
 
-        ConnectFailed: nothing was sent.  Disconnected or TimeoutError: the request may have reached the
+        ConnectFailed: nothing was sent.  Vanished: the connection died before any byte of an answer.
+        Disconnected (a partial answer) or TimeoutError: the request may have reached the
         server.  The timeout counts from the moment the request is sent.
         """
         conn = self._take(address) or await self._connect(address)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Answer] = loop.create_future()
         conn.waiter = waiter
+        conn.answering = False
         transport = conn.transport
         assert transport is not None
         if len(body) <= 65536:
