@@ -460,3 +460,62 @@ def test_vanished_replica_is_retried_and_a_half_answer_is_not(mlserver: MLServer
         gw.stop()
         for server in servers:
             lt.loop.call_soon_threadsafe(server.close)
+
+
+def test_fuzz_gateway_never_answers_5xx_of_its_own(lt: LoopThread) -> None:
+    """Bounded fuzz: random paths, headers and bodies; the upstream always answers 200, so any 5xx would
+    be the gateway's own.  Every 4xx is JSON with a stable code."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"model_name": "echo", "outputs": []})
+
+    async def start_upstream() -> tuple[web.AppRunner, int]:
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_route("*", "/{tail:.*}", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner, port
+
+    runner, port = lt.call(start_upstream())
+    table = RoutingTable(revision=1, models=[route("echo", f"127.0.0.1:{port}"),
+                                             route("down", state="ScheduleFailed", reason="no servers")],
+                         experiments=[])
+    gw = Gateway(lt, routes=table, max_request_bytes=64 * 1024)
+    printable = st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="/?#%")
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    tensors = st.fixed_dictionaries({
+        "name": st.text(max_size=5) | st.integers(), "shape": st.lists(st.integers(-2, 5), max_size=3) | scalars,
+        "datatype": st.sampled_from(["FP64", "INT64", "BYTES", "BOOL", "nope"]) | scalars,
+        "data": st.lists(scalars, max_size=10) | scalars})
+    bodies = st.one_of(st.binary(max_size=100),
+                       st.lists(tensors, max_size=3).map(lambda t: json.dumps({"inputs": t}).encode()),
+                       st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                           st.text(max_size=5), c, max_size=3), max_leaves=8).map(lambda v: json.dumps(v).encode()))
+    codes = {"InvalidInput", "PayloadTooLarge", "NotFound", "ModelNotReady", "ExperimentNotReady",
+             "MethodNotAllowed", "Unavailable"}
+    try:
+        with httpx.Client(base_url=gw.url, timeout=10) as http:
+            @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(model=st.sampled_from(["echo", "down", "nobody", "x.experiment"]) | st.text(printable, max_size=12),
+                   body=bodies, header=st.sampled_from([None, "echo", "down", "", "a.experiment"]),
+                   ctype=st.sampled_from(["application/json", "text/plain", "application/octet-stream"]))
+            def fuzz(model: str, body: bytes, header: str | None, ctype: str) -> None:
+                headers = {"Content-Type": ctype}
+                if header is not None:
+                    headers["seldon-model"] = header
+                for r in (http.post(f"/v2/models/{model}/infer", content=body, headers=headers),
+                          http.get(f"/v2/models/{model}", headers=headers),
+                          http.get(f"/v2/models/{model}/ready", headers=headers)):
+                    assert r.status_code < 500 or r.status_code == 503, (r.status_code, r.text[:300])
+                    if r.status_code >= 400:
+                        assert r.json()["code"] in codes, r.text[:300]
+
+            fuzz()
+    finally:
+        gw.stop()
+        lt.call(runner.cleanup())

@@ -20,7 +20,7 @@ import grpc
 from aiohttp import web
 
 import berth
-from berth.errors import BerthError, ConfigError, PayloadTooLarge, Unavailable
+from berth.errors import BerthError, ConfigError, NotFound, PayloadTooLarge, Unavailable
 from berth.gateway.checks import check_infer_body, is_plain_json
 from berth.gateway.grpcserver import GrpcGateway, start_grpc
 from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
@@ -117,6 +117,13 @@ class _Handlers:
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response({"name": "berth-gateway", "version": berth.__version__, "extensions": []})
 
+    async def unknown(self, request: web.Request) -> web.Response:
+        """Every path or method the V2 API does not have: JSON, like every other answer."""
+        return error_response(NotFound(
+            f"no such endpoint: {request.method} {request.path}; the gateway serves POST "
+            "/v2/models/NAME/infer, GET /v2/models/NAME[/ready], GET /v2/health/live|ready, GET /metrics",
+            details={"method": request.method, "path": request.path}))
+
     async def prometheus(self, request: web.Request) -> web.Response:
         resp = web.Response(body=self.metrics.exposition())
         resp.headers["Content-Type"] = CONTENT_TYPE
@@ -151,6 +158,7 @@ def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | N
     add("GET", "/v2/health/ready", h.ready)
     add("GET", "/v2", h.server_metadata)
     add("GET", "/metrics", h.prometheus)
+    add("*", "/{tail:.*}", h.unknown)  # last: matched only when nothing above was
     return app
 
 
