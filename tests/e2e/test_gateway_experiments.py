@@ -22,8 +22,8 @@ from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
 
 from berth.adapters.mlserver_proc import MLServerProcess, free_port
 from berth.wire.routes import Candidate, ExperimentRoute, RoutingTable
-from tests.e2e.test_gateway import Gateway, LoopThread, eventually, route, start_mlserver
 from tests.e2e.test_gateway_grpc import infer_request, metadata_of
+from tests.support.gateway import Gateway, LoopThread, eventually, route, start_mlserver
 from tests.support.models import IRIS_INPUT, train_sklearn
 from tests.support.platform import SELDON, Platform, model_doc, server_doc
 
@@ -64,13 +64,6 @@ class Mirror:
 
     def stop(self) -> None:
         self.lt.call(self.runner.cleanup())
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
 
 from berth.adapters.mlserver_proc import MLServerProcess, free_port
 from berth.wire.routes import Candidate, ExperimentRoute, RoutingTable
-from tests.e2e.test_gateway import Gateway, LoopThread, route, start_mlserver
+from tests.support.gateway import Gateway, LoopThread, route, start_mlserver
 from tests.support.models import IRIS_INPUT
 
 pytestmark = pytest.mark.e2e
@@ -43,13 +43,6 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProce
     proc = start_mlserver(tmp_path_factory.mktemp("mlserver"), "iris", "iris2")
     yield proc
     proc.stop()
-
-
-@pytest.fixture(scope="module")
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 
 Outstanding requests are counted per inference-server address (a replica serves every model it
 holds, so its load is shared between them); the round-robin turn is kept per model, so two models on
-the same replicas each rotate through all of them.  Pure bookkeeping: no I/O, no clock, no randomness.
+the same replicas each rotate through all of them.  Pure bookkeeping: no I/O, no randomness; the
+clock comes in as a function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 
 
 class Balancer:
@@ -62,3 +63,37 @@ class Balancer:
             self._outstanding[address] = left
         else:
             self._outstanding.pop(address, None)
+
+
+class Ejections:
+    """Replicas passed over for a while after refusing connections (shared by REST and gRPC).
+
+    ``clock`` is read only when something is ejected, so the common path costs one truth test.
+    """
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def eject(self, address: str, until: float) -> None:
+        self._until[address] = until
+
+    def restore(self, address: str) -> None:
+        if self._until:
+            self._until.pop(address, None)
+
+    def pick(self, balancer: Balancer, key: Hashable, addresses: Sequence[str], failed: Collection[str],
+             clock: Callable[[], float]) -> str | None:
+        """The replica for the next attempt: not failed in this request, not recently refusing
+        (unless nothing else is left)."""
+        down = self._until
+        if down:
+            now = clock()
+            for address in [a for a, until in down.items() if until <= now]:
+                del down[address]
+            if down:
+                choice = balancer.choose(key, addresses, exclude=down.keys() | set(failed))
+                if choice is not None:
+                    return choice
+        return balancer.choose(key, addresses, exclude=failed)

@@ -26,7 +26,7 @@ from grpc import aio
 import berth
 from berth.errors import BerthError, ConfigError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
 from berth.gateway import protowire
-from berth.gateway.balance import Balancer
+from berth.gateway.balance import Balancer, Ejections
 from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.mirror import Mirrors
 from berth.gateway.proxy import EJECT_S
@@ -106,7 +106,7 @@ class GrpcGateway:
                                     ("grpc.max_receive_message_length", -1),
                                     ("grpc.min_reconnect_backoff_ms", backoff_ms),
                                     ("grpc.enable_retries", 0)])
-        self._down: dict[str, float] = {}  # replica (REST address) -> until when its gRPC port is passed over
+        self._down = Ejections()  # replica (REST address) -> until when its gRPC port is passed over
         self._pruning: set[asyncio.Task[None]] = set()
 
     def forget_unrouted(self) -> None:
@@ -173,7 +173,7 @@ class GrpcGateway:
         balancer = self.balancer
         failed: list[str] = []
         problems: list[str] = []
-        address = self._pick(target, failed)
+        address = self._down.pick(self.balancer, target.key, target.addresses, failed, time.monotonic)
         while address is not None:
             upstream = target.grpc[address]
             call = self.upstreams.methods(upstream)[method]
@@ -190,13 +190,13 @@ class GrpcGateway:
                 details = failure.details() or ""
                 if code is _SC.UNAVAILABLE:  # MLServer never answers it: the replica is unreachable or vanished
                     failed.append(address)
-                    self._down[address] = time.monotonic() + EJECT_S
+                    self._down.eject(address, time.monotonic() + EJECT_S)
                     refused = "refused" in details and details.startswith(_NEVER_CONNECTED)
                     problems.append(f"inference server {upstream} (gRPC) refused connection" if refused
                                     else f"inference server {upstream} (gRPC) is unavailable: {details}")
                     if len(failed) >= 2:
                         break
-                    address = self._pick(target, failed)
+                    address = self._down.pick(self.balancer, target.key, target.addresses, failed, time.monotonic)
                     continue
                 if code is _SC.DEADLINE_EXCEEDED:
                     late = Timeout(f"inference server {upstream} did not answer model {target.name} in namespace "
@@ -207,8 +207,7 @@ class GrpcGateway:
                     return await self._fail(context, late, started, decision)
                 self.metrics.observe(decision.labels, "grpc", code.name, True, time.perf_counter() - started)
                 await context.abort(code, details, trailing_metadata=(("x-seldon-route", decision.route),))
-            if self._down:
-                self._down.pop(address, None)
+            self._down.restore(address)
             context.set_trailing_metadata((("x-seldon-route", decision.route),))
             if decision.mirror is not None and method == "ModelInfer":
                 self.mirrors.send(decision.mirror_labels, "grpc", self._copy(method, decision.mirror, body))
@@ -223,7 +222,7 @@ class GrpcGateway:
         return await self._fail(context, err, started, decision)
 
     async def _copy(self, method: str, target: Target, body: bytes) -> str:
-        address = self._pick(target, [])
+        address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
         if address is None:
             return "unavailable"
         self.balancer.acquire(address)
@@ -235,18 +234,6 @@ class GrpcGateway:
             return "timeout" if exc.code() is _SC.DEADLINE_EXCEEDED else "error"
         finally:
             self.balancer.release(address)
-
-    def _pick(self, target: Target, failed: list[str]) -> str | None:
-        down = self._down
-        if down:
-            now = time.monotonic()
-            for address in [a for a, until in down.items() if until <= now]:
-                del down[address]
-            if down:
-                choice = self.balancer.choose(target.key, target.addresses, exclude=down.keys() | failed)
-                if choice is not None:
-                    return choice
-        return self.balancer.choose(target.key, target.addresses, exclude=failed)
 
     async def _fail(self, context: aio.ServicerContext, err: BerthError, started: float,
                     decision: Decision | None = None) -> bytes:

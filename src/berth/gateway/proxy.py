@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from berth.errors import BerthError, Timeout, Unavailable
-from berth.gateway.balance import Balancer
+from berth.gateway.balance import Balancer, Ejections
 from berth.gateway.routing import Decision
 from berth.gateway.table import Target, describe_connect_error
 from berth.gateway.upstream import ConnectFailed, Disconnected, Pool, Vanished
@@ -59,7 +59,7 @@ class Proxy:
         self.upstream_timeout = upstream_timeout
         self.connect_timeout = min(connect_timeout, upstream_timeout)
         self.pool = Pool(connect_timeout=self.connect_timeout)
-        self._down: dict[str, float] = {}  # address -> monotonic time until which it is passed over
+        self._down = Ejections()  # replicas passed over for a while after refusing a connection
 
     async def start(self) -> None:
         """Nothing to open up front: connections are made on first use and kept."""
@@ -74,7 +74,7 @@ class Proxy:
         balancer = self.balancer
         failed: list[str] = []
         problems: list[str] = []
-        address = self._pick(target, failed)
+        address = self._down.pick(self.balancer, target.key, target.addresses, failed, time.monotonic)
         while address is not None:
             head = _head(target.line(address, kind, version), headers, len(body))
             balancer.acquire(address)
@@ -82,26 +82,25 @@ class Proxy:
                 answer = await self.pool.request(address, head, body, self.upstream_timeout)
             except ConnectFailed as exc:
                 failed.append(address)
-                self._down[address] = time.monotonic() + EJECT_S
+                self._down.eject(address, time.monotonic() + EJECT_S)
                 problems.append(describe_connect_error(f"inference server {address}", exc))
             except Vanished as exc:
                 failed.append(address)
-                self._down[address] = time.monotonic() + EJECT_S
+                self._down.eject(address, time.monotonic() + EJECT_S)
                 problems.append(f"inference server {address} {exc}")
             except TimeoutError:
                 return error_response(self._timeout(target, address))
             except Disconnected as exc:
                 return error_response(_broken(target, address, str(exc)), _BAD_GATEWAY)
             else:
-                if self._down:
-                    self._down.pop(address, None)
+                self._down.restore(address)
                 answer.headers["x-seldon-route"] = decision.route
                 return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
             finally:
                 balancer.release(address)
             if len(failed) >= 2:
                 break
-            address = self._pick(target, failed)
+            address = self._down.pick(self.balancer, target.key, target.addresses, failed, time.monotonic)
         total = len(target.addresses)
         tried = f"; tried {len(failed)} of {total} replicas" if total > 1 else ""
         err = Unavailable(
@@ -114,7 +113,7 @@ class Proxy:
     async def copy(self, target: Target, kind: str, version: str | None, body: bytes,
                    headers: Mapping[str, str]) -> str:
         """Send a copy of a request to ``target`` (an experiment's mirror); answers the outcome, drops the body."""
-        address = self._pick(target, [])
+        address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
         if address is None:
             return "unavailable"
         head = _head(target.line(address, kind, version), headers, len(body))
@@ -123,7 +122,7 @@ class Proxy:
             answer = await self.pool.request(address, head, body, self.upstream_timeout)
             return "ok" if answer.status < 400 else "error"
         except ConnectFailed:
-            self._down[address] = time.monotonic() + EJECT_S
+            self._down.eject(address, time.monotonic() + EJECT_S)
             return "unavailable"
         except TimeoutError:
             return "timeout"
@@ -131,19 +130,6 @@ class Proxy:
             return "error"
         finally:
             self.balancer.release(address)
-
-    def _pick(self, target: Target, failed: list[str]) -> str | None:
-        """The replica for the next attempt: not failed in this request, not recently refusing."""
-        down = self._down
-        if down:
-            now = time.monotonic()
-            for address in [a for a, until in down.items() if until <= now]:
-                del down[address]
-            if down:
-                choice = self.balancer.choose(target.key, target.addresses, exclude=down.keys() | failed)
-                if choice is not None:
-                    return choice
-        return self.balancer.choose(target.key, target.addresses, exclude=failed)
 
     def _timeout(self, target: Target, address: str) -> Timeout:
         return Timeout(
