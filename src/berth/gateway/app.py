@@ -25,6 +25,7 @@ from berth.gateway.checks import check_infer_body, is_plain_json
 from berth.gateway.grpcserver import GrpcGateway, start_grpc
 from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
 from berth.gateway.mirror import Mirrors
+from berth.gateway.probe import PROBE_PATH, probe_handler
 from berth.gateway.proxy import Proxy, error_response
 from berth.gateway.routing import Decision, Router
 from berth.gateway.watch import TableWatcher
@@ -158,6 +159,7 @@ def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | N
     add("GET", "/v2/health/ready", h.ready)
     add("GET", "/v2", h.server_metadata)
     add("GET", "/metrics", h.prometheus)
+    add("GET", PROBE_PATH, probe_handler(router))
     add("*", "/{tail:.*}", h.unknown)  # last: matched only when nothing above was
     return app
 

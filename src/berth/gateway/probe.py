@@ -1,0 +1,54 @@
+"""``GET /berth/v1/probe``: the gateway's own view of every replica in its routing table.
+
+Probes each inference server's ``/v2/health/ready`` from the gateway (what `berth doctor` shows as
+"gateway → replica"), concurrently, with a short timeout.  Not on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from berth.gateway.routing import Router
+
+PROBE_PATH = "/berth/v1/probe"
+
+
+async def _probe(session: aiohttp.ClientSession, address: str, timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        async with session.get(f"http://{address}/v2/health/ready",
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                error = f"HTTP {r.status}: {(await r.text())[:200]}"
+    except TimeoutError:
+        error = f"timeout after {timeout:.1f}s"
+    except aiohttp.ClientConnectorError as exc:
+        refused = isinstance(exc.os_error, ConnectionRefusedError)
+        error = "connection refused" if refused else str(exc.os_error or exc)
+    except aiohttp.ClientError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return {"address": address, "ok": error is None, "error": error,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def probe_handler(router: Router, *, timeout: float = 2.0) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        namespace = request.query.get("namespace") or None
+        models: dict[str, list[str]] = {}
+        for route in router.table.models if router.table is not None else []:
+            if namespace is None or route.namespace == namespace:
+                for ep in route.endpoints:
+                    models.setdefault(ep.http, []).append(f"{route.namespace}/{route.name}")
+        async with aiohttp.ClientSession() as session:
+            rows = await asyncio.gather(*(_probe(session, a, timeout) for a in sorted(models)))
+        for row in rows:
+            row["models"] = sorted(models[row["address"]])
+        return web.json_response({"revision": router.revision, "endpoints": rows})
+
+    return handle
