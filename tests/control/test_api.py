@@ -158,3 +158,34 @@ def test_metrics(control: ControlPlane, seeds: Path) -> None:
     assert 'berth_models{namespace="financial-ml",state="ScheduleFailed"} 2.0' in text
     assert 'berth_schedule_failures_total{namespace="financial-ml",reason="NoConnectedReplicas"}' in text
     assert "berth_schedule_attempts_total" in text
+
+
+def test_experiment_status_names_every_problem(control: ControlPlane, cli, seeds: Path) -> None:
+    client = BerthClient(control.url)
+    client.apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    _wait_status(client, "Experiment", "financial-ml", "financial-predictor-ab-test")  # it holds its default
+    second = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Experiment",
+              "metadata": {"name": "copycat", "namespace": "financial-ml"},
+              "spec": {"default": "baseline-predictor",
+                       "candidates": [{"name": "baseline-predictor", "weight": 50},
+                                      {"name": "ghost", "weight": 25}, {"name": "other-ns/x", "weight": 25}]}}
+    client.apply([second])
+    deadline = time.monotonic() + 10
+    msg = ""
+    while time.monotonic() < deadline and "ghost" not in msg:
+        msg = (client.get("Experiment", "financial-ml", "copycat").get("status") or {}).get("message", "")
+        time.sleep(0.05)
+    assert "already the default of experiment financial-predictor-ab-test" in msg
+    assert "candidate model ghost not found in namespace financial-ml" in msg
+    assert "candidate other-ns/x is in another namespace" in msg
+    first = client.get("Experiment", "financial-ml", "financial-predictor-ab-test")["status"]["message"]
+    assert "baseline-predictor is not ready" in first and "already the default" not in first
+    r = cli("--server", control.url, "describe", "experiment", "copycat", "-n", "financial-ml")
+    assert r.code == 0 and "ghost (weight 25)" in r.out and "ExperimentReady" in r.out
+    r = cli("--server", control.url, "describe", "server", "mlserver", "-n", "financial-ml")
+    assert r.code == 0 and "no agent connected yet" in r.out
+    # delete -f removes what the manifests name, and nothing else
+    r = cli("--server", control.url, "delete", "-f", str(seeds / "financial-ml"))
+    assert r.code == 0, r.err
+    assert [d["metadata"]["name"] for d in client.list("Experiment", "financial-ml")] == ["copycat"]
+    assert client.list("Model", "financial-ml") == []

@@ -37,8 +37,10 @@ def experiment_status(doc: dict[str, Any], models: dict[str, dict[str, Any]],
     ok = not problems
     message = "experiment ready" if ok else "; ".join(problems)
     reason = "ExperimentReady" if ok else "ExperimentNotReady"
+    default = spec.get("default")
     return {
         "observedGeneration": doc["metadata"].get("generation", 0),
+        "holdsDefault": bool(default) and claimed_by.get(default) == name,
         "conditions": [condition("ExperimentReady", ok, reason, message, doc.get("status"), now),
                        condition("Ready", ok, reason, message, doc.get("status"), now)],
         "message": message,

@@ -251,7 +251,12 @@ class Reconciler:
         models = {d["metadata"]["name"]: d for d in self.store.list("Model", ns)}
         experiments = self.store.list("Experiment", ns)
         claimed: dict[str, str] = {}
-        for exp in sorted(experiments, key=lambda d: d["metadata"]["creationTimestamp"]):
+        # an experiment that already holds its default keeps it; then the oldest claims it
+        def seniority(d: dict[str, Any]) -> tuple[bool, str, str]:
+            held = bool((d.get("status") or {}).get("holdsDefault"))
+            return (not held, d["metadata"]["creationTimestamp"], d["metadata"]["name"])
+
+        for exp in sorted(experiments, key=seniority):
             default = (exp.get("spec") or {}).get("default")
             if default and default not in claimed:
                 claimed[default] = exp["metadata"]["name"]
