@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +57,7 @@ def main() -> int:
 
     if not SEEDS.is_dir():
         raise SystemExit(f"demo: seed manifests not found at {SEEDS}")
+    shutil.rmtree(WORK / "data", ignore_errors=True)  # every demo starts from an empty platform
     step("training two MLflow models (iris, logistic regression)")
     models = {"baseline-predictor": train_mlflow(WORK / "models" / "baseline", c=1.0),
               "enhanced-predictor": train_mlflow(WORK / "models" / "enhanced", c=0.1)}
@@ -96,7 +98,11 @@ def main() -> int:
         step("V2 inference through the gateway")
         for name in models:
             berth("infer", name, "-n", "financial-ml", "-d", PAYLOAD, env=env)
-        berth("infer", "baseline-predictor", "-n", "financial-ml", "-d", PAYLOAD, "-i", "50", env=env)
+        step("the A/B experiment: requests to the default model are split 70/30 between the candidates")
+        berth("get", "experiments", "-n", "financial-ml", env=env)
+        berth("infer", "baseline-predictor", "-n", "financial-ml", "-d", PAYLOAD, "-i", "200", env=env)
+        berth("infer", "financial-predictor-ab-test.experiment", "-n", "financial-ml", "-d", PAYLOAD, "-i", "100",
+              env=env)
         step("a model that cannot be placed says why")
         for bad in sorted((SEEDS.parent / "misconfigured").glob("*.yaml")):
             berth("plan", "-f", str(bad), env=env, check=False)

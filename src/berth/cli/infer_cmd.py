@@ -84,7 +84,7 @@ def _summary(n: int, times: list[float], routes: Counter[str], errors: Counter[s
         render.console.print(f"latency ms: p50 {statistics.median(times):.2f}  p99 {p99:.2f}  "
                              f"max {times[-1]:.2f}")
     for route, count in routes.most_common():
-        render.console.print(f"  {route}: {count} ({100 * count / n:.1f}%)")
+        render.console.print(f"  {route}  {count} ({100 * count / n:.1f}%)", markup=False)
     for code, count in errors.most_common():
         render.console.print(f"  [red]{code}[/red]: {count}")
     if errors:
