@@ -112,12 +112,17 @@ def describe(
     kind: str = typer.Argument(..., help="model|server|experiment|pipeline"),
     name: str = typer.Argument(...),
     namespace: str = typer.Option("default", "-n", "--namespace"),
+    output: str | None = typer.Option(None, "-o", "--output", help="yaml|json: the whole resource"),
 ) -> None:
     """Show one resource in full, with every reason it is not serving."""
+    if output not in (None, "yaml", "json"):
+        raise InvalidInput(f"--output {output!r}: expected yaml or json")
     k = kind_from_alias(kind)
     with settings.client() as client:
         doc = client.get(k, namespace, name)
-    if k == "Model":
+    if output is not None:
+        render.console.print(render.dump(doc, output), markup=False)
+    elif k == "Model":
         describe_model(doc)
     elif k == "Server":
         describe_server(doc)

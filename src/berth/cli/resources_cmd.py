@@ -181,7 +181,8 @@ def wait(
         want = want or "True"
     deadline = time.monotonic() + limit
     last = ""
-    with settings.client() as client:
+    with settings.client() as client, render.console.status(f"waiting for {for_} on {kind.lower()}/{name}…") \
+            as spinner:
         while True:
             try:
                 doc = client.get(kind, namespace, name)
@@ -200,6 +201,7 @@ def wait(
                 st = doc.get("status") or {}
                 last = f"{st.get('state') or (c or {}).get('reason', 'no status yet')}: " \
                        f"{st.get('message') or (c or {}).get('message', '')}"
+                spinner.update(f"{kind.lower()}/{name}: {last}")
             if time.monotonic() >= deadline:
                 raise Timeout(f"timed out after {timeout} waiting for {for_} on {kind.lower()}/{name} in "
                               f"namespace {namespace}; last seen: {last}")

@@ -40,7 +40,7 @@ def experiment_status(doc: dict[str, Any], models: dict[str, dict[str, Any]],
     default = spec.get("default")
     return {
         "observedGeneration": doc["metadata"].get("generation", 0),
-        "holdsDefault": bool(default) and claimed_by.get(default) == name,
+        "holdsDefault": bool(default) and claimed_by.get(str(default)) == name,
         "conditions": [condition("ExperimentReady", ok, reason, message, doc.get("status"), now),
                        condition("Ready", ok, reason, message, doc.get("status"), now)],
         "message": message,
