@@ -284,8 +284,10 @@ def test_metrics_count_requests_errors_and_latency_per_model(gateway: str) -> No
     assert 'berth_gateway_request_duration_seconds_count{candidate="",experiment="",model="iris"' in text
 
 
-def test_vanished_replica_is_retried_and_a_half_answer_is_not(mlserver: MLServerProcess, lt: LoopThread) -> None:
-    """A replica that reads the request and dies (kill -9) costs a retry; one that started answering, a 502."""
+def test_a_replica_that_dies_with_the_request_costs_a_retry_and_a_broken_answer_does_not(
+        mlserver: MLServerProcess, lt: LoopThread) -> None:
+    """A replica that reads the request and dies (kill -9), before or in the middle of its answer, costs a
+    retry on another replica; one that is up but answers garbage is a 502, not retried."""
     async def vanish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.transport.abort()  # reset, no answer: as a killed process
@@ -294,19 +296,34 @@ def test_vanished_replica_is_retried_and_a_half_answer_is_not(mlserver: MLServer
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{")
         await writer.drain()
-        writer.close()
+        writer.transport.abort()  # killed while answering
 
-    servers = [lt.call(asyncio.start_server(handler, "127.0.0.1", 0)) for handler in (vanish, half)]
-    gone, partial = (f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers)
-    table = RoutingTable(models=[route("iris", gone, mlserver.http_address),
-                                 route("iris", partial, namespace="half")])
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    servers = [lt.call(asyncio.start_server(h, "127.0.0.1", 0)) for h in (vanish, half, garbage)]
+    gone, partial, junk = (f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers)
+    live = mlserver.http_address
+    table = RoutingTable(models=[route("iris", gone, live), route("iris", partial, live, namespace="half"),
+                                 route("iris", partial, namespace="half-only"),
+                                 route("iris", junk, live, namespace="junk")])
     gw = Gateway(lt, routes=table)
+
+    def infer(ns: str) -> httpx.Response:
+        return httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT, headers={"seldon-namespace": ns})
+
     try:
-        r = httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT)
-        assert r.status_code == 200, r.text
-        broken = httpx.post(f"{gw.url}/v2/models/iris/infer", json=IRIS_INPUT, headers={"seldon-namespace": "half"})
+        for ns in ("default", "half"):
+            r = infer(ns)
+            assert r.status_code == 200, (ns, r.text)
+        only = infer("half-only")
+        assert only.status_code == 502
+        assert f"inference server {partial} closed the connection in the middle of its answer" in only.json()["message"]
+        broken = infer("junk")
         assert broken.status_code == 502
-        assert f"inference server {partial} failed while answering model iris" in broken.json()["message"]
+        assert f"inference server {junk} failed while answering model iris" in broken.json()["message"]
         assert "not retried" in broken.json()["message"]
     finally:
         gw.stop()

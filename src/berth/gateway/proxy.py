@@ -20,7 +20,7 @@ from berth.errors import BerthError, Timeout, Unavailable
 from berth.gateway.balance import Balancer, Ejections
 from berth.gateway.routing import Decision
 from berth.gateway.table import Target, describe_connect_error
-from berth.gateway.upstream import ConnectFailed, Disconnected, Pool, Vanished
+from berth.gateway.upstream import ConnectFailed, Cut, Disconnected, Pool, Vanished
 
 # A replica that refused a connection is passed over this long (unless no other replica is left), so
 # one dead replica in the table does not cost every request a failed connect before its retry.
@@ -84,7 +84,7 @@ class Proxy:
                 failed.append(address)
                 self._down.eject(address, time.monotonic() + EJECT_S)
                 problems.append(describe_connect_error(f"inference server {address}", exc))
-            except Vanished as exc:
+            except (Vanished, Cut) as exc:  # the replica died with the request: nothing reached the client
                 failed.append(address)
                 self._down.eject(address, time.monotonic() + EJECT_S)
                 problems.append(f"inference server {address} {exc}")
@@ -143,6 +143,7 @@ class Proxy:
 def _broken(target: Target, address: str, detail: str) -> Unavailable:
     return Unavailable(
         f"inference server {address} failed while answering model {target.name} in namespace "
-        f"{target.namespace}: {detail}; it had started answering, so the request was not retried",
+        f"{target.namespace}: {detail}; the server is up but its answer was broken, so the request was not "
+        "retried",
         details={"model": target.name, "namespace": target.namespace, "address": address,
                  "error": "Disconnected"})

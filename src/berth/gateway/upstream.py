@@ -28,6 +28,10 @@ class Disconnected(ConnectionError):
     """The upstream closed the connection (or sent garbage) before a whole answer arrived."""
 
 
+class Cut(Disconnected):
+    """The connection ended in the middle of the answer (the server died while answering)."""
+
+
 class Vanished(Disconnected):
     """The connection died before a single byte of an answer: the replica went away (killed, restarted,
     or it had closed an idle connection as the request went out)."""
@@ -89,8 +93,10 @@ class _Conn(asyncio.Protocol):
                 self._finish(bytes(self.buf[self._head:]))
             else:
                 detail = f" ({exc})" if exc else ""
-                lost = Disconnected if self.answering else Vanished
-                waiter.set_exception(lost(f"closed the connection before answering{detail}"))
+                if self.answering:
+                    waiter.set_exception(Cut(f"closed the connection in the middle of its answer{detail}"))
+                else:
+                    waiter.set_exception(Vanished(f"closed the connection before answering{detail}"))
 
     def close(self) -> None:
         self.closed = True
@@ -223,8 +229,9 @@ class Pool:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; the whole answer.
 
         ConnectFailed: nothing was sent.  Vanished: the connection died before any byte of an answer.
-        Disconnected (a partial answer) or TimeoutError: the request may have reached the
-        server.  The timeout counts from the moment the request is sent.
+        Cut: it died in the middle of the answer.  Either way the replica is gone and nothing reached
+        the client.  Disconnected (a malformed answer) or TimeoutError: the server is there but
+        misbehaving or slow.  The timeout counts from the moment the request is sent.
         """
         conn = self._take(address) or await self._connect(address)
         loop = asyncio.get_running_loop()
