@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from berth.adapters import settings, storage
-from berth.adapters.mlserver import MLServerClient, pid_listening_on, rss_of
+from berth.adapters.base import InferenceServer
+from berth.adapters.mlserver import pid_listening_on, rss_of
 from berth.agent.config import AgentConfig
 from berth.errors import BerthError, LoadError, StorageError, Unavailable
 from berth.resources.names import name_problem
@@ -57,7 +58,7 @@ def _remove(path: Path) -> None:
 
 
 class ModelLoader:
-    def __init__(self, config: AgentConfig, client: MLServerClient, emit: Emit) -> None:
+    def __init__(self, config: AgentConfig, client: InferenceServer, emit: Emit) -> None:
         self.config = config
         self.client = client
         self.emit = emit

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from berth.adapters.mlserver import MLServerClient
+from berth.adapters.base import InferenceServer
 from berth.wire.agent import Readiness
 
 log = logging.getLogger("berth.agent.readiness")
@@ -22,7 +22,7 @@ OnChange = Callable[[Readiness, Readiness], Awaitable[None]]
 
 
 class ReadinessWatcher:
-    def __init__(self, client: MLServerClient, on_change: OnChange, *, poll_not_ready: float = 0.5,
+    def __init__(self, client: InferenceServer, on_change: OnChange, *, poll_not_ready: float = 0.5,
                  poll_ready: float = 2.0, unresponsive_grace: float = 10.0) -> None:
         self.client = client
         # A ready server that stops answering in time (MLServer's loop busy loading a large model)
