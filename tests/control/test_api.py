@@ -189,3 +189,48 @@ def test_experiment_status_names_every_problem(control: ControlPlane, cli, seeds
     assert r.code == 0, r.err
     assert [d["metadata"]["name"] for d in client.list("Experiment", "financial-ml")] == ["copycat"]
     assert client.list("Model", "financial-ml") == []
+
+
+def test_watch_over_websocket_and_get_w(control: ControlPlane, tmp_path: Path) -> None:
+    import asyncio
+    import json as _json
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    doc = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
+           "metadata": {"name": "ws1", "namespace": "default"},
+           "spec": {"storageUri": "file:///tmp/none", "requirements": ["sklearn"]}}
+    client = BerthClient(control.url)
+    watcher = subprocess.Popen([sys.executable, "-m", "berth.main", "--server", control.url, "get", "models", "-w"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def ws_first_events() -> list[dict]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(control.url + "/api/v1/watch?kinds=Model") as ws:
+            client.apply([doc])
+            seen: list[dict] = []
+            while not any(e["type"] == "ADDED" and e["object"]["metadata"]["name"] == "ws1" for e in seen):
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                seen.append(_json.loads(msg.data))
+            return seen
+
+    import threading
+
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        started = time.monotonic()
+        events = asyncio.run(ws_first_events())
+        assert time.monotonic() - started < 3  # closing the watch is answered at once
+        assert events[-1]["object"]["spec"]["storageUri"] == "file:///tmp/none"
+        _wait_status(client, "Model", "default", "ws1")
+        deadline = time.monotonic() + 15
+        while not any("ws1" in line and "False" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    out = "".join(lines)
+    assert "ws1" in out and "False" in out  # the row printed as the model changed

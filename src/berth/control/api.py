@@ -79,18 +79,19 @@ class ControlAPI:
         self.metrics = metrics
         self.hub = hub
         self.routes = routes
-        self._changed = asyncio.Event()
+        self._watches: set[asyncio.Event] = set()  # one wake-up per open watch
         self.closing = False
         store.add_listener(self._on_event)
 
     def close(self) -> None:
         """End every open watch (on shutdown)."""
         self.closing = True
-        self._changed.set()
+        self._on_event(None)
         self.routes.close()
 
-    def _on_event(self, ev: Event) -> None:
-        self._changed.set()
+    def _on_event(self, ev: Event | None) -> None:
+        for wake in self._watches:
+            wake.set()
 
     def app(self, *, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=max_body)
@@ -215,14 +216,24 @@ class ControlAPI:
             else:
                 await resp.write(line.encode() + b"\n")
 
+        wake = asyncio.Event()
+        self._watches.add(wake)
+        reader: asyncio.Task[None] | None = None
+        if use_ws:  # read the client's frames, so a close is answered at once and ends the watch
+            async def drain() -> None:
+                async for _ in ws:
+                    pass
+                wake.set()
+
+            reader = asyncio.create_task(drain())
         try:
             if since is None:
                 since = self.store.revision()
                 for k in kinds or ALL_KINDS:
                     for doc in self.store.list(k, ns):
                         await send({"type": "ADDED", "revision": since, "object": shown(doc)})
-            while not self.closing:
-                self._changed.clear()
+            while not self.closing and not (use_ws and ws.closed):
+                wake.clear()
                 head = self.store.revision()
                 events = self.store.events_since(since, kinds=kinds, namespace=ns)
                 for ev in events:
@@ -232,16 +243,18 @@ class ControlAPI:
                     continue
                 since = max(since, head)  # nothing matched up to head: never fall behind compaction
                 try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=15.0)
+                    await asyncio.wait_for(wake.wait(), timeout=15.0)
                 except TimeoutError:
                     if not use_ws:
-                        await resp.write(b"\n")
-                    elif ws.closed:
-                        break
+                        await resp.write(b"\n")  # keep-alive
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         except BerthError as err:  # e.g. Expired while streaming
             await send({"type": "ERROR", "object": err.to_dict()})
+        finally:
+            self._watches.discard(wake)
+            if reader is not None:
+                reader.cancel()
         return resp
 
 
