@@ -61,9 +61,14 @@ def test_apply_ready_infer_delete(platform: Platform, models: dict[str, Path]) -
     server = platform.client.get("Server", "default", "mlserver")["status"]
     assert server["loadedModels"] >= 2
     platform.client.delete("Model", "default", "iris-mlflow")
+    # from the moment it is deleted, every request either is still answered or gets the gateway's 404
     deadline = time.monotonic() + 20
-    while platform.routed_endpoints("iris-mlflow") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while time.monotonic() < deadline:
+        try:
+            assert platform.gateway.infer("iris-mlflow", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
+        except NotFound:
+            break
+        time.sleep(0.02)
     with pytest.raises(NotFound):
         platform.gateway.infer("iris-mlflow", IRIS_INPUT)
 

@@ -27,7 +27,7 @@ ReplicaKey = tuple[str, str, int]  # (namespace, server, replica index)
 class ReplicaModel:
     """One model on one replica, as the hub knows it."""
 
-    state: str  # LOADING, LOADED, LOAD_FAILED, UNLOADING, UNLOAD_FAILED
+    state: str  # LOADING, LOADED, LOAD_FAILED, DRAINING (routes dropped, unload next), UNLOADING, UNLOAD_FAILED
     generation: int
     memory: int = 0
     message: str = ""
@@ -35,7 +35,7 @@ class ReplicaModel:
     duration: float = 0.0  # seconds the agent's last load took (fetch + MLServer load + verify)
     inference_seconds: float = 0.0  # of which MLServer's own load call
     attempts: int = 0  # consecutive failed loads of this generation
-    retry_at: float = 0.0  # no new load before this time (backoff after a failure)
+    retry_at: float = 0.0  # no new load before this time (backoff after a failure); DRAINING: unload then
 
 
 @dataclass

@@ -32,6 +32,7 @@ from berth.wire import agent as wire
 log = logging.getLogger("berth.control.reconcile")
 POLICY_ANNOTATION = "berth.io/placement-policy"
 RETRY_INTERVAL = 2.0  # seconds between timer passes over namespaces with unavailable models
+DRAIN_SECONDS = 1.0  # a model leaving a replica stops being routed there this long before it is unloaded
 WARMUP_LIMIT = 10.0  # at most this long after start-up, routes wait for declared replicas to reconnect
 
 
@@ -226,6 +227,15 @@ class Reconciler:
                     continue
                 if m.state == "LOAD_FAILED":
                     rec.models.pop(name, None)
+                    continue
+                now = time.time()
+                if m.state == "LOADED":
+                    # Drain first: the routes published at the end of this pass no longer name this
+                    # replica for the model; unload once gateways have had time to follow.
+                    rec.models[name] = ReplicaModel("DRAINING", m.generation, m.memory, retry_at=now + DRAIN_SECONDS)
+                    asyncio.get_running_loop().call_later(DRAIN_SECONDS, self.mark, ns)
+                    continue
+                if m.state == "DRAINING" and now < m.retry_at:
                     continue
                 if await self.hub.send(rec, wire.Unload(name=name)):
                     rec.models[name] = ReplicaModel("UNLOADING", m.generation, m.memory)
