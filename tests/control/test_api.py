@@ -234,3 +234,14 @@ def test_watch_over_websocket_and_get_w(control: ControlPlane, tmp_path: Path) -
         watcher.wait(10)
     out = "".join(lines)
     assert "ws1" in out and "False" in out  # the row printed as the model changed
+
+
+def test_every_seldon_resource_gets_a_status(control: ControlPlane, seeds: Path) -> None:
+    client = BerthClient(control.url)
+    client.apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    runtime = _wait_status(client, "SeldonRuntime", "financial-ml", "financial-ml-runtime")["status"]
+    assert "namespace financial-ml is a tenant" in runtime["message"] and "servers here: mlserver" in runtime["message"]
+    for kind, name in (("Model", "baseline-predictor"), ("Server", "mlserver"),
+                       ("Experiment", "financial-predictor-ab-test")):
+        st = _wait_status(client, kind, "financial-ml", name)["status"]
+        assert st["observedGeneration"] == 1 and st["conditions"]

@@ -21,6 +21,7 @@ from berth.control.experiments import experiment_status, pipeline_status
 from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
 from berth.control.metrics import ControlMetrics
 from berth.control.routes import RoutesPublisher
+from berth.control.tenants import runtime_status, server_config_status
 from berth.errors import Conflict, NotFound
 from berth.resources.kinds import model_spec, server_spec
 from berth.scheduler import plan
@@ -274,7 +275,15 @@ class Reconciler:
                     for e in experiments]
         pipelines = self.store.list("Pipeline", ns)
         statuses += [("Pipeline", p["metadata"]["name"], pipeline_status(p, models, now)) for p in pipelines]
-        self._write_statuses(ns, experiments + pipelines, statuses)
+        servers = self.store.list("Server", ns)
+        runtimes = self.store.list("SeldonRuntime", ns)
+        configs = self.store.list("ServerConfig", ns)
+        names = [d["metadata"]["name"] for d in servers]
+        statuses += [("SeldonRuntime", r["metadata"]["name"], runtime_status(r, names, now)) for r in runtimes]
+        statuses += [("ServerConfig", c["metadata"]["name"], server_config_status(
+            c, [d["metadata"]["name"] for d in servers
+                if (d.get("spec") or {}).get("serverConfig") == c["metadata"]["name"]], now)) for c in configs]
+        self._write_statuses(ns, experiments + pipelines + runtimes + configs, statuses)
 
 
 def model_source(store: Store, ns: str, doc: dict[str, Any]) -> wire.ModelSource:
