@@ -75,7 +75,7 @@ def main() -> int:
     control_port, gateway_port, grpc_port = port_or_free(9004), port_or_free(9000), port_or_free(9001)
     env = dict(os.environ, BERTH_ADDRESS=f"http://127.0.0.1:{control_port}",
                BERTH_GATEWAY=f"http://127.0.0.1:{gateway_port}", COLUMNS="160")
-    step(f"berth up (control plane :{control_port}, gateway :{gateway_port})")
+    step(f"berth up (control plane :{control_port}, gateway REST :{gateway_port}, gRPC :{grpc_port})")
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(WORK / "data"), "--control-port", str(control_port),
                                    "--gateway-port", str(gateway_port), "--grpc-port", str(grpc_port)], env=env)
     try:
