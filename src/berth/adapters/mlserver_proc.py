@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from berth.adapters.logfile import tail
 from berth.errors import ConfigError, Unavailable
 
 
@@ -144,11 +145,7 @@ class MLServerProcess:
                           f"see {self.log_path}")
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
+        return tail(self.log_path, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left."""

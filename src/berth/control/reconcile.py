@@ -182,9 +182,9 @@ class Reconciler:
                 statuses.append(("Server", doc["metadata"]["name"],
                                  status.server_status(doc, desired, recs, now)))
         self._write_statuses(ns, docs, statuses)
-        self._experiments(ns, now)
-        self.routes.publish_namespace(ns, self.store.list("Model", ns), records,
-                                      self.store.list("Experiment", ns))
+        fresh_models = self.store.list("Model", ns)  # with the statuses just written
+        self._configuring_kinds(ns, docs, fresh_models, now)
+        self.routes.publish_namespace(ns, fresh_models, records, self.store.list("Experiment", ns))
 
     def _forget_departed(self, ns: str, docs: list[dict[str, Any]]) -> None:
         """Drop disconnected replicas whose Server is gone or was scaled below them: nothing to wait for."""
@@ -258,10 +258,17 @@ class Reconciler:
         finally:
             self._writing = False
 
-    def _experiments(self, ns: str, now: float) -> None:
-        models = {d["metadata"]["name"]: d for d in self.store.list("Model", ns)}
-        experiments = self.store.list("Experiment", ns)
+    def _configuring_kinds(self, ns: str, docs: list[dict[str, Any]], fresh_models: list[dict[str, Any]],
+                           now: float) -> None:
+        """Statuses of Experiments, Pipelines, SeldonRuntimes and ServerConfigs.  ``docs`` is what this
+        pass read at its start (these kinds are unchanged since); ``fresh_models`` carry new statuses."""
+        models = {d["metadata"]["name"]: d for d in fresh_models}
+        of_kind: dict[str, list[dict[str, Any]]] = {}
+        for d in docs:
+            of_kind.setdefault(d["kind"], []).append(d)
+        experiments = of_kind.get("Experiment", [])
         claimed: dict[str, str] = {}
+
         # an experiment that already holds its default keeps it; then the oldest claims it
         def seniority(d: dict[str, Any]) -> tuple[bool, str, str]:
             held = bool((d.get("status") or {}).get("holdsDefault"))
@@ -273,18 +280,17 @@ class Reconciler:
                 claimed[default] = exp["metadata"]["name"]
         statuses = [("Experiment", e["metadata"]["name"], experiment_status(e, models, claimed, now))
                     for e in experiments]
-        pipelines = self.store.list("Pipeline", ns)
+        pipelines = of_kind.get("Pipeline", [])
         statuses += [("Pipeline", p["metadata"]["name"], pipeline_status(p, models, now)) for p in pipelines]
-        servers = self.store.list("Server", ns)
-        runtimes = self.store.list("SeldonRuntime", ns)
-        configs = self.store.list("ServerConfig", ns)
+        servers = of_kind.get("Server", [])
+        runtimes = of_kind.get("SeldonRuntime", [])
+        configs = of_kind.get("ServerConfig", [])
         names = [d["metadata"]["name"] for d in servers]
         statuses += [("SeldonRuntime", r["metadata"]["name"], runtime_status(r, names, now)) for r in runtimes]
         statuses += [("ServerConfig", c["metadata"]["name"], server_config_status(
             c, [d["metadata"]["name"] for d in servers
                 if (d.get("spec") or {}).get("serverConfig") == c["metadata"]["name"]], now)) for c in configs]
         self._write_statuses(ns, experiments + pipelines + runtimes + configs, statuses)
-
 
 def model_source(store: Store, ns: str, doc: dict[str, Any]) -> wire.ModelSource:
     spec = model_spec(doc)

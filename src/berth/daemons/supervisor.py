@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from berth.adapters.logfile import tail
+
 
 @dataclass
 class Child:
@@ -39,11 +41,7 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 3) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
+        return tail(self.log_path, lines)
 
 
 class Supervisor:
