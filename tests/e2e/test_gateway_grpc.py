@@ -205,22 +205,22 @@ def test_slow_inference_server_is_deadline_exceeded(lt: LoopThread) -> None:
         lt.call(server.stop(0))
 
 
-def test_unavailable_replica_is_retried_on_another(lt: LoopThread, mlserver: MLServerProcess) -> None:
-    """A replica answering UNAVAILABLE (going away: MLServer itself never answers it) costs one retry."""
-    calls: list[bytes] = []
+def test_replica_that_vanishes_mid_request_is_retried_on_another(lt: LoopThread, mlserver: MLServerProcess) -> None:
+    """A replica whose connection dies with the request in it (killed, restarting) costs one retry."""
+    received: list[int] = []
 
-    async def leaving(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        calls.append(request)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
-        return b""
+    class Dying(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
 
-    async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(leaving)}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
+        def data_received(self, data: bytes) -> None:
+            received.append(len(data))
+            if b"ModelInfer" in data:  # the request's headers are in (the gateway never indexes :path): die
+                self.transport.abort()  # type: ignore[attr-defined]
+
+    async def serve() -> tuple[asyncio.AbstractServer, int]:
+        server = await asyncio.get_running_loop().create_server(Dying, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
 
     server, port = lt.call(serve())
     going = f"127.0.0.1:{port}"
@@ -232,11 +232,45 @@ def test_unavailable_replica_is_retried_on_another(lt: LoopThread, mlserver: MLS
         with grpc.insecure_channel(gw.grpc) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ModelInfer(infer_request()).model_name == "iris"
-            assert len(calls) == 1
+            assert received, "the dying replica was never tried"
             with pytest.raises(grpc.RpcError) as info:
                 stub.ModelInfer(infer_request(), metadata=(("seldon-namespace", "alone"),))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert f"inference server {going} (gRPC) is unavailable: Socket closed" in info.value.details()
+        assert f"inference server {going} (gRPC) went away: " in info.value.details()
+        assert "before answering" in info.value.details()
+    finally:
+        gw.stop()
+        server.close()
+
+
+def test_status_answered_by_a_live_server_is_passed_through_not_retried(lt: LoopThread,
+                                                                        mlserver: MLServerProcess) -> None:
+    """An answer is an answer: a server that says UNAVAILABLE is not asked again (the request reached it)."""
+    calls: list[bytes] = []
+
+    async def refusing(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        calls.append(request)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "busy, come back later")
+        return b""
+
+    async def serve() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(refusing)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = lt.call(serve())
+    table = RoutingTable(models=[route("iris", "127.0.0.1:2", grpc=(f"127.0.0.1:{port}",))])
+    gw = Gateway(lt, grpc=True, routes=table)
+    try:
+        with grpc.insecure_channel(gw.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "busy, come back later"
+        assert len(calls) == 1
+        assert metadata_of(info.value)["x-seldon-route"] == ":iris:"
     finally:
         gw.stop()
         lt.call(server.stop(0))

@@ -16,13 +16,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import grpc
 from aiohttp import web
 
 import berth
 from berth.errors import BerthError, ConfigError, NotFound, PayloadTooLarge, Unavailable
 from berth.gateway.checks import check_infer_body, is_plain_json
-from berth.gateway.grpcserver import GrpcGateway, start_grpc
+from berth.gateway.grpcserver import GrpcGateway, GrpcListener, start_grpc
 from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
 from berth.gateway.mirror import Mirrors
 from berth.gateway.probe import PROBE_PATH, probe_handler
@@ -189,7 +188,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=min(upstream_timeout, 10.0))
     await runner.setup()
     watcher_task: asyncio.Task[None] | None = None
-    grpc_server: grpc.aio.Server | None = None
+    grpc_server: GrpcListener | None = None
     grpc_gateway: GrpcGateway | None = None
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)

@@ -1,92 +1,168 @@
-"""The gateway's V2 gRPC endpoint (``inference.GRPCInferenceService``), forwarding bytes as received.
+"""The gateway's V2 gRPC endpoint (``inference.GRPCInferenceService``), forwarding messages as received.
 
-Methods are registered through a generic handler whose (de)serializers are the identity: a request is
-never decoded.  The model comes from the ``seldon-model`` metadata key, else from field 1 of the
-request (``model_name``/``name``, read by :mod:`protowire`); the namespace from ``seldon-namespace``;
-sticky sessions from ``x-seldon-route``.  Routing is :meth:`Router.decide`, as for REST.  When the
-chosen model is not the name in the request, a new field 1 naming it is appended (the last value wins),
-so the rest of the message goes upstream byte for byte over a pooled channel per replica.
+It runs on the gateway's own HTTP/2 (:mod:`h2`), not grpcio: a call costs a few frames parsed and
+written, where grpcio's Python layer cost as much per call as MLServer's whole answer.  A request's
+message is never decoded.  The model comes from the ``seldon-model`` metadata key, else from field 1
+of the message (``model_name``/``name``, read by :mod:`protowire`); the namespace from
+``seldon-namespace``; sticky sessions from ``x-seldon-route``.  Routing is :meth:`Router.decide`, as for
+REST.  When the chosen model is not the name in the request, a new field 1 naming it is appended (the
+last value wins), so the rest of the message goes upstream byte for byte, over one HTTP/2 connection
+per replica that carries many calls at once.  A compressed request (``grpc-encoding`` gzip or deflate)
+is forwarded uncompressed; the client's other metadata goes upstream as sent.
 
-Answers carry ``x-seldon-route`` in the trailing metadata (set with the answer: a separate send of
-initial metadata costs a round of its own).  MLServer's own statuses pass through; the
-gateway's failures are gRPC statuses with the same messages as the REST JSON errors, and the error's
-code (``NotFound``, ``ModelNotReady``, ...) in the trailing metadata key ``berth-error-code``.
-``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the gateway itself.
+Answers carry ``x-seldon-route`` in the trailing metadata.  MLServer's own answers and statuses pass
+through untouched; the gateway's failures are gRPC statuses with the same messages as the REST JSON
+errors, and the error's code (``NotFound``, ``ModelNotReady``, ...) in the trailing metadata key
+``berth-error-code``.  ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the
+gateway itself; other methods answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
+import zlib
 from typing import Any
-
-import grpc
-from grpc import aio
+from urllib.parse import quote
 
 import berth
 from berth.errors import BerthError, ConfigError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
 from berth.gateway import protowire
 from berth.gateway.balance import Balancer, Ejections
+from berth.gateway.h2 import ClientConnection, Cut, ServerConnection, Stream, StreamReset, Vanished
+from berth.gateway.headerblock import Field
 from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.mirror import Mirrors
 from berth.gateway.proxy import EJECT_S
 from berth.gateway.routing import Decision, Router
-from berth.gateway.table import Target
+from berth.gateway.table import Target, describe_connect_error
+from berth.gateway.upstream import ConnectFailed
 
 SERVICE = "inference.GRPCInferenceService"
-ROUTED = ("ModelInfer", "ModelMetadata", "ModelReady")
-_NEVER_CONNECTED = ("failed to connect to all addresses", "connections to all backends failing")
-_LIVE = protowire.bool_field(1, True)
-_SC = grpc.StatusCode
+_PREFIX = f"/{SERVICE}/".encode()
+ROUTED = frozenset((b"ModelInfer", b"ModelMetadata", b"ModelReady"))
+STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+                "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4, 5, 8
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
+_STATUS_TEXT = tuple(str(i).encode() for i in range(len(STATUS_NAMES)))
+_HEAD_OK: list[Field] = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+_TRAILERS_OK: list[Field] = [(b"grpc-status", b"0")]
+# Not passed upstream: set by the gateway (content-type, te), enforced by it (grpc-timeout), undone by it
+# (grpc-encoding), or connection-specific.
+_DROPPED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"host", b"connection",
+                      b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 
 
-def status_of(err: BerthError) -> grpc.StatusCode:
-    """The gRPC status for a gateway error (the REST answer's HTTP status, in gRPC terms)."""
+def status_of(err: BerthError) -> int:
+    """The gRPC status code for a gateway error (the REST answer's HTTP status, in gRPC terms)."""
     if isinstance(err, NotFound):
-        return _SC.NOT_FOUND
+        return NOT_FOUND
     if isinstance(err, PayloadTooLarge):
-        return _SC.RESOURCE_EXHAUSTED
+        return RESOURCE_EXHAUSTED
     if isinstance(err, InvalidInput):
-        return _SC.INVALID_ARGUMENT
+        return INVALID_ARGUMENT
     if isinstance(err, Unavailable):
-        return _SC.UNAVAILABLE
+        return UNAVAILABLE
     if isinstance(err, Timeout):
-        return _SC.DEADLINE_EXCEEDED
-    return _SC.INTERNAL
+        return DEADLINE_EXCEEDED
+    return INTERNAL
+
+
+def grpc_timeout(value: bytes) -> float | None:
+    """Seconds from a ``grpc-timeout`` header (``"100m"``, ``"29999982u"``), or None when malformed."""
+    if len(value) < 2 or not value[:-1].isdigit():
+        return None
+    unit = _TIMEOUT_UNITS.get(value[-1])
+    return None if unit is None else int(value[:-1]) * unit
+
+
+def message(body: bytes, encoding: bytes | None) -> bytes:
+    """The one message of a unary call's body (the 5-byte gRPC prefix removed, decompressed if it was)."""
+    if len(body) < 5:
+        raise InvalidInput("the gRPC request holds no message (fewer than 5 bytes)")
+    length = int.from_bytes(body[1:5], "big")
+    if length != len(body) - 5:
+        raise InvalidInput(f"the gRPC request's message prefix says {length} bytes but {len(body) - 5} came "
+                           "(a unary call carries exactly one message)")
+    data = body[5:]
+    if not body[0]:
+        return data
+    if encoding in (b"gzip", b"deflate"):
+        try:
+            return gzip.decompress(data) if encoding == b"gzip" else zlib.decompress(data)
+        except (OSError, zlib.error, EOFError) as exc:
+            raise InvalidInput(f"the gRPC request's message does not decompress with "
+                               f"{(encoding or b'').decode()}: {exc}") from exc
+    raise InvalidInput(f"the gRPC request is compressed with {(encoding or b'no grpc-encoding').decode()!r}; "
+                       "the gateway takes gzip and deflate")
+
+
+def framed(data: bytes) -> bytes:
+    """``data`` as one uncompressed gRPC message (prefix and bytes)."""
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
+def grpc_status(fields: list[Field] | None) -> int:
+    """The ``grpc-status`` in ``fields`` (UNKNOWN when absent or not a number)."""
+    for name, value in fields or ():
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() else 2
+    return 2
 
 
 class Upstreams:
-    """One channel per inference-server gRPC address, with its method callables built once."""
+    """One HTTP/2 connection per inference-server gRPC address, opened on first use and shared by all calls."""
 
-    def __init__(self, options: list[tuple[str, Any]]) -> None:
-        self.options = options
-        self._pool: dict[str, dict[str, Any]] = {}
-        self._channels: dict[str, aio.Channel] = {}
+    def __init__(self, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, ClientConnection] = {}
+        self._opening: dict[str, asyncio.Future[ClientConnection]] = {}
 
-    def methods(self, address: str) -> dict[str, Any]:
-        found = self._pool.get(address)
-        if found is None:
-            channel = aio.insecure_channel(address, options=self.options)
-            found = {m: channel.unary_unary(f"/{SERVICE}/{m}") for m in ROUTED}
-            self._channels[address] = channel
-            self._pool[address] = found
-        return found
+    async def get(self, address: str) -> ClientConnection:
+        conn = self._conns.get(address)
+        if conn is not None and conn.usable:
+            return conn
+        opening = self._opening.get(address)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(address))
+            self._opening[address] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(address, None))
+        return await asyncio.shield(opening)
 
-    async def prune(self, keep: frozenset[str], grace: float) -> None:
-        """Close the channels of addresses no longer routed (after their calls in flight, up to ``grace``)."""
-        gone = [a for a in self._channels if a not in keep]
-        channels = [self._channels.pop(a) for a in gone]
-        for a in gone:
-            self._pool.pop(a, None)
-        for channel in channels:
-            await channel.close(grace)
+    async def _open(self, address: str) -> ClientConnection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: ClientConnection(address), host.strip("[]"), int(port)),
+                self.connect_timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConnectFailed(f"cannot connect to {address}: {exc}") from exc
+        old = self._conns.get(address)
+        if old is not None:
+            old.going_away = True
+            if not old.streams:
+                old.close()
+        self._conns[address] = conn
+        return conn
+
+    def prune(self, keep: frozenset[str]) -> None:
+        """Close the connections of addresses no longer routed, each once its calls in flight are answered."""
+        for address in [a for a in self._conns if a not in keep]:
+            conn = self._conns.pop(address)
+            conn.going_away = True
+            if not conn.streams:
+                conn.close()
 
     async def close(self) -> None:
-        channels = list(self._channels.values())
-        self._channels.clear()
-        self._pool.clear()
-        for channel in channels:
-            await channel.close(None)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
 
 class GrpcGateway:
@@ -101,167 +177,260 @@ class GrpcGateway:
         self.mirrors = mirrors
         self.upstream_timeout = upstream_timeout
         self.max_request_bytes = max_request_bytes
-        backoff_ms = int(max(min(connect_timeout, upstream_timeout), 0.1) * 1000)
-        self.upstreams = Upstreams([("grpc.max_send_message_length", max_request_bytes),
-                                    ("grpc.max_receive_message_length", -1),
-                                    ("grpc.min_reconnect_backoff_ms", backoff_ms),
-                                    ("grpc.enable_retries", 0)])
+        self.upstreams = Upstreams(min(connect_timeout, upstream_timeout))
         self._down = Ejections()  # replica (REST address) -> until when its gRPC port is passed over
-        self._pruning: set[asyncio.Task[None]] = set()
+        self._heads: dict[tuple[bytes, str], list[Field]] = {}
 
     def forget_unrouted(self) -> None:
-        """Close, in the background, the upstream channels of replicas the new table no longer holds."""
-        task = asyncio.ensure_future(self.upstreams.prune(self.router.grpc_addresses, self.upstream_timeout))
-        self._pruning.add(task)
-        task.add_done_callback(self._pruning.discard)
+        """Close the upstream connections of replicas the new table no longer holds."""
+        self.upstreams.prune(self.router.grpc_addresses)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def routed(method: str) -> Any:
-            async def handle(request: bytes, context: aio.ServicerContext) -> bytes:
-                return await self.routed(method, request, context)
-            return grpc.unary_unary_rpc_method_handler(handle)
+    def connection(self, on_lost: Any = None) -> ServerConnection:
+        """A protocol for one client connection (the listening server's factory)."""
+        return ServerConnection(self.on_stream, on_lost, max_body=self.max_request_bytes + 5)
 
-        async def live(request: bytes, context: aio.ServicerContext) -> bytes:
-            return _LIVE
+    def on_stream(self, conn: ServerConnection, stream: Stream) -> None:
+        stream.task = asyncio.ensure_future(self.serve(conn, stream))
 
-        async def ready(request: bytes, context: aio.ServicerContext) -> bytes:
-            return protowire.bool_field(1, self.router.ready)
-
-        async def metadata(request: bytes, context: aio.ServicerContext) -> bytes:
-            return protowire.string_field(1, "berth-gateway") + protowire.string_field(2, berth.__version__)
-
-        handlers = {m: routed(m) for m in ROUTED}
-        handlers["ServerLive"] = grpc.unary_unary_rpc_method_handler(live)
-        handlers["ServerReady"] = grpc.unary_unary_rpc_method_handler(ready)
-        handlers["ServerMetadata"] = grpc.unary_unary_rpc_method_handler(metadata)
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
-
-    async def routed(self, method: str, request: bytes, context: aio.ServicerContext) -> bytes:
+    async def serve(self, conn: ServerConnection, stream: Stream) -> None:
         started = time.perf_counter()
-        model = namespace = route = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "seldon-model":
-                model = value
-            elif key == "seldon-namespace":
-                namespace = value
-            elif key == "x-seldon-route":
-                route = value
-        try:
-            asked = protowire.last_string(request, 1)
-        except protowire.WireError as exc:
-            return await self._fail(context, InvalidInput(f"{method} request is not a valid protobuf message: "
-                                                          f"{exc}"), started)
-        name = model or asked
-        if not name:
-            return await self._fail(context, InvalidInput(
-                f"{method} request names no model: set model_name (name) or the seldon-model metadata key"),
-                started)
-        try:
-            decision = self.router.decide(namespace or "default", name, route)
-        except BerthError as err:
-            return await self._fail(context, err, started)
-        body = request if asked == decision.target.name else request + decision.target.pb_name
-        return await self._forward(method, decision, body, context, started)
-
-    async def _forward(self, method: str, decision: Decision, body: bytes, context: aio.ServicerContext,
-                       started: float) -> bytes:
-        target = decision.target
+        path = method = b""
+        model = namespace = route = encoding = None
         timeout = self.upstream_timeout
-        remaining = context.time_remaining()
-        if remaining is not None and remaining < timeout:
-            timeout = max(remaining, 0.001)
+        extra: list[Field] = []
+        for name, value in stream.headers:
+            if name[0] == 58:  # b":" - pseudo-headers
+                if name == b":path":
+                    path = value
+            elif name == b"seldon-model":
+                model = value.decode("latin-1")
+            elif name == b"seldon-namespace":
+                namespace = value.decode("latin-1")
+            elif name == b"x-seldon-route":
+                route = value.decode("latin-1")
+            elif name == b"grpc-timeout":
+                asked = grpc_timeout(value)
+                if asked is not None and asked < timeout:
+                    timeout = max(asked, 0.001)
+            elif name == b"grpc-encoding":
+                encoding = value
+            if name not in _DROPPED and name[0] != 58:
+                extra.append((name, value))
+        if path.startswith(_PREFIX):
+            method = path[len(_PREFIX):]
+        if method not in ROUTED:
+            self._local(conn, stream, method)
+            return
+        if stream.cut_short:
+            self._fail(conn, stream, PayloadTooLarge(
+                f"the gRPC request is larger than the gateway's limit of {self.max_request_bytes} bytes; "
+                "send a smaller request or raise --max-request-bytes"), started)
+            return
+        try:
+            request = message(stream.body(), encoding)
+            asked_name = protowire.last_string(request, 1)
+        except protowire.WireError as exc:
+            self._fail(conn, stream, InvalidInput(f"{method.decode()} request is not a valid protobuf message: "
+                                                  f"{exc}"), started)
+            return
+        except BerthError as err:
+            self._fail(conn, stream, err, started)
+            return
+        wanted = model or asked_name
+        if not wanted:
+            self._fail(conn, stream, InvalidInput(f"{method.decode()} request names no model: set model_name "
+                                                  "(name) or the seldon-model metadata key"), started)
+            return
+        try:
+            decision = self.router.decide(namespace or "default", wanted, route)
+        except BerthError as err:
+            self._fail(conn, stream, err, started)
+            return
+        if asked_name != decision.target.name:
+            request += decision.target.pb_name
+        await self._forward(conn, stream, path, method, decision, request, extra, timeout, started)
+
+    def _head(self, path: bytes, upstream: str, extra: list[Field]) -> list[Field]:
+        key = (path, upstream)
+        head = self._heads.get(key)
+        if head is None:
+            head = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
+                    (b":authority", upstream.encode()), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+            if len(self._heads) > 1024:
+                self._heads.clear()
+            self._heads[key] = head
+        return head + extra if extra else head
+
+    async def _call(self, upstream: str, head: list[Field], body: bytes, timeout: float) -> Stream:
+        """One call to ``upstream``; the answered stream (or ConnectFailed, Vanished, Cut, StreamReset,
+        TimeoutError)."""
+        conn = await self.upstreams.get(upstream)
+        if not conn.has_room():
+            await conn.room()
+        call = conn.request(head, body)
+        future = call.future
+        assert future is not None
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        try:
+            return await future
+        except BaseException:
+            conn.cancel(call)
+            raise
+        finally:
+            timer.cancel()
+
+    async def _forward(self, conn: ServerConnection, stream: Stream, path: bytes, method: bytes, decision: Decision,
+                       request: bytes, extra: list[Field], timeout: float, started: float) -> None:
+        target = decision.target
         balancer = self.balancer
+        body = framed(request)
         failed: list[str] = []
         problems: list[str] = []
-        address = self._down.pick(self.balancer, target.key, target.addresses, failed, time.monotonic)
+        address = self._down.pick(balancer, target.key, target.addresses, failed, time.monotonic)
         while address is not None:
             upstream = target.grpc[address]
-            call = self.upstreams.methods(upstream)[method]
             balancer.acquire(address)
-            failure: aio.AioRpcError | None = None
             try:
-                answer = await call(body, timeout=timeout)
-            except aio.AioRpcError as exc:
-                failure = exc
+                answer = await self._call(upstream, self._head(path, upstream, extra), body, timeout)
+            except ConnectFailed as exc:
+                problems.append(describe_connect_error(f"inference server {upstream} (gRPC)", exc))
+            except (Vanished, Cut) as exc:  # the replica died with the request: nothing reached the client
+                problems.append(f"inference server {upstream} (gRPC) went away: {exc}")
+            except TimeoutError:
+                self._fail(conn, stream, Timeout(
+                    f"inference server {upstream} did not answer model {target.name} in namespace "
+                    f"{target.namespace} within {timeout:g}s; raise the gateway's upstream timeout if the model "
+                    "is this slow, or check the server's load",
+                    details={"model": target.name, "namespace": target.namespace, "address": upstream,
+                             "timeout_s": timeout}), started, decision)
+                return
+            except StreamReset as exc:
+                self._fail(conn, stream, Unavailable(
+                    f"inference server {upstream} failed while answering model {target.name} in namespace "
+                    f"{target.namespace}: {exc}; the request was not retried",
+                    details={"model": target.name, "namespace": target.namespace, "address": upstream}),
+                    started, decision)
+                return
+            else:
+                self._down.restore(address)
+                self._answer(conn, stream, answer, decision, started)
+                if decision.mirror is not None and method == b"ModelInfer":
+                    self.mirrors.send(decision.mirror_labels, "grpc",
+                                      self._copy(path, decision.mirror, request, extra))
+                return
             finally:
                 balancer.release(address)
-            if failure is not None:
-                code = failure.code()
-                details = failure.details() or ""
-                if code is _SC.UNAVAILABLE:  # MLServer never answers it: the replica is unreachable or vanished
-                    failed.append(address)
-                    self._down.eject(address, time.monotonic() + EJECT_S)
-                    refused = "refused" in details and details.startswith(_NEVER_CONNECTED)
-                    problems.append(f"inference server {upstream} (gRPC) refused connection" if refused
-                                    else f"inference server {upstream} (gRPC) is unavailable: {details}")
-                    if len(failed) >= 2:
-                        break
-                    address = self._down.pick(self.balancer, target.key, target.addresses, failed, time.monotonic)
-                    continue
-                if code is _SC.DEADLINE_EXCEEDED:
-                    late = Timeout(f"inference server {upstream} did not answer model {target.name} in namespace "
-                                  f"{target.namespace} within {timeout:g}s; raise the gateway's upstream timeout "
-                                  "if the model is this slow, or check the server's load",
-                                  details={"model": target.name, "namespace": target.namespace,
-                                           "address": upstream, "timeout_s": timeout})
-                    return await self._fail(context, late, started, decision)
-                self.metrics.observe(decision.labels, "grpc", code.name, True, time.perf_counter() - started)
-                await context.abort(code, details, trailing_metadata=(("x-seldon-route", decision.route),))
-            self._down.restore(address)
-            context.set_trailing_metadata((("x-seldon-route", decision.route),))
-            if decision.mirror is not None and method == "ModelInfer":
-                self.mirrors.send(decision.mirror_labels, "grpc", self._copy(method, decision.mirror, body))
-            self.metrics.observe(decision.labels, "grpc", "OK", False, time.perf_counter() - started)
-            return answer  # type: ignore[no-any-return]
+            failed.append(address)
+            self._down.eject(address, time.monotonic() + EJECT_S)
+            if len(failed) >= 2:
+                break
+            address = self._down.pick(balancer, target.key, target.addresses, failed, time.monotonic)
         total = len(target.addresses)
         tried = f"; tried {len(failed)} of {total} replicas" if total > 1 else ""
-        err = Unavailable(f"model {target.name} in namespace {target.namespace}: " + "; ".join(problems) + tried
-                          + "; check that the inference server is running (berth get servers)",
-                          details={"model": target.name, "namespace": target.namespace,
-                                   "tried": [target.grpc[a] for a in failed], "errors": problems})
-        return await self._fail(context, err, started, decision)
+        self._fail(conn, stream, Unavailable(
+            f"model {target.name} in namespace {target.namespace}: " + "; ".join(problems) + tried
+            + "; check that the inference server is running (berth get servers)",
+            details={"model": target.name, "namespace": target.namespace,
+                     "tried": [target.grpc[a] for a in failed], "errors": problems}), started, decision)
 
-    async def _copy(self, method: str, target: Target, body: bytes) -> str:
+    def _answer(self, conn: ServerConnection, stream: Stream, answer: Stream, decision: Decision,
+                started: float) -> None:
+        route = (b"x-seldon-route", decision.route.encode())
+        trailers = answer.trailers
+        code = grpc_status(trailers)
+        name = STATUS_NAMES[code] if code < len(STATUS_NAMES) else str(code)
+        self.metrics.observe(decision.labels, "grpc", name, code != OK, time.perf_counter() - started)
+        if trailers is answer.headers:  # trailers-only: MLServer's own error
+            conn.respond(stream, [*answer.headers, route], None, None)
+        else:
+            conn.respond(stream, answer.headers, answer.body(), [*(trailers or ()), route])
+
+    async def _copy(self, path: bytes, target: Target, request: bytes, extra: list[Field]) -> str:
         address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
         if address is None:
             return "unavailable"
+        upstream = target.grpc[address]
         self.balancer.acquire(address)
         try:
-            await self.upstreams.methods(target.grpc[address])[method](body + target.pb_name,
-                                                                       timeout=self.upstream_timeout)
-            return "ok"
-        except aio.AioRpcError as exc:
-            return "timeout" if exc.code() is _SC.DEADLINE_EXCEEDED else "error"
+            answer = await self._call(upstream, self._head(path, upstream, extra), framed(request + target.pb_name),
+                                      self.upstream_timeout)
+            return "ok" if grpc_status(answer.trailers) == OK else "error"
+        except ConnectFailed:
+            self._down.eject(address, time.monotonic() + EJECT_S)
+            return "unavailable"
+        except TimeoutError:
+            return "timeout"
+        except (ConnectionError, StreamReset):
+            return "error"
         finally:
             self.balancer.release(address)
 
-    async def _fail(self, context: aio.ServicerContext, err: BerthError, started: float,
-                    decision: Decision | None = None) -> bytes:
+    def _local(self, conn: ServerConnection, stream: Stream, method: bytes) -> None:
+        if method == b"ServerLive":
+            data = protowire.bool_field(1, True)
+        elif method == b"ServerReady":
+            data = protowire.bool_field(1, self.router.ready)
+        elif method == b"ServerMetadata":
+            data = protowire.string_field(1, "berth-gateway") + protowire.string_field(2, berth.__version__)
+        else:
+            conn.respond(stream, [*_HEAD_OK, (b"grpc-status", _STATUS_TEXT[UNIMPLEMENTED]),
+                                  (b"grpc-message", b"Method not found!")], None, None)
+            return
+        conn.respond(stream, _HEAD_OK, framed(data), _TRAILERS_OK)
+
+    def _fail(self, conn: ServerConnection, stream: Stream, err: BerthError, started: float,
+              decision: Decision | None = None) -> None:
         code = status_of(err)
         labels = decision.labels if decision is not None else error_labels(err)
-        self.metrics.observe(labels, "grpc", code.name, True, time.perf_counter() - started)
-        trailing: tuple[tuple[str, str], ...] = (("berth-error-code", err.code),)
+        self.metrics.observe(labels, "grpc", STATUS_NAMES[code], True, time.perf_counter() - started)
+        head = [*_HEAD_OK, (b"grpc-status", _STATUS_TEXT[code]),
+                (b"grpc-message", quote(err.message, safe=_MESSAGE_SAFE).encode()),
+                (b"berth-error-code", err.code.encode())]
         if decision is not None:
-            trailing += (("x-seldon-route", decision.route),)
-        await context.abort(code, err.message, trailing_metadata=trailing)
-        raise AssertionError("context.abort returned")  # abort always raises
+            head.append((b"x-seldon-route", decision.route.encode()))
+        conn.respond(stream, head, None, None)
 
 
-async def start_grpc(gateway: GrpcGateway, host: str, port: int) -> tuple[aio.Server, int]:
-    """A started gRPC server for ``gateway`` on ``host:port``; answers it and the bound port."""
-    server = aio.server(options=[("grpc.so_reuseport", 0),
-                                 ("grpc.max_receive_message_length", gateway.max_request_bytes),
-                                 ("grpc.max_send_message_length", -1)])
-    server.add_generic_rpc_handlers((gateway.handler(),))
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+class GrpcListener:
+    """The listening socket and the client connections it accepted."""
+
+    def __init__(self, gateway: GrpcGateway) -> None:
+        self.gateway = gateway
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: set[ServerConnection] = set()
+
+    def _accept(self) -> ServerConnection:
+        conn = self.gateway.connection(self.connections.discard)
+        self.connections.add(conn)
+        return conn
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let calls in flight finish for up to ``grace`` seconds, then close everything."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+async def start_grpc(gateway: GrpcGateway, host: str, port: int) -> tuple[GrpcListener, int]:
+    """A started gRPC listener for ``gateway`` on ``host:port``; answers it and the bound port."""
+    listener = GrpcListener(gateway)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as exc:
-        bound = 0
-        cause: BaseException | None = exc
-    else:
-        cause = None
-    if not bound:
-        raise ConfigError(f"the gateway cannot listen for gRPC on {host}:{port} (in use, or not an address "
-                          "here); choose another port (--grpc-port) or stop what uses it") from cause
-    await server.start()
-    return server, bound
+        listener.server = await asyncio.get_running_loop().create_server(listener._accept, host, port)
+    except OSError as exc:
+        raise ConfigError(f"the gateway cannot listen for gRPC on {host}:{port} ({exc.strerror or exc}); choose "
+                          "another port (--grpc-port) or stop what uses it") from exc
+    bound = listener.server.sockets[0].getsockname()[1]
+    return listener, bound
