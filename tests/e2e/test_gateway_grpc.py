@@ -7,6 +7,7 @@ gRPC from a static table, and the tests talk to it with MLServer's own generated
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -160,6 +161,92 @@ def test_experiment_split_and_sticky_route_over_grpc(stub: Any) -> None:
             infer_request("ab.experiment"), metadata=(("x-seldon-route", routes["iris2"]),))
         assert answer.model_name == "iris2"
         assert metadata_of(call)["x-seldon-route"] == routes["iris2"]
+
+
+def test_large_messages_cross_flow_control_both_ways(stub: Any, direct: Any) -> None:
+    """~0.9 MB in, ~0.2 MB out: both are far over HTTP/2's 64 KiB initial windows, so the gateway must wait for
+    WINDOW_UPDATEs on each side; the answer is byte for byte MLServer's."""
+    rows = 28_000
+    values = [float(i % 7) for i in range(rows * 4)]
+    via = stub.ModelInfer(infer_request(values=values, shape=(rows, 4)))
+    expected = direct.ModelInfer(infer_request(values=values, shape=(rows, 4)))
+    assert via.outputs[0].shape[0] == rows
+    assert via.SerializeToString() == expected.SerializeToString()
+
+
+def test_gzip_compressed_request_is_routed_and_answered(gw: Gateway, direct: Any) -> None:
+    with grpc.insecure_channel(gw.grpc, compression=grpc.Compression.Gzip) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request("iris2"))
+    assert answer.model_name == "iris2"
+    assert answer.outputs == direct.ModelInfer(infer_request("iris2")).outputs
+
+
+def test_many_concurrent_calls_on_one_connection_each_get_their_own_answer(gw: Gateway, lt: LoopThread,
+                                                                          direct: Any) -> None:
+    """200 calls in flight on one client connection (multiplexed upstream too): every answer is its own."""
+    def request(i: int) -> pb.ModelInferRequest:
+        rows = 1 + i % 5
+        return infer_request(values=[float((i + j) % 8) for j in range(rows * 4)], shape=(rows, 4))
+
+    async def run() -> list[bytes]:
+        async with grpc.aio.insecure_channel(gw.grpc) as channel:
+            aio_stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one(i: int) -> bytes:
+                answer = await aio_stub.ModelInfer(request(i), timeout=30)
+                return answer.outputs[0].SerializeToString()  # type: ignore[no-any-return]
+
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    results = lt.call(run(), timeout=60)
+    expected = {i: direct.ModelInfer(request(i)).outputs[0].SerializeToString() for i in range(40)}
+    assert [results[i] == expected[i % 40] for i in range(200)] == [True] * 200
+
+
+def test_client_deadline_is_kept_and_named(lt: LoopThread) -> None:
+    """The client's deadline (grpc-timeout) is shorter than the gateway's: the gateway keeps it, cancelling the
+    upstream call then rather than after its own 30 s."""
+    cancelled: list[float] = []
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(time.monotonic() - started)
+            raise
+        return b""
+
+    async def serve() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(slow)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = lt.call(serve())
+    gw = Gateway(lt, grpc=True, routes=RoutingTable(models=[route("iris", "127.0.0.1:1", grpc=(f"127.0.0.1:{port}",))]),
+                 upstream_timeout=30.0)
+    try:
+        with grpc.insecure_channel(gw.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(), timeout=0.5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 3
+        while not cancelled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cancelled and cancelled[0] < 2.0, "the upstream call was not cancelled at the client's deadline"
+    finally:
+        gw.stop()
+        lt.call(server.stop(0))
+
+
+def test_unknown_method_is_unimplemented_and_http1_is_refused(gw: Gateway, stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryIndex(pb.RepositoryIndexRequest())
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{gw.grpc}/", timeout=5)
 
 
 def test_oversized_message_is_resource_exhausted(stub: Any) -> None:
