@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from berth.adapters.mlserver_proc import free_port
+from berth.adapters.mlserver_proc import free_ports
 from berth.client.gateway import GatewayClient
 from berth.client.http import BerthClient
 from berth.gateway.app import run_gateway
@@ -40,11 +40,12 @@ def server_doc(name: str, *, namespace: str = "default", replicas: int = 1,
 class Platform:
     def __init__(self, data_dir: Path, *, provision: bool = True) -> None:
         self.control = ControlPlane(data_dir, store=str(data_dir / "berth.db"), provision=provision)
-        self.gateway_port = free_port()
+        self.gateway_port, self.grpc_port = free_ports(2)
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.gateway_grpc = f"127.0.0.1:{self.grpc_port}"
 
         async def gw(stop: asyncio.Event) -> None:
-            await run_gateway("127.0.0.1", self.gateway_port, self.control.url, stop)
+            await run_gateway("127.0.0.1", self.gateway_port, self.control.url, stop, grpc_port=self.grpc_port)
 
         self._gateway = LoopThread(gw)
         self.client: BerthClient

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import time
 import zlib
 from typing import Any
@@ -39,6 +40,7 @@ from berth.gateway.routing import Decision, Router
 from berth.gateway.table import Target, describe_connect_error
 from berth.gateway.upstream import ConnectFailed
 
+log = logging.getLogger("berth.gateway")
 SERVICE = "inference.GRPCInferenceService"
 _PREFIX = f"/{SERVICE}/".encode()
 ROUTED = frozenset((b"ModelInfer", b"ModelMetadata", b"ModelReady"))
@@ -190,7 +192,18 @@ class GrpcGateway:
         return ServerConnection(self.on_stream, on_lost, max_body=self.max_request_bytes + 5)
 
     def on_stream(self, conn: ServerConnection, stream: Stream) -> None:
-        stream.task = asyncio.ensure_future(self.serve(conn, stream))
+        task = asyncio.ensure_future(self.serve(conn, stream))
+        task.add_done_callback(lambda t: self._crashed(conn, stream, t))
+        stream.task = task
+
+    def _crashed(self, conn: ServerConnection, stream: Stream, task: asyncio.Future[None]) -> None:
+        """A bug, not a failure of the request: logged with its traceback, answered INTERNAL (never left hanging)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("gRPC call on stream %d failed inside the gateway", stream.sid, exc_info=exc)
+        self._fail(conn, stream, BerthError(f"the gateway failed while handling the call: {exc!r}; this is a bug "
+                                            "in Berth, please report it with the gateway's log"), time.perf_counter())
 
     async def serve(self, conn: ServerConnection, stream: Stream) -> None:
         started = time.perf_counter()
