@@ -6,13 +6,13 @@ import hpack
 import pytest
 from hpack.exceptions import HPACKDecodingError
 from hpack.hpack import encode_integer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from berth.gateway import headerblock
 from berth.gateway.headerblock import STATIC, Decoder, Field, HeaderError
 
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _STATIC_NAMES = sorted({name for name, _ in STATIC})
 _STATIC_VALUES = sorted({value for _, value in STATIC if value})
@@ -43,10 +43,23 @@ def hpack_decode(decoder: hpack.Decoder, block: bytes) -> list[Field]:
     return [(bytes(name), bytes(value)) for name, value in decoder.decode(block, raw=True)]
 
 
+def indexed(index: int) -> bytes:
+    encoded = encode_integer(index, 7)
+    encoded[0] |= 0x80
+    return bytes(encoded)
+
+
 def size_update(size: int) -> bytes:
     encoded = encode_integer(size, 5)
     encoded[0] |= 0x20
     return bytes(encoded)
+
+
+def set_table_size(encoder: hpack.Encoder, size: int) -> None:
+    # hpack 4.2 forgets a pending size update when the size is set again to the same value, and then writes blocks
+    # for a table its peer does not have (hpack's own Decoder fails on them too): so only real changes are made
+    if size != encoder.header_table_size:
+        encoder.header_table_size = size
 
 
 # ---- (a) blocks from hpack's encoder decode to the same fields ----
@@ -56,7 +69,7 @@ block_plans = st.lists(
         st.one_of(fields, repeating),
         st.lists(st.booleans(), max_size=14),  # which fields are sensitive (never indexed)
         st.booleans(),  # Huffman
-        st.lists(st.sampled_from([0, 32, 100, 256, 1000, 4096]), max_size=2),  # table size changes before the block
+        st.lists(st.sampled_from([0, 32, 100, 256, 1000, 4096, 8192]), max_size=2),  # table size changes before it
     ),
     min_size=1,
     max_size=6,
@@ -71,10 +84,15 @@ def test_blocks_from_hpacks_encoder_decode_to_the_same_fields(
     decoder = Decoder()
     for block_fields, sensitive, huffman, sizes in plan:
         for size in sizes:
-            encoder.header_table_size = size
+            set_table_size(encoder, min(size, 4096))
         tuples = [(name, value, i < len(sensitive) and sensitive[i]) for i, (name, value) in enumerate(block_fields)]
         block = encoder.encode(tuples, huffman=huffman)
         assert decoder.decode(block) == block_fields
+    # the dynamic tables agree entry for entry, and the entry past the encoder's last one is gone here too
+    entries = list(encoder.header_table.dynamic_entries)
+    assert [decoder.decode(indexed(62 + i))[0] for i in range(len(entries))] == entries
+    with pytest.raises(HeaderError):
+        decoder.decode(indexed(62 + len(entries)))
 
 
 @PROPS
@@ -86,7 +104,7 @@ def test_a_decoder_limit_other_than_4096_follows_the_encoders_size_updates(
     decoder = Decoder(limit)
     for block_fields, _, huffman, sizes in plan:
         for size in sizes:
-            encoder.header_table_size = min(size, limit)
+            set_table_size(encoder, min(size, limit))
         assert decoder.decode(encoder.encode(block_fields, huffman=huffman)) == block_fields
 
 
@@ -137,7 +155,7 @@ def test_encoder_uses_the_static_table() -> None:
 
 # ---- (c) malformed blocks raise HeaderError and nothing else ----
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(data=st.binary(max_size=64))
 def test_arbitrary_bytes_decode_or_raise_header_error(data: bytes) -> None:
     try:
@@ -146,10 +164,8 @@ def test_arbitrary_bytes_decode_or_raise_header_error(data: bytes) -> None:
         decoded = None
     try:
         expected: list[Field] | None = hpack_decode(hpack_decoder(), data)
-    except HPACKDecodingError as exc:
+    except HPACKDecodingError:
         expected = None
-        if "not at the start of the block" in str(exc):
-            return  # the one place where we are laxer than hpack: a size update after a field is accepted
     assert decoded == expected
 
 
@@ -194,7 +210,9 @@ def test_our_block_cut_inside_a_field_always_raises(block_fields: list[Field], d
     boundaries = {1}
     for part in parts:
         boundaries.add(max(boundaries) + len(part))
-    cut = data.draw(st.integers(1, len(block) - 1).filter(lambda c: c not in boundaries))
+    inside = [c for c in range(1, len(block)) if c not in boundaries]
+    assume(inside)
+    cut = data.draw(st.sampled_from(inside))
     with pytest.raises(HeaderError):
         Decoder().decode(block[:cut])
 
@@ -204,7 +222,7 @@ def test_our_block_cut_inside_a_field_always_raises(block_fields: list[Field], d
     pytest.param(b"\xbe", id="index-62-with-an-empty-table"),
     pytest.param(b"\xff\x80\x80\x80\x80\x80\x80\x01", id="integer-too-long"),
     pytest.param(b"\xff", id="integer-cut-off"),
-    pytest.param(b"\x7f\x00\x01a", id="literal-name-index-64-out-of-range"),
+    pytest.param(b"\x7f\x00\x01a", id="indexed-literal-name-index-63-out-of-range"),
     pytest.param(b"\x0f\x30\x01a", id="never-indexed-name-index-63-out-of-range"),
     pytest.param(b"\x40", id="literal-without-its-name"),
     pytest.param(b"\x40\x05ab", id="name-longer-than-the-block"),
@@ -238,8 +256,17 @@ def test_dynamic_table_indexes_and_bounds() -> None:
     assert decoder.decode(b"\x40\x01e\x02ff") == [(b"e", b"ff")]  # 35 bytes: larger than the table, so it empties it
     with pytest.raises(HeaderError):
         decoder.decode(b"\xbe")
-    assert decoder.decode(size_update(4096) + b"\x7e\x01g") == [(b"c", b"g")]  # name from entry 62 before it goes
-    assert decoder.decode(b"\xbe") == [(b"c", b"g")]
+    assert decoder.decode(size_update(4096) + b"\x40\x01c\x01d" + b"\x7e\x01g") == [(b"c", b"d"), (b"c", b"g")]
+    assert decoder.decode(b"\xbe\xbf") == [(b"c", b"g"), (b"c", b"d")]
+
+
+def test_a_name_is_taken_from_the_entry_that_its_own_insertion_evicts() -> None:
+    decoder = Decoder()
+    assert decoder.decode(size_update(68) + b"\x40\x01a\x01b" + b"\x40\x01c\x01d") == [(b"a", b"b"), (b"c", b"d")]
+    assert decoder.decode(b"\x7f\x00\x01x") == [(b"a", b"x")]  # name of entry 63, (a, b), which goes to make room
+    assert decoder.decode(b"\xbe\xbf") == [(b"a", b"x"), (b"c", b"d")]
+    with pytest.raises(HeaderError):
+        decoder.decode(b"\xc0")
 
 
 def test_the_same_huffman_string_decodes_alike_each_time() -> None:

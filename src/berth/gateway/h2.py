@@ -177,10 +177,11 @@ class Connection(asyncio.Protocol):
             parts.append(stream.after)
             stream.after = None
         stream.closed = True
-        self._maybe_forget(stream)
+        self._maybe_forget(stream, parts)
 
-    def _maybe_forget(self, stream: Stream) -> None:
-        """Drop a stream once both sides are done with it (hook for the two ends)."""
+    def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
+        """Drop a stream once both sides are done with it (hook for the two ends; frames to send go to ``parts``,
+        after the stream's own)."""
 
     def reset(self, sid: int, code: int) -> None:
         self.write(frame(RST_STREAM, 0, sid, _U32.pack(code)))
@@ -237,15 +238,21 @@ class Connection(asyncio.Protocol):
             elif ftype == SETTINGS:
                 self._on_settings(sid, flags, payload)
             elif ftype == PING:
-                if len(payload) != 8 or sid:
+                if sid:
+                    raise ProtocolError("PING on a stream")
+                if len(payload) != 8:
                     raise ProtocolError("malformed PING", FRAME_SIZE_ERROR)
                 if not flags & ACK:
                     self.write(frame(PING, ACK, 0, payload))
             elif ftype == RST_STREAM:
-                if len(payload) != 4 or not sid:
+                if not sid:
+                    raise ProtocolError("RST_STREAM on stream 0")
+                if len(payload) != 4:
                     raise ProtocolError("malformed RST_STREAM", FRAME_SIZE_ERROR)
                 self.on_reset(sid, _U32.unpack(payload)[0])
             elif ftype == GOAWAY:
+                if sid:
+                    raise ProtocolError("GOAWAY on a stream")
                 if len(payload) < 8:
                     raise ProtocolError("malformed GOAWAY", FRAME_SIZE_ERROR)
                 self.on_goaway(_U32.unpack_from(payload)[0] & 0x7FFFFFFF, _U32.unpack_from(payload, 4)[0])
@@ -260,6 +267,8 @@ class Connection(asyncio.Protocol):
         if sid:
             raise ProtocolError("SETTINGS on a stream")
         if flags & ACK:
+            if payload:
+                raise ProtocolError("SETTINGS acknowledgement with a payload", FRAME_SIZE_ERROR)
             return
         if len(payload) % 6:
             raise ProtocolError("malformed SETTINGS", FRAME_SIZE_ERROR)
@@ -438,8 +447,10 @@ class ServerConnection(Connection):
     def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:
         stream = self.streams.get(sid)
         if stream is None:
-            if sid % 2 == 0 or sid <= self._last_peer_sid:
-                raise ProtocolError(f"stream {sid} cannot be opened by a client now")
+            if sid % 2 == 0:
+                raise ProtocolError(f"stream {sid} cannot be opened by a client")
+            if sid <= self._last_peer_sid:
+                return  # a stream we already answered or reset: what the client still sends on it is dropped
             self._last_peer_sid = sid
             if self.going_away:
                 self.reset(sid, REFUSED_STREAM)
@@ -452,6 +463,8 @@ class ServerConnection(Connection):
             self.streams[sid] = stream
         elif not stream.ended:
             stream.trailers = fields  # a client's trailers: nothing in them matters to a unary call
+        elif stream.cut_short:
+            return  # the end of a request already refused as too large
         else:
             raise ProtocolError(f"HEADERS on closed stream {sid}")
         if end_stream:
@@ -474,20 +487,21 @@ class ServerConnection(Connection):
             return
         if trailers is None:
             stream.closed = True
-            self.write(headers_frames(stream.sid, headerblock.encode(head), True))
-            self._maybe_forget(stream)
+            parts = [headers_frames(stream.sid, headerblock.encode(head), True)]
+            self._maybe_forget(stream, parts)
+            self.write(b"".join(parts))
             return
         self.send(stream, headers_frames(stream.sid, headerblock.encode(head), False), body,
                   headers_frames(stream.sid, headerblock.encode(trailers), True))
 
-    def _maybe_forget(self, stream: Stream) -> None:
+    def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
         if stream.closed:
             self.streams.pop(stream.sid, None)
             self.blocked.pop(stream.sid, None)
             if not stream.ended or stream.cut_short:  # answered before the client finished: stop it (RFC 9113 8.1)
-                self.reset(stream.sid, NO_ERROR)
-            if self.going_away and not self.streams:
-                self.close()
+                parts.append(frame(RST_STREAM, 0, stream.sid, _U32.pack(NO_ERROR)))
+            if self.going_away and not self.streams:  # close after this answer is written
+                asyncio.get_running_loop().call_soon(self.close)
 
     def on_reset(self, sid: int, code: int) -> None:
         stream = self.streams.pop(sid, None)
@@ -595,8 +609,10 @@ class ClientConnection(Connection):
             else:
                 future.set_exception(error)
         self._free()
+        if self.going_away and not self.streams:  # pruned, or the server said GOAWAY: done once idle
+            self.close()
 
-    def _maybe_forget(self, stream: Stream) -> None:
+    def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
         pass  # a request stays until its answer ends (or fails)
 
     def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:

@@ -127,6 +127,8 @@ class Decoder:
                 index, pos = _integer(data, pos, 6)
                 indexed = True
             elif byte & 0x20:  # dynamic table size update
+                if fields:
+                    raise HeaderError("dynamic table size update after a header field (RFC 7541 4.2)")
                 size, pos = _integer(data, pos, 5)
                 self._resize(size)
                 continue
