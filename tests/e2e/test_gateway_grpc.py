@@ -35,6 +35,16 @@ def infer_request(model: str = "iris", values: list[float] | None = None, shape:
     return pb.ModelInferRequest(model_name=model, inputs=[tensor])
 
 
+async def stand_in(model_infer: Any) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server on a free loopback port whose ModelInfer is ``model_infer`` (raw bytes in, out)."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 def metadata_of(call: Any) -> dict[str, str]:
     return {m.key: m.value for m in (call.trailing_metadata() or ())}
 
@@ -217,15 +227,7 @@ def test_client_deadline_is_kept_and_named(lt: LoopThread) -> None:
             raise
         return b""
 
-    async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(slow)}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = lt.call(serve())
+    server, port = lt.call(stand_in(slow))
     gw = Gateway(lt, grpc=True, routes=RoutingTable(models=[route("iris", "127.0.0.1:1", grpc=(f"127.0.0.1:{port}",))]),
                  upstream_timeout=30.0)
     try:
@@ -268,16 +270,7 @@ def test_slow_inference_server_is_deadline_exceeded(lt: LoopThread) -> None:
         await asyncio.sleep(3)
         return b""
 
-    async def serve() -> grpc.aio.Server:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(slow)}),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        return server
-
-    port = free_port()
-    server = lt.call(serve())
+    server, port = lt.call(stand_in(slow))
     upstream = f"127.0.0.1:{port}"
     gw = Gateway(lt, grpc=True, routes=RoutingTable(models=[route("iris", "127.0.0.1:1", grpc=(upstream,))]),
                  upstream_timeout=0.5)
@@ -340,15 +333,7 @@ def test_status_answered_by_a_live_server_is_passed_through_not_retried(lt: Loop
         await context.abort(grpc.StatusCode.UNAVAILABLE, "busy, come back later")
         return b""
 
-    async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(refusing)}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = lt.call(serve())
+    server, port = lt.call(stand_in(refusing))
     table = RoutingTable(models=[route("iris", "127.0.0.1:2", grpc=(f"127.0.0.1:{port}",))])
     gw = Gateway(lt, grpc=True, routes=table)
     try:

@@ -32,6 +32,7 @@ from berth.gateway.metrics import Metrics
 from berth.gateway.mirror import Mirrors
 from berth.gateway.routing import Decision, Router
 from berth.wire.routes import Endpoint, ModelRoute, RoutingTable
+from tests.unit.test_gateway_h2 import FakeTransport
 
 
 def test_grpc_timeout_units() -> None:
@@ -76,21 +77,6 @@ def test_statuses() -> None:
     assert status_of(BerthError("x")) == INTERNAL
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-
 def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
     out = []
     pos = 0
@@ -123,7 +109,7 @@ def call(gateway: GrpcGateway, method: str, request: bytes, *extra: tuple[bytes,
             await asyncio.sleep(0)
         decoder = hpack.Decoder()
         answer: dict[str, str] = {}
-        for ftype, _, sid, payload in frames(bytes(transport.out)):
+        for ftype, _, sid, payload in frames(transport.take()):
             if ftype == h2.HEADERS and sid == 1:
                 answer.update({k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
                                for k, v in decoder.decode(payload)})
