@@ -74,7 +74,8 @@ def main() -> int:
 
     control_port, gateway_port, grpc_port = port_or_free(9004), port_or_free(9000), port_or_free(9001)
     env = dict(os.environ, BERTH_ADDRESS=f"http://127.0.0.1:{control_port}",
-               BERTH_GATEWAY=f"http://127.0.0.1:{gateway_port}", COLUMNS="160")
+               BERTH_GATEWAY=f"http://127.0.0.1:{gateway_port}", BERTH_GATEWAY_GRPC=f"127.0.0.1:{grpc_port}",
+               COLUMNS="160")
     step(f"berth up (control plane :{control_port}, gateway REST :{gateway_port}, gRPC :{grpc_port})")
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(WORK / "data"), "--control-port", str(control_port),
                                    "--gateway-port", str(gateway_port), "--grpc-port", str(grpc_port)], env=env)
@@ -103,6 +104,9 @@ def main() -> int:
         berth("infer", "baseline-predictor", "-n", "financial-ml", "-d", PAYLOAD, "-i", "200", env=env)
         berth("infer", "financial-predictor-ab-test.experiment", "-n", "financial-ml", "-d", PAYLOAD, "-i", "100",
               env=env)
+        step("the same split over the gateway's V2 gRPC port")
+        berth("infer", "baseline-predictor", "-n", "financial-ml", "-d", PAYLOAD, "-i", "100", "--inference-mode",
+              "grpc", env=env)
         step("a model that cannot be placed says why")
         for bad in sorted((SEEDS.parent / "misconfigured").glob("*.yaml")):
             berth("plan", "-f", str(bad), env=env, check=False)

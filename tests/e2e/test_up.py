@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -37,10 +38,14 @@ def _ours(data: Path) -> list[int]:
     return out
 
 
+IRIS_JSON = '{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2,6.7,3.0,5.2,2.3]}]}'
+
+
 def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
     data = tmp_path / "data"
     cport, gport, grpc = free_ports(3)
-    env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}")
+    env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}",
+               BERTH_GATEWAY_GRPC=f"127.0.0.1:{grpc}")
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(data), "--control-port", str(cport),
                                    "--gateway-port", str(gport), "--grpc-port", str(grpc)],
                           env=env, stderr=subprocess.PIPE, text=True)
@@ -67,6 +72,15 @@ def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
         r = _run(env, "infer", "iris", "-d",
                  '{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}')
         assert r.returncode == 0 and '"data": [\n        0\n      ]' in r.stdout, r.stdout + r.stderr
+        rest = json.loads(_run(env, "infer", "iris", "-o", "json", "-d", IRIS_JSON).stdout)
+        r = _run(env, "infer", "iris", "--inference-mode", "grpc", "-o", "json", "-d", IRIS_JSON)
+        assert r.returncode == 0, r.stderr
+        via_grpc = json.loads(r.stdout)
+        assert via_grpc["model_name"] == rest["model_name"] == "iris"
+        assert [o["data"] for o in via_grpc["outputs"]] == [o["data"] for o in rest["outputs"]]
+        r = _run(env, "infer", "nosuch", "--inference-mode", "grpc", "-d", IRIS_JSON)
+        assert r.returncode != 0 and "model nosuch" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0
         assert len(_ours(data)) >= 4  # control plane, gateway, agent, mlserver
         # port in use: a second `berth up` on the same ports says so in one line
         r = _run(env, "up", "--data-dir", str(tmp_path / "other"), "--control-port", str(cport))

@@ -15,10 +15,13 @@ def _root(
                                       help="Control plane address (default http://127.0.0.1:9004)"),
     gateway: str | None = typer.Option(None, "--gateway", envvar="BERTH_GATEWAY",
                                        help="Gateway address (default http://127.0.0.1:9000)"),
+    gateway_grpc: str | None = typer.Option(None, "--gateway-grpc", envvar="BERTH_GATEWAY_GRPC",
+                                            help="Gateway's gRPC address (default 127.0.0.1:9001)"),
 ) -> None:
     """Berth: serve many ML models on MLServer from Seldon Core v2 manifests, and say why when not."""
     settings.server = server
     settings.gateway = gateway
+    settings.gateway_grpc = gateway_grpc
 
 
 def version() -> None:

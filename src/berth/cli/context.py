@@ -11,6 +11,7 @@ from berth.client.http import BerthClient
 class Settings:
     server: str | None = None
     gateway: str | None = None
+    gateway_grpc: str | None = None
 
     def client(self) -> BerthClient:
         return BerthClient(self.server)

@@ -41,8 +41,12 @@ def infer(
     iterations: int = typer.Option(1, "-i", "--iterations", min=1, help="Send N times and summarise"),
     header: list[str] = typer.Option([], "-H", "--header", help="Extra header NAME=VALUE (e.g. x-seldon-route=...)"),
     output: str | None = typer.Option(None, "-o", "--output", help="json (the raw response)"),
+    mode: str = typer.Option("rest", "--inference-mode", help="rest or grpc (the gateway's V2 gRPC port, "
+                             "--gateway-grpc); the gRPC answer is shown in V2 JSON form"),
 ) -> None:
     """Send a V2 inference request to MODEL through the gateway; print the answer and who answered."""
+    if mode not in ("rest", "grpc"):
+        raise InvalidInput(f"--inference-mode {mode!r}: expected rest or grpc")
     body = _payload(data)
     headers = {}
     for h in header:
@@ -50,10 +54,11 @@ def infer(
         if not sep:
             raise InvalidInput(f"--header {h!r}: expected NAME=VALUE")
         headers[k.strip()] = v.strip()
-    client = GatewayClient(settings.gateway)
+    client = GatewayClient(settings.gateway, grpc_address=settings.gateway_grpc)
+    send = client.infer_grpc if mode == "grpc" else client.infer
     try:
         if iterations == 1:
-            res = client.infer(model, body, namespace=namespace, headers=headers)
+            res = send(model, body, namespace=namespace, headers=headers)
             if output == "json":
                 render.console.print(json.dumps(res.body), markup=False, soft_wrap=True)
                 return
@@ -65,7 +70,7 @@ def infer(
         errors: Counter[str] = Counter()
         for _ in range(iterations):
             try:
-                res = client.infer(model, body, namespace=namespace, headers=headers)
+                res = send(model, body, namespace=namespace, headers=headers)
                 times.append(res.seconds * 1000)
                 routes[res.route or model] += 1
             except BerthError as exc:

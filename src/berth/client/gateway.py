@@ -12,6 +12,10 @@ import httpx
 from berth import errors
 from berth.client.http import DEFAULT_GATEWAY, connect_reason
 from berth.errors import Unavailable
+from berth.wire.v2proto import ProtoError, decode_infer_response, encode_infer_request
+
+DEFAULT_GATEWAY_GRPC = "127.0.0.1:9001"
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def gateway_from_env(explicit: str | None = None) -> str:
@@ -27,13 +31,63 @@ class InferResult:
     seconds: float
 
 
+def grpc_gateway_from_env(explicit: str | None = None) -> str:
+    addr = explicit or os.environ.get("BERTH_GATEWAY_GRPC") or DEFAULT_GATEWAY_GRPC
+    return addr.split("://", 1)[-1].rstrip("/")
+
+
 class GatewayClient:
-    def __init__(self, address: str | None = None, *, timeout: float = 60.0) -> None:
+    def __init__(self, address: str | None = None, *, timeout: float = 60.0, grpc_address: str | None = None) -> None:
         self.address = gateway_from_env(address)
+        self.grpc_address = grpc_gateway_from_env(grpc_address)
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.address, timeout=timeout)
+        self._channel: Any = None
+        self._call: Any = None
 
     def close(self) -> None:
         self._http.close()
+        if self._channel is not None:
+            self._channel.close()
+
+    def infer_grpc(self, model: str, payload: dict[str, Any], *, namespace: str = "default",
+                   headers: dict[str, str] | None = None) -> InferResult:
+        """The same call as :meth:`infer`, over the gateway's V2 gRPC port (``ModelInfer``); the answer is
+        turned back into the V2 JSON form."""
+        import grpc  # only this mode needs it
+
+        request = encode_infer_request(model, payload)
+        if self._call is None:
+            self._channel = grpc.insecure_channel(self.grpc_address)
+            self._call = self._channel.unary_unary(_MODEL_INFER)
+        metadata = [("seldon-namespace", namespace), *((k.lower(), v) for k, v in (headers or {}).items())]
+        started = time.perf_counter()
+        try:
+            answer, call = self._call.with_call(request, metadata=metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._grpc_error(model, exc) from None
+        elapsed = time.perf_counter() - started
+        trailing = dict(call.trailing_metadata() or ())
+        try:
+            body = decode_infer_response(answer)
+        except ProtoError as exc:
+            raise errors.BerthError(f"model {model}: {exc}", code="InferenceFailed") from exc
+        return InferResult(0, body, str(trailing.get("x-seldon-route", "")), elapsed)
+
+    def _grpc_error(self, model: str, exc: Any) -> errors.BerthError:
+        code = exc.code()
+        details = exc.details() or ""
+        trailing = dict(exc.trailing_metadata() or ())
+        berth_code = trailing.get("berth-error-code")
+        if berth_code:  # the gateway's own error: the same message as the REST JSON
+            return errors.from_dict({"code": berth_code, "message": details})
+        if code.name == "UNAVAILABLE" and ("connect" in details.lower() or "refused" in details.lower()):
+            return Unavailable(f"cannot reach the gateway's gRPC port at {self.grpc_address}: {details}; is "
+                               "`berth up` running? point --gateway-grpc / BERTH_GATEWAY_GRPC at it")
+        if code.name == "DEADLINE_EXCEEDED":
+            return errors.Timeout(f"model {model}: no answer within {self.timeout:g}s over gRPC")
+        return errors.BerthError(f"model {model}: gRPC {code.name}: {details}", code="InferenceFailed",
+                                 details={"grpc_status": code.name, "route": trailing.get("x-seldon-route")})
 
     def infer(self, model: str, payload: dict[str, Any], *, namespace: str = "default",
               headers: dict[str, str] | None = None) -> InferResult:
