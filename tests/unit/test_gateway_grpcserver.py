@@ -12,7 +12,7 @@ import hpack
 import pytest
 
 from berth.errors import BerthError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway import h2, headerblock, protowire
+from berth.gateway import h2, headerblock
 from berth.gateway.balance import Balancer
 from berth.gateway.grpcserver import (
     DEADLINE_EXCEEDED,
@@ -31,6 +31,7 @@ from berth.gateway.grpcserver import (
 from berth.gateway.metrics import Metrics
 from berth.gateway.mirror import Mirrors
 from berth.gateway.routing import Decision, Router
+from berth.wire import protowire
 from berth.wire.routes import Endpoint, ModelRoute, RoutingTable
 from tests.unit.test_gateway_h2 import FakeTransport
 

@@ -29,7 +29,6 @@ from urllib.parse import quote
 
 import berth
 from berth.errors import BerthError, ConfigError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway import protowire
 from berth.gateway.balance import Balancer, Ejections
 from berth.gateway.h2 import ClientConnection, Cut, ServerConnection, Stream, StreamReset, Vanished
 from berth.gateway.headerblock import Field
@@ -39,6 +38,7 @@ from berth.gateway.proxy import EJECT_S
 from berth.gateway.routing import Decision, Router
 from berth.gateway.table import Target, describe_connect_error
 from berth.gateway.upstream import ConnectFailed
+from berth.wire import protowire
 
 log = logging.getLogger("berth.gateway")
 SERVICE = "inference.GRPCInferenceService"

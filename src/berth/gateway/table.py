@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from berth.errors import InvalidInput, ModelNotReady
-from berth.gateway import protowire
+from berth.wire import protowire
 from berth.wire.routes import ModelRoute, RoutingTable
 
 _KINDS = {"infer": ("POST", "/infer"), "meta": ("GET", ""), "ready": ("GET", "/ready")}

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth.errors import InvalidInput
+from berth.wire.protowire import WireError, read_varint, varint
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
@@ -30,26 +31,16 @@ _RAW: dict[str, tuple[str, int]] = {  # datatype -> struct code and size, for ra
 }
 
 
-class ProtoError(ValueError):
+class ProtoError(WireError):
     """Bytes that are not the protobuf message they should be."""
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int32/int64 go as 10-byte two's complement, as protobuf writes them
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _key(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
+    return varint(number << 3 | wire)
 
 
 def _bytes(number: int, data: bytes) -> bytes:
-    return _key(number, _LEN) + _varint(len(data)) + data
+    return _key(number, _LEN) + varint(len(data)) + data
 
 
 def _string(number: int, text: str) -> bytes:
@@ -67,9 +58,9 @@ def _flatten(data: Any) -> Iterator[Any]:
 def _parameter(value: Any) -> bytes:
     """An ``InferParameter`` (bool_param 1, int64_param 2, string_param 3, double_param 4)."""
     if isinstance(value, bool):
-        return _key(1, _VARINT) + _varint(int(value))
+        return _key(1, _VARINT) + varint(int(value))
     if isinstance(value, int):
-        return _key(2, _VARINT) + _varint(value)
+        return _key(2, _VARINT) + varint(value)
     if isinstance(value, float):
         return _key(4, _I64) + struct.pack("<d", value)
     if isinstance(value, str):
@@ -99,7 +90,7 @@ def _contents(datatype: str, values: list[Any], where: str) -> bytes:
         else:
             if kind == "uint" and any(int(v) < 0 for v in values):
                 raise InvalidInput(f"{where}: {datatype} values cannot be negative")
-            packed = b"".join(_varint(int(v)) for v in values)
+            packed = b"".join(varint(int(v)) for v in values)
     except (TypeError, ValueError, struct.error) as exc:
         if isinstance(exc, InvalidInput):
             raise
@@ -129,7 +120,7 @@ def encode_infer_request(model: str, payload: dict[str, Any], version: str | Non
         values = list(_flatten(tensor.get("data", [])))
         body = [_string(1, name), _string(2, datatype)]
         if shape:
-            body.append(_bytes(3, b"".join(_varint(d) for d in shape)))
+            body.append(_bytes(3, b"".join(varint(d) for d in shape)))
         body.append(_parameters(4, tensor.get("parameters"), where))
         body.append(_bytes(5, _contents(datatype, values, f"{where} {name!r}")))
         out.append(_bytes(5, b"".join(body)))
@@ -142,30 +133,16 @@ def encode_infer_request(model: str, payload: dict[str, Any], version: str | Non
 
 # ---- reading ----
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < len(buf):
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            break
-    raise ProtoError("truncated or overlong varint")
-
-
 def fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) for each top-level field: an int for varint/fixed, bytes for length."""
     pos = 0
     end = len(buf)
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         value: int | bytes
         if wire == _VARINT:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos, end)
         elif wire == _I64:
             if pos + 8 > end:
                 raise ProtoError("truncated 64-bit field")
@@ -175,7 +152,7 @@ def fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
                 raise ProtoError("truncated 32-bit field")
             value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
         elif wire == _LEN:
-            length, pos = _read_varint(buf, pos)
+            length, pos = read_varint(buf, pos, end)
             if pos + length > end:
                 raise ProtoError(f"field {number} runs past the end of the message")
             value, pos = buf[pos:pos + length], pos + length
@@ -209,7 +186,7 @@ def _numbers(kind: str, wire: int, value: Any) -> list[Any]:
     if wire == _LEN:
         pos = 0
         while pos < len(value):
-            n, pos = _read_varint(value, pos)
+            n, pos = read_varint(value, pos, len(value))
             raw.append(n)
     else:
         raw.append(value)
@@ -300,7 +277,7 @@ def decode_infer_response(buf: bytes) -> dict[str, Any]:
             answer["parameters"] = _read_parameters(params)
         for tensor, data in zip(answer["outputs"], raw, strict=False):
             tensor["data"] = _from_raw(tensor["datatype"], data)
-    except (ProtoError, UnicodeDecodeError, struct.error) as exc:
+    except (WireError, UnicodeDecodeError, struct.error) as exc:
         raise ProtoError(f"the answer is not a ModelInferResponse: {exc}") from exc
     return answer
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from berth.gateway import protowire
-from berth.gateway.protowire import WireError
+from berth.wire import protowire
+from berth.wire.protowire import WireError
 
 pb = pytest.importorskip("mlserver.grpc.dataplane_pb2")
 

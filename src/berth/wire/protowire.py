@@ -1,4 +1,5 @@
-"""Just enough of the protobuf wire format to route gRPC requests without decoding them.
+"""Just enough of the protobuf wire format to route gRPC requests without decoding them (and the varints
+:mod:`v2proto` builds on).
 
 Every V2 request the gateway routes names its model in field 1 (``ModelInferRequest.model_name``,
 ``ModelMetadataRequest.name``, ``ModelReadyRequest.name``).  The gateway reads that one field by
@@ -17,7 +18,8 @@ class WireError(ValueError):
 
 
 def varint(value: int) -> bytes:
-    """``value`` (non-negative) as a protobuf varint."""
+    """``value`` as a protobuf varint (a negative one as 64-bit two's complement, as protobuf writes int32/int64)."""
+    value &= (1 << 64) - 1
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -37,7 +39,8 @@ def bool_field(number: int, value: bool) -> bytes:
     return varint(number << 3 | _VARINT) + b"\x01" if value else b""
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``buf[pos:]`` (not past ``end``) and the position after it."""
     result = 0
     shift = 0
     while pos < end:
@@ -62,10 +65,10 @@ def last_string(buf: bytes, number: int) -> str | None:
         if key < 0x80:
             pos += 1
         else:
-            key, pos = _read_varint(buf, pos, end)
+            key, pos = read_varint(buf, pos, end)
         kind = key & 7
         if kind == _LEN:
-            length, pos = _read_varint(buf, pos, end)
+            length, pos = read_varint(buf, pos, end)
             stop = pos + length
             if stop > end:
                 raise WireError(f"field {key >> 3} runs past the end of the message")
@@ -73,7 +76,7 @@ def last_string(buf: bytes, number: int) -> str | None:
                 found = buf[pos:stop]
             pos = stop
         elif kind == _VARINT:
-            _, pos = _read_varint(buf, pos, end)
+            _, pos = read_varint(buf, pos, end)
         elif kind == _I64:
             pos += 8
         elif kind == _I32:
