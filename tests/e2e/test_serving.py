@@ -81,6 +81,28 @@ def test_capability_mismatch_is_explained(platform: Platform, models: dict[str, 
     platform.client.delete("Model", "default", "torchy")
 
 
+def test_replica_memory_comes_from_the_server_config_podspec(platform: Platform) -> None:
+    """As in Seldon, a replica offers its mlserver container's memory request: the ServerConfig's, unless the
+    Server's own podSpec sets one."""
+    config = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "ServerConfig",
+              "metadata": {"name": "sized", "namespace": "sized"},
+              "spec": {"podSpec": {"containers": [{"name": "mlserver", "image": "seldonio/mlserver:1.7.1",
+                                                   "resources": {"requests": {"memory": "3Gi"}}}]}}}
+    small = server_doc("small", namespace="sized")
+    big = server_doc("big", namespace="sized")
+    small["spec"]["serverConfig"] = big["spec"]["serverConfig"] = "sized"
+    big["spec"]["podSpec"] = {"containers": [{"name": "mlserver", "resources": {"limits": {"memory": "5Gi"}}}]}
+    platform.client.apply([config, small, big])
+    for name, memory in (("small", 3 << 30), ("big", 5 << 30)):
+        platform.wait_server(name, "sized", ready_replicas=1)
+        rows = platform.client.get("Server", "sized", name)["status"]["replicaStatus"]
+        assert [r["memory"] for r in rows] == [memory]
+    st = platform.client.get("ServerConfig", "sized", "sized")["status"]
+    assert "small" in st["message"] and "big" in st["message"] and "memory request" in st["message"]
+    platform.client.delete("Server", "sized", "small")
+    platform.client.delete("Server", "sized", "big")
+
+
 def test_server_and_model_scaling(platform: Platform, models: dict[str, Path]) -> None:
     ns = "scaling"
     platform.client.apply([server_doc("pool", namespace=ns, replicas=1)])

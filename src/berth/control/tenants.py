@@ -19,7 +19,8 @@ def runtime_status(doc: dict[str, Any], servers: list[str], now: float) -> dict[
 
 
 def server_config_status(doc: dict[str, Any], users: list[str], now: float) -> dict[str, Any]:
-    message = ("stored; local replicas run MLServer with the runtimes installed here (podSpec applies on "
-               f"Kubernetes only); servers using it: {', '.join(users) or 'none'}")
+    message = ("stored; local replicas run MLServer with the runtimes installed here and offer the memory "
+               "request of its mlserver container (the rest of podSpec applies on Kubernetes only); servers "
+               f"using it: {', '.join(users) or 'none'}")
     return {"observedGeneration": doc["metadata"].get("generation", 0), "message": message,
             "conditions": [condition("Ready", True, "ServerConfigStored", message, doc.get("status"), now)]}
