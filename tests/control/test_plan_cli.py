@@ -43,6 +43,21 @@ def test_plan_memory_flag_changes_the_verdict(cli, seeds: Path) -> None:
     assert r.code == 0 and "✓ financial-ml/big-predictor: Scheduled on mlserver" in r.out
 
 
+def test_plan_takes_replica_memory_from_the_server_config_podspec(cli, seeds: Path, tmp_path: Path) -> None:
+    """The seed's model needs 64Gi; a ServerConfig whose mlserver container requests 80Gi makes room."""
+    config = tmp_path / "config.yaml"
+    config.write_text("apiVersion: mlops.seldon.io/v1alpha1\nkind: ServerConfig\n"
+                      "metadata: {name: mlserver, namespace: financial-ml}\n"
+                      "spec:\n  podSpec:\n    containers:\n    - name: mlserver\n      image: seldonio/mlserver:1.7.1\n"
+                      "      resources: {requests: {memory: 80Gi}}\n")
+    r = cli("plan", "-f", str(seeds / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
+    assert r.code == 0 and "✓ financial-ml/big-predictor: Scheduled on mlserver" in r.out, r.out + r.err
+    assert "financial-ml/mlserver 80 GiB (ServerConfig financial-ml/mlserver spec.podSpec)" in r.err
+    config.write_text(config.read_text().replace("80Gi", "lots"))
+    r = cli("plan", "-f", str(seeds / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
+    assert r.code == 1 and "ServerConfig financial-ml/mlserver spec.podSpec.containers[mlserver]" in r.err
+
+
 def test_plan_rejects_bad_manifest_with_place(cli, tmp_path: Path) -> None:
     bad = tmp_path / "m.yaml"
     bad.write_text("apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: x}\n"

@@ -7,6 +7,7 @@ import typer
 from berth.cli import render
 from berth.errors import BerthError
 from berth.resources.manifest import load_paths
+from berth.resources.podspec import server_config_for, server_memory
 from berth.resources.quantity import humanize_bytes, parse_quantity
 from berth.scheduler import plan as plan_models
 from berth.scheduler.build import dry_run_replicas, server_info, snapshot_for
@@ -18,7 +19,9 @@ def plan(
     overcommit: int = typer.Option(10, "--overcommit", help="Overcommit percent of each replica"),
     output: str | None = typer.Option(None, "-o", "--output", help="yaml|json"),
 ) -> None:
-    """Where would each model run? Server replicas come from the manifests' `replicas`."""
+    """Where would each model run? Server replicas come from the manifests' `replicas`; their memory from
+    the berth.io/replica-memory annotation, else the mlserver container's memory request in the Server's or
+    its ServerConfig's podSpec, else --replica-memory."""
     import sys
 
     stdin = sys.stdin.read() if "-" in filename else None
@@ -27,8 +30,15 @@ def plan(
         render.err_console.print(f"[yellow]warning:[/yellow] {w}")
     docs = [d.body for d in result.documents]
     memory = parse_quantity(replica_memory, field="--replica-memory")
-    servers = [server_info(d) for d in docs if d["kind"] == "Server"]
-    replicas = dry_run_replicas(servers, memory, overcommit)
+    server_docs = [d for d in docs if d["kind"] == "Server"]
+    configs = [d for d in docs if d["kind"] == "ServerConfig"]
+    sizes: dict[tuple[str, str], tuple[int, str]] = {}
+    for d in server_docs:
+        size = server_memory(d, server_config_for(d, configs), memory)
+        if size[1] != "default":
+            sizes[(d["metadata"]["namespace"], d["metadata"]["name"])] = size
+    servers = [server_info(d) for d in server_docs]
+    replicas = dry_run_replicas(servers, memory, overcommit, {k: v[0] for k, v in sizes.items()})
     namespaces = sorted({d["metadata"]["namespace"] for d in docs if d["kind"] == "Model"})
     rows = []
     failed = 0
@@ -40,10 +50,14 @@ def plan(
                          "message": mp.message, "reasons": [r.as_dict() for r in mp.reasons]})
             failed += mp.state == "ScheduleFailed"
     if output in ("yaml", "json"):
-        render.console.print(render.dump({"replicaMemory": memory, "models": rows}, output), markup=False)
+        render.console.print(render.dump({"replicaMemory": memory, "serverMemory": {
+            f"{ns}/{name}": {"memory": size, "from": source} for (ns, name), (size, source) in sorted(sizes.items())},
+            "models": rows}, output), markup=False)
     else:
         render.err_console.print(f"dry run: each server replica offers {humanize_bytes(memory)} "
-                                 f"+ {overcommit}% overcommit")
+                                 f"+ {overcommit}% overcommit" + "".join(
+                                     f"; {ns}/{name} {humanize_bytes(size)} ({source})"
+                                     for (ns, name), (size, source) in sorted(sizes.items())))
         for r in rows:
             name = f"{r['namespace']}/{r['model']}"
             where = f"{r['server']} replica(s) {', '.join(map(str, r['replicas']))}" if r["replicas"] else ""

@@ -25,13 +25,11 @@ from berth.adapters.mlserver_proc import MLServerProcess
 from berth.control.localproc import Handle
 from berth.errors import InvalidInput
 from berth.resources.kinds import server_spec
-from berth.resources.podspec import replica_memory
-from berth.resources.quantity import parse_quantity
+from berth.resources.podspec import server_config_for, server_memory
 from berth.scheduler.build import server_info
 from berth.store.base import Store
 
 log = logging.getLogger("berth.control.provisioner")
-MEMORY_ANNOTATION = "berth.io/replica-memory"
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up and report
 RESTART_WINDOW = 120.0
 
@@ -130,31 +128,15 @@ class LocalProvisioner:
             self._save()
 
     def _shape(self, doc: dict[str, Any]) -> tuple[tuple[str, ...], int]:
-        """Capabilities and memory of the server's replicas: memory from the ``berth.io/replica-memory``
-        annotation, else the podSpec's inference container (Server, then its ServerConfig), else
-        ``--replica-memory``."""
-        annotations = doc["metadata"].get("annotations") or {}
-        memory = self.replica_memory
-        if MEMORY_ANNOTATION in annotations:
-            memory = parse_quantity(annotations[MEMORY_ANNOTATION], field=MEMORY_ANNOTATION)
-        else:
-            try:
-                found = replica_memory(doc, self._server_config(doc))
-            except InvalidInput as exc:
-                log.warning("%s; replicas offer --replica-memory instead", exc)
-                found = None
-            if found is not None:
-                memory = found[0]
+        """Capabilities and memory of the server's replicas (memory: :func:`server_memory`, defaulting to
+        ``--replica-memory``; a malformed quantity is logged and the default used)."""
+        try:
+            memory, _ = server_memory(doc, server_config_for(doc, self.store.list("ServerConfig")),
+                                      self.replica_memory)
+        except InvalidInput as exc:
+            log.warning("%s; replicas offer --replica-memory instead", exc)
+            memory = self.replica_memory
         return server_info(doc).capabilities, memory
-
-    def _server_config(self, doc: dict[str, Any]) -> dict[str, Any] | None:
-        """The ServerConfig a Server names: in its own namespace, else the only one of that name."""
-        name = (doc.get("spec") or {}).get("serverConfig")
-        if not name:
-            return None
-        named = [c for c in self.store.list("ServerConfig") if c["metadata"]["name"] == name]
-        same = [c for c in named if c["metadata"]["namespace"] == doc["metadata"]["namespace"]]
-        return same[0] if same else named[0] if len(named) == 1 else None
 
     def _start(self, rep: LocalReplica) -> None:
         ns, name, index = rep.key

@@ -14,6 +14,7 @@ from typing import Any
 from berth.resources.quantity import parse_quantity
 
 INFERENCE_CONTAINER = "mlserver"
+MEMORY_ANNOTATION = "berth.io/replica-memory"
 
 
 def _container(pod_spec: Any) -> dict[str, Any] | None:
@@ -55,3 +56,22 @@ def replica_memory(server: dict[str, Any], config: dict[str, Any] | None) -> tup
         if found is not None:
             return found, where
     return None
+
+
+def server_memory(server: dict[str, Any], config: dict[str, Any] | None, default: int) -> tuple[int, str]:
+    """The memory each replica of ``server`` offers, and where it comes from: the ``berth.io/replica-memory``
+    annotation, else the podSpecs (:func:`replica_memory`), else ``default``."""
+    annotations = server["metadata"].get("annotations") or {}
+    if MEMORY_ANNOTATION in annotations:
+        return parse_quantity(annotations[MEMORY_ANNOTATION], field=MEMORY_ANNOTATION), \
+            f"annotation {MEMORY_ANNOTATION}"
+    found = replica_memory(server, config)
+    return found if found is not None else (default, "default")
+
+
+def server_config_for(server: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ServerConfig ``server`` names among ``configs``: in its own namespace, else the only one of that name."""
+    name = (server.get("spec") or {}).get("serverConfig")
+    named = [c for c in configs if c["metadata"]["name"] == name] if name else []
+    same = [c for c in named if c["metadata"]["namespace"] == server["metadata"]["namespace"]]
+    return same[0] if same else named[0] if len(named) == 1 else None

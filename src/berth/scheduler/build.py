@@ -78,11 +78,14 @@ def server_info(doc: Mapping[str, Any]) -> ServerInfo:
 
 
 def dry_run_replicas(servers: Iterable[ServerInfo], memory: int,
-                     overcommit_percent: int = DEFAULT_OVERCOMMIT_PERCENT) -> list[ReplicaInfo]:
+                     overcommit_percent: int = DEFAULT_OVERCOMMIT_PERCENT,
+                     memory_of: Mapping[tuple[str, str], int] | None = None) -> list[ReplicaInfo]:
     """Replicas as if every server were up: ``desired_replicas`` each, connected and ready
-    (``berth plan -f`` with no control plane)."""
+    (``berth plan -f`` with no control plane); each offers ``memory_of[(namespace, name)]``, else ``memory``."""
+    sizes = memory_of or {}
     return [ReplicaInfo(server=s.name, namespace=s.namespace, index=i, capabilities=s.capabilities,
-                        memory=memory, overcommit_percent=overcommit_percent, connected=True, ready=True)
+                        memory=sizes.get((s.namespace, s.name), memory), overcommit_percent=overcommit_percent,
+                        connected=True, ready=True)
             for s in servers for i in range(s.desired_replicas)]
 
 
