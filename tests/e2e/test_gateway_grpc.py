@@ -184,6 +184,21 @@ def test_large_messages_cross_flow_control_both_ways(stub: Any, direct: Any) -> 
     assert via.SerializeToString() == expected.SerializeToString()
 
 
+def test_tensors_over_grpc_default_4_mib_pass_both_ways(lt: LoopThread, mlserver: MLServerProcess) -> None:
+    """Local MLServers accept gRPC messages up to 256 MiB, like the gateway (gRPC's own default is 4 MiB)."""
+    rows = 150_000  # 4.8 MB in
+    gw = Gateway(lt, grpc=True, routes=RoutingTable(models=[route("iris", mlserver.http_address,
+                                                                  grpc=(f"127.0.0.1:{mlserver.grpc_port}",))]))
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    try:
+        with grpc.insecure_channel(gw.grpc, options=options) as channel:
+            answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                infer_request(values=[float(i % 7) for i in range(rows * 4)], shape=(rows, 4)), timeout=60)
+        assert answer.outputs[0].shape[0] == rows
+    finally:
+        gw.stop()
+
+
 def test_gzip_compressed_request_is_routed_and_answered(gw: Gateway, direct: Any) -> None:
     with grpc.insecure_channel(gw.grpc, compression=grpc.Compression.Gzip) as channel:
         answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request("iris2"))

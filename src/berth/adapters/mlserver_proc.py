@@ -67,6 +67,9 @@ def mlserver_executable() -> str:
                       "(mlserver==1.7.1 mlserver-sklearn mlserver-mlflow)")
 
 
+GRPC_MAX_MESSAGE = 256 << 20  # bytes, each way
+
+
 @dataclass
 class MLServerProcess:
     """One MLServer process with its own folder, ports and log."""
@@ -107,6 +110,8 @@ class MLServerProcess:
             "load_models_at_startup": False,
             "model_repository_root": str(self.repository),
             "debug": False,
+            # gRPC's 4 MiB default would refuse tensors REST takes; the gateway's own limit is the same
+            "grpc_max_message_length": GRPC_MAX_MESSAGE,
         }
         (self.workdir / "settings.json").write_text(json.dumps(settings, indent=2))
 
