@@ -78,6 +78,12 @@ def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
         via_grpc = json.loads(r.stdout)
         assert via_grpc["model_name"] == rest["model_name"] == "iris"
         assert [o["data"] for o in via_grpc["outputs"]] == [o["data"] for o in rest["outputs"]]
+        r = _run(env, "infer", "iris", "--inference-mode", "grpc", "-i", "20", "-o", "json", "-d", IRIS_JSON)
+        summary = json.loads(r.stdout)
+        assert (summary["ok"], summary["routes"]) == (20, {":iris:": 20}), r.stdout + r.stderr
+        assert 0 < summary["latencyMs"]["p50"] <= summary["latencyMs"]["max"]
+        r = _run(env, "infer", "iris", "-o", "yaml", "-d", IRIS_JSON)
+        assert r.returncode == 0 and "model_name: iris" in r.stdout, r.stdout + r.stderr
         r = _run(env, "infer", "nosuch", "--inference-mode", "grpc", "-d", IRIS_JSON)
         assert r.returncode != 0 and "model nosuch" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0

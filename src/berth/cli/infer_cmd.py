@@ -40,13 +40,16 @@ def infer(
     namespace: str = typer.Option("default", "-n", "--namespace"),
     iterations: int = typer.Option(1, "-i", "--iterations", min=1, help="Send N times and summarise"),
     header: list[str] = typer.Option([], "-H", "--header", help="Extra header NAME=VALUE (e.g. x-seldon-route=...)"),
-    output: str | None = typer.Option(None, "-o", "--output", help="json (the raw response)"),
+    output: str | None = typer.Option(None, "-o", "--output", help="json|yaml: the answer (with -i N: the "
+                                      "summary) as data"),
     mode: str = typer.Option("rest", "--inference-mode", help="rest or grpc (the gateway's V2 gRPC port, "
                              "--gateway-grpc); the gRPC answer is shown in V2 JSON form"),
 ) -> None:
     """Send a V2 inference request to MODEL through the gateway; print the answer and who answered."""
     if mode not in ("rest", "grpc"):
         raise InvalidInput(f"--inference-mode {mode!r}: expected rest or grpc")
+    if output not in (None, "json", "yaml"):
+        raise InvalidInput(f"-o {output!r}: expected json or yaml")
     body = _payload(data)
     headers = {}
     for h in header:
@@ -59,8 +62,11 @@ def infer(
     try:
         if iterations == 1:
             res = send(model, body, namespace=namespace, headers=headers)
-            if output == "json":
+            if output == "json":  # one line, as the inference server answered (for pipes)
                 render.console.print(json.dumps(res.body), markup=False, soft_wrap=True)
+                return
+            if output == "yaml":
+                render.console.print(render.dump(res.body, "yaml"), markup=False, soft_wrap=True)
                 return
             render.err_console.print(f"answered by {res.route or model} in {res.seconds * 1000:.1f} ms")
             render.console.print(json.dumps(res.body, indent=2), markup=False)
@@ -75,22 +81,29 @@ def infer(
                 routes[res.route or model] += 1
             except BerthError as exc:
                 errors[exc.code] += 1
-        _summary(iterations, times, routes, errors)
+        _summary(iterations, times, routes, errors, output)
     finally:
         client.close()
 
 
-def _summary(n: int, times: list[float], routes: Counter[str], errors: Counter[str]) -> None:
+def _summary(n: int, times: list[float], routes: Counter[str], errors: Counter[str], output: str | None) -> None:
     ok = len(times)
-    render.console.print(f"requests: {n}  ok: {ok}  errors: {n - ok}")
-    if times:
-        times.sort()
-        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-        render.console.print(f"latency ms: p50 {statistics.median(times):.2f}  p99 {p99:.2f}  "
-                             f"max {times[-1]:.2f}")
-    for route, count in routes.most_common():
-        render.console.print(f"  {route}  {count} ({100 * count / n:.1f}%)", markup=False)
-    for code, count in errors.most_common():
-        render.console.print(f"  [red]{code}[/red]: {count}")
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times else None
+    if output in ("json", "yaml"):
+        summary = {"requests": n, "ok": ok, "errors": n - ok,
+                   "latencyMs": {"p50": round(statistics.median(times), 3), "p99": round(p99 or 0, 3),
+                                 "max": round(times[-1], 3)} if times else None,
+                   "routes": dict(routes.most_common()), "errorCodes": dict(errors.most_common())}
+        render.console.print(render.dump(summary, output), markup=False, soft_wrap=True)
+    else:
+        render.console.print(f"requests: {n}  ok: {ok}  errors: {n - ok}")
+        if times:
+            render.console.print(f"latency ms: p50 {statistics.median(times):.2f}  p99 {p99:.2f}  "
+                                 f"max {times[-1]:.2f}")
+        for route, count in routes.most_common():
+            render.console.print(f"  {route}  {count} ({100 * count / n:.1f}%)", markup=False)
+        for code, count in errors.most_common():
+            render.console.print(f"  [red]{code}[/red]: {count}")
     if errors:
         raise BerthError(f"{n - ok} of {n} requests failed", code="InferenceFailed")
