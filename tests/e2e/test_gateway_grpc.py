@@ -99,6 +99,7 @@ def test_infer_through_gateway_equals_direct_and_names_the_route(stub: Any, dire
     assert via.model_name == "iris"
     assert via.outputs == expected.outputs
     assert metadata_of(call)["x-seldon-route"] == ":iris:"
+    assert dict(call.initial_metadata())["x-seldon-route"] == ":iris:"  # as Seldon's gateway sends it
 
 
 def test_seldon_model_metadata_routes_over_model_name(stub: Any) -> None:

@@ -10,7 +10,7 @@ last value wins), so the rest of the message goes upstream byte for byte, over o
 per replica that carries many calls at once.  A compressed request (``grpc-encoding`` gzip or deflate)
 is forwarded uncompressed; the client's other metadata goes upstream as sent.
 
-Answers carry ``x-seldon-route`` in the trailing metadata.  MLServer's own answers and statuses pass
+Answers carry ``x-seldon-route`` in the initial and trailing metadata.  MLServer's own answers and statuses pass
 through untouched; the gateway's failures are gRPC statuses with the same messages as the REST JSON
 errors, and the error's code (``NotFound``, ``ModelNotReady``, ...) in the trailing metadata key
 ``berth-error-code``.  ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the
@@ -356,7 +356,7 @@ class GrpcGateway:
         if trailers is answer.headers:  # trailers-only: MLServer's own error
             conn.respond(stream, [*answer.headers, route], None, None)
         else:
-            conn.respond(stream, answer.headers, answer.body(), [*(trailers or ()), route])
+            conn.respond(stream, [*answer.headers, route], answer.body(), [*(trailers or ()), route])
 
     async def _copy(self, path: bytes, target: Target, request: bytes, extra: list[Field]) -> str:
         address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
