@@ -52,6 +52,10 @@ def test_healthy_namespace_passes(cli: Any, platform: Platform) -> None:
     assert _rows(report, "control plane → agent", "default/mlserver/0")[0]["detail"].startswith("connected since")
     gw = _rows(report, "cli → gateway")[0]["detail"]
     assert "probed by the gateway" in gw  # the gateway answers /berth/v1/probe itself
+    grpc_row = _rows(report, "cli → gateway", f"{platform.gateway_grpc} (gRPC)")
+    assert [r["detail"] for r in grpc_row] == ["ServerReady answered ready"]
+    replica_rows = _rows(report, "gateway → replica")
+    assert sum(r["target"].endswith("(gRPC)") for r in replica_rows) == len(replica_rows) // 2 > 0
     code, report, _ = _doctor(cli, platform, "-A")
     storage = _rows(report, "model storage", "default/iris")[0]["detail"]
     assert code == 0 and storage.endswith("object ✓ (n/a: secret, credentials)")

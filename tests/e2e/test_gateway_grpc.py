@@ -362,3 +362,14 @@ def test_status_answered_by_a_live_server_is_passed_through_not_retried(lt: Loop
     finally:
         gw.stop()
         lt.call(server.stop(0))
+
+
+def test_probe_checks_each_replica_grpc_port_too(gw: Gateway, mlserver: MLServerProcess,
+                                                dead: tuple[str, str]) -> None:
+    answer = httpx.get(f"{gw.url}/berth/v1/probe", timeout=15).json()
+    assert answer["grpc"] == gw.grpc
+    rows = {e["address"]: e for e in answer["endpoints"]}
+    live = rows[mlserver.http_address]["grpc"]
+    assert live["ok"] and live["address"] == f"127.0.0.1:{mlserver.grpc_port}" and live["error"] is None
+    gone = rows[dead[0]]["grpc"]
+    assert not gone["ok"] and gone["address"] == dead[1] and gone["error"] == "the gRPC port refused connection"

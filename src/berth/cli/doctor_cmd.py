@@ -23,7 +23,7 @@ from rich.table import Table
 
 from berth.cli import render
 from berth.cli.context import settings
-from berth.client.gateway import gateway_from_env
+from berth.client.gateway import gateway_from_env, grpc_server_ready
 from berth.client.http import BerthClient, connect_reason
 from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound
 from berth.scheduler.build import model_want, server_info
@@ -209,14 +209,38 @@ def gateway_rows(url: str, agents: list[dict[str, Any]], in_scope: Callable[[str
         if models and not any(in_scope(m.partition("/")[0]) for m in models):
             continue
         serves = f"serves {', '.join(models)}" if models else "serves no model"
-        if e.get("ok"):
-            rows.append(Row("gateway → replica", str(e.get("address")), True,
-                            f"ready in {float(e.get('latency_ms') or 0):.1f} ms; {serves}"))
-        else:
-            rows.append(Row("gateway → replica", str(e.get("address")), False,
-                            f"{e.get('error') or 'not ready'} ({serves}); check the replica's inference server "
-                            "is running and reachable from the gateway's host"))
+        for probe, label in ((e, "REST"), (e.get("grpc"), "gRPC")):
+            if not isinstance(probe, dict):
+                continue
+            target = str(probe.get("address")) + (" (gRPC)" if label == "gRPC" else "")
+            if probe.get("ok"):
+                rows.append(Row("gateway → replica", target, True,
+                                f"ready in {float(probe.get('latency_ms') or 0):.1f} ms; {serves}"))
+            else:
+                rows.append(Row("gateway → replica", target, False,
+                                f"{probe.get('error') or 'not ready'} ({serves}); check the replica's inference "
+                                f"server is running and its {label} port is reachable from the gateway's host"))
+    grpc_address = _grpc_address(url, r)
+    if grpc_address is not None:
+        problem = grpc_server_ready(grpc_address, 2.0)
+        rows.insert(1, Row("cli → gateway", f"{grpc_address} (gRPC)", problem is None,
+                           "ServerReady answered ready" if problem is None else
+                           f"{problem}; the gateway says it serves gRPC there: check nothing blocks the port"))
     return rows
+
+
+def _grpc_address(url: str, r: httpx.Response) -> str | None:
+    """Where the gateway says it serves gRPC (its REST host when it listens on every address)."""
+    try:
+        address = r.json().get("grpc")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(address, str) or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = httpx.URL(url).host
+    return f"{host}:{port}"
 
 
 def _endpoints(r: httpx.Response) -> list[dict[str, Any]] | None:

@@ -36,6 +36,18 @@ def grpc_gateway_from_env(explicit: str | None = None) -> str:
     return addr.split("://", 1)[-1].rstrip("/")
 
 
+def grpc_server_ready(address: str, timeout: float = 2.0) -> str | None:
+    """Ask ``ServerReady`` of the gateway's gRPC port at ``address``: None when ready, else what went wrong."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(b"", timeout=timeout)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    return None if answer == b"\x08\x01" else "ServerReady answered not ready (no routing table yet?)"
+
+
 class GatewayClient:
     def __init__(self, address: str | None = None, *, timeout: float = 60.0, grpc_address: str | None = None) -> None:
         self.address = gateway_from_env(address)

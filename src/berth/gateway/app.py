@@ -24,7 +24,7 @@ from berth.gateway.checks import check_infer_body, is_plain_json
 from berth.gateway.grpcserver import GrpcGateway, GrpcListener, start_grpc
 from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
 from berth.gateway.mirror import Mirrors
-from berth.gateway.probe import PROBE_PATH, probe_handler
+from berth.gateway.probe import PROBE_PATH, GrpcSide, probe_handler
 from berth.gateway.proxy import Proxy, error_response
 from berth.gateway.routing import Decision, Router
 from berth.gateway.watch import TableWatcher
@@ -132,8 +132,10 @@ class _Handlers:
 
 def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | None = None,
              mirrors: Mirrors | None = None, upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
-             max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True) -> web.Application:
-    """The gateway application serving from ``router`` (whose table a watcher may replace at any time)."""
+             max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
+             grpc: GrpcSide | None = None) -> web.Application:
+    """The gateway application serving from ``router`` (whose table a watcher may replace at any time);
+    ``grpc`` is filled in once the gRPC endpoint listens (for the probe)."""
     proxy = proxy or Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
     metrics = metrics or Metrics()
     mirrors = mirrors or Mirrors(metrics)
@@ -158,7 +160,7 @@ def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | N
     add("GET", "/v2/health/ready", h.ready)
     add("GET", "/v2", h.server_metadata)
     add("GET", "/metrics", h.prometheus)
-    add("GET", PROBE_PATH, probe_handler(router))
+    add("GET", PROBE_PATH, probe_handler(router, grpc))
     add("*", "/{tail:.*}", h.unknown)  # last: matched only when nothing above was
     return app
 
@@ -183,8 +185,9 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
     metrics = Metrics()
     mirrors = Mirrors(metrics)
     proxy = Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
+    grpc_side = GrpcSide()
     app = make_app(router, proxy=proxy, metrics=metrics, mirrors=mirrors, max_request_bytes=max_request_bytes,
-                   check_inputs=check_inputs)
+                   check_inputs=check_inputs, grpc=grpc_side)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=min(upstream_timeout, 10.0))
     await runner.setup()
     watcher_task: asyncio.Task[None] | None = None
@@ -204,6 +207,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                                        connect_timeout=connect_timeout, max_request_bytes=max_request_bytes)
             router.listeners.append(lambda: grpc_gateway.forget_unrouted() if grpc_gateway else None)
             grpc_server, grpc_bound = await start_grpc(grpc_gateway, host, grpc_port)
+            grpc_side.gateway, grpc_side.address = grpc_gateway, f"{host}:{grpc_bound}"
         if control_url is not None:
             watcher = TableWatcher(control_url, router, backoff_max=watch_backoff_max,
                                    connect_timeout=connect_timeout)

@@ -25,7 +25,7 @@ import logging
 import time
 import zlib
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import berth
 from berth.errors import BerthError, ConfigError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
@@ -50,6 +50,8 @@ STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCE
 OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4, 5, 8
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 _STATUS_TEXT = tuple(str(i).encode() for i in range(len(STATUS_NAMES)))
+_SERVER_READY = _PREFIX + b"ServerReady"
+_READY = b"\x00\x00\x00\x00\x02\x08\x01"  # ServerReadyResponse{ready: true}, framed
 _HEAD_OK: list[Field] = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 _TRAILERS_OK: list[Field] = [(b"grpc-status", b"0")]
 # Not passed upstream: set by the gateway (content-type, te), enforced by it (grpc-timeout), undone by it
@@ -377,6 +379,29 @@ class GrpcGateway:
             return "error"
         finally:
             self.balancer.release(address)
+
+    async def probe(self, upstream: str, timeout: float) -> dict[str, Any]:
+        """``ServerReady`` on one inference server's gRPC port, over the connection calls use (what
+        `berth doctor` shows as gateway → replica, gRPC)."""
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            answer = await self._call(upstream, self._head(_SERVER_READY, upstream, []), framed(b""), timeout)
+            code = grpc_status(answer.trailers)
+            if code != OK:
+                text = next((unquote(v.decode("latin-1")) for k, v in answer.trailers or () if k == b"grpc-message"),
+                            "")
+                error = f"ServerReady answered {STATUS_NAMES[code] if code < len(STATUS_NAMES) else code}: {text}"
+            elif answer.body() != _READY:
+                error = "ServerReady answered not ready"
+        except ConnectFailed as exc:
+            error = describe_connect_error("the gRPC port", exc)
+        except TimeoutError:
+            error = f"no answer to ServerReady within {timeout:.1f}s"
+        except (ConnectionError, StreamReset) as exc:
+            error = str(exc)
+        return {"address": upstream, "ok": error is None, "error": error,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     def _local(self, conn: ServerConnection, stream: Stream, method: bytes) -> None:
         if method == b"ServerLive":

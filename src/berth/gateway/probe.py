@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from berth.gateway.grpcserver import GrpcGateway
 from berth.gateway.routing import Router
 
 PROBE_PATH = "/berth/v1/probe"
+
+
+@dataclass
+class GrpcSide:
+    """The gateway's gRPC endpoint, once it listens: its address, and what probes the replicas' gRPC ports."""
+
+    gateway: GrpcGateway | None = None
+    address: str | None = None
 
 
 async def _probe(session: aiohttp.ClientSession, address: str, timeout: float) -> dict[str, Any]:
@@ -37,18 +47,32 @@ async def _probe(session: aiohttp.ClientSession, address: str, timeout: float) -
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-def probe_handler(router: Router, *, timeout: float = 2.0) -> Any:
+def probe_handler(router: Router, grpc: GrpcSide | None = None, *, timeout: float = 2.0) -> Any:
+    """Each replica's REST ``/v2/health/ready`` and, when the gateway serves gRPC, its gRPC ``ServerReady``."""
+    side = grpc or GrpcSide()
+
     async def handle(request: web.Request) -> web.Response:
         namespace = request.query.get("namespace") or None
         models: dict[str, list[str]] = {}
+        grpc_of: dict[str, str] = {}
         for route in router.table.models if router.table is not None else []:
             if namespace is None or route.namespace == namespace:
                 for ep in route.endpoints:
                     models.setdefault(ep.http, []).append(f"{route.namespace}/{route.name}")
+                    if ep.grpc:
+                        grpc_of[ep.http] = ep.grpc
+        addresses = sorted(models)
+        gateway = side.gateway
         async with aiohttp.ClientSession() as session:
-            rows = await asyncio.gather(*(_probe(session, a, timeout) for a in sorted(models)))
+            rows = await asyncio.gather(*(_probe(session, a, timeout) for a in addresses))
+            grpc_rows = await asyncio.gather(*(gateway.probe(grpc_of[a], timeout) for a in addresses
+                                               if a in grpc_of)) if gateway is not None else []
+        by_address = {r["address"]: r for r in grpc_rows}
         for row in rows:
             row["models"] = sorted(models[row["address"]])
-        return web.json_response({"revision": router.revision, "endpoints": rows})
+            found = by_address.get(grpc_of.get(row["address"], ""))
+            if found is not None:
+                row["grpc"] = found
+        return web.json_response({"revision": router.revision, "grpc": side.address, "endpoints": rows})
 
     return handle
