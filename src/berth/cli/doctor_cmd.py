@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import typer
@@ -23,29 +21,15 @@ from rich.table import Table
 
 from berth.cli import render
 from berth.cli.context import settings
-from berth.client.gateway import gateway_from_env, grpc_server_ready
+from berth.cli.doctor_gateway import gateway_rows
+from berth.cli.doctor_rows import QUICK, Row, key, parallel
+from berth.client.gateway import gateway_from_env
 from berth.client.http import BerthClient, connect_reason
 from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound
 from berth.scheduler.build import model_want, server_info
 from berth.scheduler.suggest import near_match
 
 HEARTBEAT_LIMIT = 15.0  # 3 × the hub's heartbeat interval (5 s)
-PROBE = "/berth/v1/probe"
-QUICK = httpx.Timeout(5.0, connect=2.0)
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-@dataclass
-class Row:
-    check: str
-    target: str
-    ok: bool | None  # None: skipped
-    detail: str
-
-    @property
-    def result(self) -> str:
-        return {True: "pass", False: "fail", None: "skip"}[self.ok]
 
 
 def _clock(ts: float) -> str:
@@ -55,14 +39,6 @@ def _clock(ts: float) -> str:
 def _ago(secs: float) -> str:
     secs = max(0, int(secs))
     return f"{secs}s" if secs < 120 else f"{secs // 60}m" if secs < 7200 else f"{secs // 3600}h"
-
-
-def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    items = list(items)
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def _duration(text: str) -> float:
@@ -99,10 +75,6 @@ def control_row(client: BerthClient) -> tuple[Row, float]:
         offset if abs(offset) > 2 else 0.0
 
 
-def _key(a: dict[str, Any]) -> str:
-    return f"{a['namespace']}/{a['server']}/{a['replica']}"
-
-
 def agent_rows(agents: list[dict[str, Any]], servers: list[dict[str, Any]], now: float) -> list[Row]:
     """One row per agent the hub knows, and one per declared replica no agent ever connected for."""
     rows: list[Row] = []
@@ -117,14 +89,14 @@ def agent_rows(agents: list[dict[str, Any]], servers: list[dict[str, Any]], now:
     for a in agents:
         if not a["connected"]:
             since = _clock(a["disconnectedAt"]) if a.get("disconnectedAt") else "?"
-            rows.append(Row("control plane → agent", _key(a), False,
+            rows.append(Row("control plane → agent", key(a), False,
                             f"disconnected since {since}: {a.get('disconnectReason') or 'unknown reason'}; "
                             "restart the agent (`berth up` restarts the replicas it provisions)"))
             continue
         age = now - float(a["lastHeartbeat"])
         head = f"connected since {_clock(a['connectedAt'])}, last heartbeat {_ago(age)} ago"
-        rows.append(Row("control plane → agent", _key(a), True, head) if age <= HEARTBEAT_LIMIT else
-                    Row("control plane → agent", _key(a), False,
+        rows.append(Row("control plane → agent", key(a), True, head) if age <= HEARTBEAT_LIMIT else
+                    Row("control plane → agent", key(a), False,
                         f"{head} (limit {HEARTBEAT_LIMIT:.0f}s): the agent is hung or its connection stalls; "
                         "restart the agent"))
     rows.sort(key=lambda r: r.target)
@@ -137,117 +109,17 @@ def inference_rows(agents: list[dict[str, Any]]) -> list[Row]:
         inf = a.get("inference") or {}
         addr = f"{inf.get('host')}:{inf.get('http_port')}"
         if not a["connected"]:
-            rows.append(Row("agent → inference server", f"{_key(a)} ({addr})", None, "agent not connected"))
+            rows.append(Row("agent → inference server", f"{key(a)} ({addr})", None, "agent not connected"))
         elif a["ready"]:
-            rows.append(Row("agent → inference server", f"{_key(a)} ({addr})", True,
+            rows.append(Row("agent → inference server", f"{key(a)} ({addr})", True,
                             f"ready at {a.get('address') or addr}"))
         else:
             since = f" since {_clock(a['since'])}" if a.get("since") else ""
-            rows.append(Row("agent → inference server", f"{_key(a)} ({addr})", False,
+            rows.append(Row("agent → inference server", f"{key(a)} ({addr})", False,
                             f"inference server {addr} not ready: {a.get('error') or 'not ready'} (tried "
                             f"{a.get('address') or addr}){since}; start MLServer there, or point the agent's "
                             "--inference-http-port at the port it listens on"))
     return rows
-
-
-def _probe_replica(a: dict[str, Any]) -> Row:
-    inf = a.get("inference") or {}
-    addr = f"{inf.get('host')}:{inf.get('http_port')}"
-    url = f"http://{addr}/v2/health/ready"
-    started = time.perf_counter()
-    try:
-        r = httpx.get(url, timeout=QUICK)
-        error = None if r.status_code == 200 else f"HTTP {r.status_code} from {url}"
-    except httpx.HTTPError as exc:
-        error = f"{url}: {connect_reason(exc)}"
-    ms = (time.perf_counter() - started) * 1000
-    if error is None:
-        return Row("gateway → replica", f"{_key(a)} ({addr})", True, f"ready in {ms:.1f} ms (probed from the CLI)")
-    return Row("gateway → replica", f"{_key(a)} ({addr})", False,
-               f"{error} (probed from the CLI); check the replica's inference server is running and reachable "
-               "from the gateway's host")
-
-
-def _gateway_head(url: str, how: str) -> Row:
-    """The gateway is reachable: is it also ready (holding a routing table)?"""
-    r = httpx.get(f"{url}/v2/health/ready", timeout=QUICK)
-    if r.status_code == 200:
-        return Row("cli → gateway", url, True, f"live and ready; {how}")
-    try:
-        body = r.json()
-    except ValueError:
-        body = None
-    why = str(body.get("message")) if isinstance(body, dict) and body.get("message") else r.text[:120]
-    return Row("cli → gateway", url, False,
-               f"reachable but not ready (HTTP {r.status_code}): {why}; check the gateway reaches the control plane "
-               "(`berth gateway --control URL`); a control plane that just started publishes routes once its "
-               f"replicas reconnect (10 s at most); {how}")
-
-
-def gateway_rows(url: str, agents: list[dict[str, Any]], in_scope: Callable[[str], bool]) -> list[Row]:
-    """The gateway's own probe of its upstreams, or (older gateways) liveness plus probes from here."""
-    unreachable = ("; start it with `berth up` (or `berth gateway`), or point --gateway / BERTH_GATEWAY at it")
-    try:
-        r = httpx.get(f"{url}{PROBE}", timeout=httpx.Timeout(15.0, connect=2.0))
-        if r.status_code == 404:
-            live = httpx.get(f"{url}/v2/health/live", timeout=QUICK)
-            if live.status_code != 200:
-                return [Row("cli → gateway", url, False, f"{url}/v2/health/live answered HTTP {live.status_code}; "
-                                                         "is --gateway pointing at a Berth gateway?")]
-            head = _gateway_head(url, f"it has no {PROBE}, so the replicas were probed from the CLI")
-            return [head, *_parallel(_probe_replica, [a for a in agents if a["connected"]])]
-        endpoints = _endpoints(r)
-        if endpoints is None:
-            return [Row("cli → gateway", url, False, f"{url}{PROBE} answered HTTP {r.status_code}: "
-                                                     f"{r.text[:120]!r}; is --gateway pointing at a Berth gateway?")]
-        rows = [_gateway_head(url, f"{len(endpoints)} upstream(s) probed by the gateway ({PROBE})")]
-    except httpx.HTTPError as exc:
-        return [Row("cli → gateway", url, False, f"cannot reach the gateway at {url}: {connect_reason(exc)}"
-                                                 + unreachable)]
-    for e in sorted(endpoints, key=lambda e: str(e.get("address"))):
-        models = [str(m) for m in e.get("models") or []]
-        if models and not any(in_scope(m.partition("/")[0]) for m in models):
-            continue
-        serves = f"serves {', '.join(models)}" if models else "serves no model"
-        for probe, label in ((e, "REST"), (e.get("grpc"), "gRPC")):
-            if not isinstance(probe, dict):
-                continue
-            target = str(probe.get("address")) + (" (gRPC)" if label == "gRPC" else "")
-            if probe.get("ok"):
-                rows.append(Row("gateway → replica", target, True,
-                                f"ready in {float(probe.get('latency_ms') or 0):.1f} ms; {serves}"))
-            else:
-                rows.append(Row("gateway → replica", target, False,
-                                f"{probe.get('error') or 'not ready'} ({serves}); check the replica's inference "
-                                f"server is running and its {label} port is reachable from the gateway's host"))
-    grpc_address = _grpc_address(url, r)
-    if grpc_address is not None:
-        problem = grpc_server_ready(grpc_address, 2.0)
-        rows.insert(1, Row("cli → gateway", f"{grpc_address} (gRPC)", problem is None,
-                           "ServerReady answered ready" if problem is None else
-                           f"{problem}; the gateway says it serves gRPC there: check nothing blocks the port"))
-    return rows
-
-
-def _grpc_address(url: str, r: httpx.Response) -> str | None:
-    """Where the gateway says it serves gRPC (its REST host when it listens on every address)."""
-    try:
-        address = r.json().get("grpc")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(address, str) or ":" not in address:
-        return None
-    host, _, port = address.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]", ""):
-        host = httpx.URL(url).host
-    return f"{host}:{port}"
-
-
-def _endpoints(r: httpx.Response) -> list[dict[str, Any]] | None:
-    try:
-        return [dict(e) for e in r.json()["endpoints"]] if r.status_code == 200 else None
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def storage_rows(client: BerthClient, models: list[dict[str, Any]]) -> list[Row]:
@@ -268,7 +140,7 @@ def storage_rows(client: BerthClient, models: list[dict[str, Any]]) -> list[Row]
         return Row("model storage", f"{ns}/{name}", False,
                    "; ".join(f"{c['name']}: {c['detail']}" for c in failed) or str(ans.get("message")))
 
-    return _parallel(one, models)
+    return parallel(one, models)
 
 
 def requirement_rows(models: list[dict[str, Any]], servers: list[dict[str, Any]],
