@@ -303,12 +303,14 @@ def test_a_replica_that_dies_with_the_request_costs_a_retry_and_a_broken_answer_
         writer.write(b"NOT HTTP AT ALL\r\n\r\n")
         await writer.drain()
 
-    servers = [lt.call(asyncio.start_server(h, "127.0.0.1", 0)) for h in (vanish, half, garbage)]
-    gone, partial, junk = (f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers)
+    servers = [lt.call(asyncio.start_server(h, "127.0.0.1", 0)) for h in (vanish, half, garbage, vanish)]
+    gone, partial, junk, gone_too = (f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers)
     live = mlserver.http_address
     table = RoutingTable(models=[route("iris", gone, live), route("iris", partial, live, namespace="half"),
                                  route("iris", partial, namespace="half-only"),
-                                 route("iris", junk, live, namespace="junk")])
+                                 route("iris", junk, live, namespace="junk"),
+                                 route("iris", gone_too, live, namespace="once").model_copy(
+                                     update={"idempotent": False})])
     gw = Gateway(lt, routes=table)
 
     def infer(ns: str) -> httpx.Response:
@@ -321,6 +323,11 @@ def test_a_replica_that_dies_with_the_request_costs_a_retry_and_a_broken_answer_
         only = infer("half-only")
         assert only.status_code == 502
         assert f"inference server {partial} closed the connection in the middle of its answer" in only.json()["message"]
+        once = [infer("once") for _ in range(2)]  # the balancer tries the vanishing replica within two requests
+        refused = [r for r in once if r.status_code != 200]
+        assert len(refused) == 1 and refused[0].status_code == 502, [r.text for r in once]
+        assert f"inference server {gone_too} went away with the request for model iris" in refused[0].json()["message"]
+        assert 'berth.io/idempotent: "false"' in refused[0].json()["message"]
         broken = infer("junk")
         assert broken.status_code == 502
         assert f"inference server {junk} failed while answering model iris" in broken.json()["message"]

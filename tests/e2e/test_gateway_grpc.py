@@ -322,7 +322,10 @@ def test_replica_that_vanishes_mid_request_is_retried_on_another(lt: LoopThread,
     going = f"127.0.0.1:{port}"
     table = RoutingTable(models=[route("iris", "127.0.0.1:2", mlserver.http_address,
                                        grpc=(going, f"127.0.0.1:{mlserver.grpc_port}")),
-                                 route("iris", "127.0.0.1:2", namespace="alone", grpc=(going,))])
+                                 route("iris", "127.0.0.1:2", namespace="alone", grpc=(going,)),
+                                 route("iris", "127.0.0.1:3", mlserver.http_address, namespace="once",
+                                       grpc=(going, f"127.0.0.1:{mlserver.grpc_port}")
+                                       ).model_copy(update={"idempotent": False})])
     gw = Gateway(lt, grpc=True, routes=table)
     try:
         with grpc.insecure_channel(gw.grpc) as channel:
@@ -334,6 +337,18 @@ def test_replica_that_vanishes_mid_request_is_retried_on_another(lt: LoopThread,
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert f"inference server {going} (gRPC) went away: " in info.value.details()
         assert "before answering" in info.value.details()
+        with grpc.insecure_channel(gw.grpc) as channel:  # a model that must not get a request twice
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            outcomes = []
+            for _ in range(2):
+                try:
+                    outcomes.append(stub.ModelInfer(infer_request(), metadata=(("seldon-namespace", "once"),)))
+                except grpc.RpcError as exc:
+                    outcomes.append(exc)
+        errors = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+        assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.UNAVAILABLE
+        assert 'went away with the request for model iris in namespace once' in errors[0].details()
+        assert 'berth.io/idempotent: "false"' in errors[0].details()
     finally:
         gw.stop()
         server.close()

@@ -16,6 +16,7 @@ from berth.control.hub import ReplicaRecord
 from berth.errors import Unavailable
 from berth.wire.routes import Candidate, Endpoint, ExperimentRoute, ModelRoute, RoutingTable
 
+IDEMPOTENT_ANNOTATION = "berth.io/idempotent"  # "false": the gateway never re-sends a request
 
 class RoutesPublisher:
     def __init__(self) -> None:
@@ -61,8 +62,10 @@ class RoutesPublisher:
                     continue
                 inf = rec.hello.inference
                 endpoints.append(Endpoint(server=rec.server, replica=rec.index, http=inf.http, grpc=inf.grpc))
+            flag = str((doc["metadata"].get("annotations") or {}).get(IDEMPOTENT_ANNOTATION, "true"))
             routes.append(ModelRoute(namespace=ns, name=name, state=st.get("state", "ModelProgressing"),
-                                     reason=st.get("message", ""), endpoints=endpoints))
+                                     reason=st.get("message", ""), endpoints=endpoints,
+                                     idempotent=flag.strip().lower() not in ("false", "no", "0")))
         exps: list[ExperimentRoute] = []
         for doc in experiments:
             spec = doc.get("spec") or {}

@@ -34,7 +34,7 @@ from berth.gateway.h2 import ClientConnection, Cut, ServerConnection, Stream, St
 from berth.gateway.headerblock import Field
 from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.mirror import Mirrors
-from berth.gateway.proxy import EJECT_S
+from berth.gateway.proxy import EJECT_S, not_resent
 from berth.gateway.routing import Decision, Router
 from berth.gateway.table import Target, describe_connect_error
 from berth.gateway.upstream import ConnectFailed
@@ -310,6 +310,9 @@ class GrpcGateway:
             except ConnectFailed as exc:
                 problems.append(describe_connect_error(f"inference server {upstream} (gRPC)", exc))
             except (Vanished, Cut) as exc:  # the replica died with the request: nothing reached the client
+                if not target.idempotent and not getattr(exc, "unprocessed", False):
+                    self._fail(conn, stream, not_resent(target, f"{upstream} (gRPC)", exc), started, decision)
+                    return
                 problems.append(f"inference server {upstream} (gRPC) went away: {exc}")
             except TimeoutError:
                 self._fail(conn, stream, Timeout(

@@ -536,7 +536,12 @@ class ServerConnection(Connection):
 
 
 class Vanished(ConnectionError):
-    """The connection ended (or the server went away) before any of the answer arrived."""
+    """The connection ended (or the server went away) before any of the answer arrived.  ``unprocessed``:
+    the server certainly did not act on the request (never sent, refused, or past its GOAWAY)."""
+
+    def __init__(self, message: str, *, unprocessed: bool = False) -> None:
+        super().__init__(message)
+        self.unprocessed = unprocessed
 
 
 class Cut(ConnectionError):
@@ -567,7 +572,7 @@ class ClientConnection(Connection):
         """Send a request (``head`` must hold the pseudo-headers first); the stream's future gets the answer.
         Raises :class:`Vanished` when the connection has already ended."""
         if self.closed:
-            raise Vanished(f"{self.lost or 'the connection closed'} before the request was sent")
+            raise Vanished(f"{self.lost or 'the connection closed'} before the request was sent", unprocessed=True)
         sid = self.next_sid
         self.next_sid += 2
         stream = Stream(sid, self.peer_window)
@@ -642,14 +647,14 @@ class ClientConnection(Connection):
     def on_reset(self, sid: int, code: int) -> None:
         stream = self.streams.get(sid)
         if stream is not None:
-            self._finish(stream, Vanished("the server refused the stream") if code == REFUSED_STREAM
-                         and not stream.answered else StreamReset(code))
+            self._finish(stream, Vanished("the server refused the stream", unprocessed=True)
+                         if code == REFUSED_STREAM and not stream.answered else StreamReset(code))
 
     def on_goaway(self, last_sid: int, code: int) -> None:
         self.going_away = True
         for sid, stream in list(self.streams.items()):
             if sid > last_sid:  # never processed: safe to send elsewhere
-                self._finish(stream, Vanished(f"the server is going away (GOAWAY code {code})"))
+                self._finish(stream, Vanished(f"the server is going away (GOAWAY code {code})", unprocessed=True))
         if not self.streams:
             self.close()
 

@@ -85,6 +85,8 @@ class Proxy:
                 self._down.eject(address, time.monotonic() + EJECT_S)
                 problems.append(describe_connect_error(f"inference server {address}", exc))
             except (Vanished, Cut) as exc:  # the replica died with the request: nothing reached the client
+                if not target.idempotent:
+                    return error_response(not_resent(target, address, exc), _BAD_GATEWAY)
                 failed.append(address)
                 self._down.eject(address, time.monotonic() + EJECT_S)
                 problems.append(f"inference server {address} {exc}")
@@ -138,6 +140,16 @@ class Proxy:
             "if the model is this slow, or check the server's load",
             details={"model": target.name, "namespace": target.namespace, "address": address,
                      "timeout_s": self.upstream_timeout})
+
+
+def not_resent(target: Target, address: str, exc: BaseException) -> Unavailable:
+    """The error for a request whose replica went away after it was sent, for a model that must not get a
+    request twice."""
+    return Unavailable(
+        f"inference server {address} went away with the request for model {target.name} in namespace "
+        f"{target.namespace} ({exc}); it was not sent again because the model is annotated "
+        "berth.io/idempotent: \"false\" (the server may or may not have acted on it)",
+        details={"model": target.name, "namespace": target.namespace, "address": address, "resent": False})
 
 
 def _broken(target: Target, address: str, detail: str) -> Unavailable:

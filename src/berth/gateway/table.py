@@ -37,6 +37,7 @@ class Target:
     grpc: Mapping[str, str]  # REST host:port -> gRPC host:port of the same replica
     lines: Mapping[str, Mapping[str, bytes]]  # kind -> address -> request line and Host header, encoded
     pb_name: bytes  # field 1 (model_name / name) of a gRPC request naming this model, encoded
+    idempotent: bool = True  # False: a request already sent is never retried on another replica
 
     def line(self, address: str, kind: str, version: str | None = None) -> bytes:
         """``METHOD PATH HTTP/1.1`` and the Host header for a ``kind`` request ("infer", "meta", "ready")."""
@@ -69,7 +70,7 @@ def compile_route(route: ModelRoute) -> Target:
              for kind, (method, tail) in _KINDS.items()}
     return Target(key=(route.namespace, route.name), namespace=route.namespace, name=route.name,
                   state=route.state, reason=route.reason, addresses=addresses, grpc=grpc, lines=lines,
-                  pb_name=protowire.string_field(1, route.name))
+                  pb_name=protowire.string_field(1, route.name), idempotent=route.idempotent)
 
 
 def load_routes(path: Path) -> RoutingTable:

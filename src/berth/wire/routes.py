@@ -30,6 +30,8 @@ class ModelRoute(_Msg):
     state: str  # ModelAvailable, ModelProgressing, ScheduleFailed, LoadFailed, ...
     reason: str = ""  # why not available, for 404/503 answers
     endpoints: list[Endpoint] = Field(default_factory=list)  # replicas holding the model, loaded
+    # False (annotation berth.io/idempotent: "false"): a request that was sent is never sent again
+    idempotent: bool = True
 
 
 class Candidate(_Msg):
