@@ -117,6 +117,12 @@ def test_model_metadata_ready_and_server_calls(stub: Any, direct: Any) -> None:
     assert stub.ServerMetadata(pb.ServerMetadataRequest()).name == "berth-gateway"
 
 
+def test_standard_grpc_health_check_says_serving(gw: Gateway) -> None:
+    with grpc.insecure_channel(gw.grpc) as channel:  # grpc.health.v1 HealthCheckRequest{service: ""}
+        assert channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=5) == b"\x08\x01"  # SERVING
+        assert channel.unary_unary("/grpc.health.v1.Health/Check")(b"\x0a\x03any", timeout=5) == b"\x08\x01"
+
+
 def test_gateway_errors_are_grpc_statuses_with_the_rest_messages(stub: Any, gw: Gateway) -> None:
     cases = [("nosuch", {}, grpc.StatusCode.NOT_FOUND, 404, "NotFound"),
              ("wine", {}, grpc.StatusCode.UNAVAILABLE, 503, "ModelNotReady"),

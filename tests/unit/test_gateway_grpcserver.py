@@ -150,6 +150,27 @@ def test_local_and_unknown_methods() -> None:
     assert garbled["grpc-status"] == str(INVALID_ARGUMENT)
 
 
+def test_health_check_follows_the_routing_table() -> None:
+    def health(router: Router) -> bytes:
+        async def run() -> bytes:
+            transport = FakeTransport()
+            conn = gateway(router).connection()
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            head = headerblock.encode([(b":method", b"POST"), (b":scheme", b"http"),
+                                       (b":path", b"/grpc.health.v1.Health/Check"), (b":authority", b"gw"),
+                                       (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+            conn.data_received(h2.PREFACE + h2.settings_frame({}) + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, head)
+                               + h2.frame(h2.DATA, h2.END_STREAM, 1, framed(b"")))
+            for _ in range(10):
+                await asyncio.sleep(0)  # the call is served by a task of its own
+            return next(p for t, _, sid, p in frames(transport.take()) if t == h2.DATA and sid == 1)
+
+        return asyncio.run(run())
+
+    assert health(Router(TABLE)) == framed(b"\x08\x01")  # SERVING
+    assert health(Router()) == framed(b"\x08\x02")  # NOT_SERVING: no routing table yet
+
+
 def test_gateway_messages_are_percent_encoded() -> None:
     answer = call(gateway(Router(TABLE)), "ModelInfer", protowire.string_field(1, "ün%"))
     assert "%C3%BCn%25" in answer["grpc-message"]  # grpc-message is percent-encoded UTF-8 (the gRPC spec)

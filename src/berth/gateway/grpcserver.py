@@ -51,6 +51,7 @@ OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 _STATUS_TEXT = tuple(str(i).encode() for i in range(len(STATUS_NAMES)))
 _SERVER_READY = _PREFIX + b"ServerReady"
+_HEALTH_CHECK = b"/grpc.health.v1.Health/Check"  # the standard gRPC health check (Kubernetes gRPC probes)
 _READY = b"\x00\x00\x00\x00\x02\x08\x01"  # ServerReadyResponse{ready: true}, framed
 _HEAD_OK: list[Field] = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 _TRAILERS_OK: list[Field] = [(b"grpc-status", b"0")]
@@ -234,6 +235,9 @@ class GrpcGateway:
         if path.startswith(_PREFIX):
             method = path[len(_PREFIX):]
         if method not in ROUTED:
+            if path == _HEALTH_CHECK:
+                self._health(conn, stream)
+                return
             self._local(conn, stream, method)
             return
         if stream.cut_short:
@@ -405,6 +409,12 @@ class GrpcGateway:
             error = str(exc)
         return {"address": upstream, "ok": error is None, "error": error,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    def _health(self, conn: ServerConnection, stream: Stream) -> None:
+        """``grpc.health.v1.Health/Check``: SERVING once the gateway holds a routing table (as ServerReady),
+        else NOT_SERVING; the same for every ``service`` name."""
+        status = 1 if self.router.ready else 2  # HealthCheckResponse.ServingStatus
+        conn.respond(stream, _HEAD_OK, framed(b"\x08" + bytes((status,))), _TRAILERS_OK)
 
     def _local(self, conn: ServerConnection, stream: Stream, method: bytes) -> None:
         if method == b"ServerLive":
