@@ -919,3 +919,58 @@ def test_shutdown_sends_goaway_refuses_new_streams_and_closes_when_answered() ->
         assert lost == [pair.server]
 
     run(main)
+
+
+# ---- streaming calls (ModelStreamInfer) ----
+
+STREAM_PATH = b"/inference.GRPCInferenceService/ModelStreamInfer"
+STREAM_REQUEST: list[Field] = [(n, STREAM_PATH if n == b":path" else v) for n, v in REQUEST]
+
+
+def test_streaming_calls_are_handed_over_at_headers_and_flow_both_ways_as_they_come() -> None:
+    async def main() -> None:
+        pair = Pair(streaming=frozenset((STREAM_PATH,)))  # type: ignore[arg-type]
+        call = pair.client.open(STREAM_REQUEST)
+        pair.pump()
+        assert len(pair.requests) == 1  # handed over at HEADERS, before any message
+        served = pair.requests[0]
+        assert served.inbox is not None and call.inbox is not None
+        pair.client.push(call, None, b"one")
+        pair.pump()
+        assert served.inbox.get_nowait() == ("data", b"one")
+        pair.server.respond_part(served, ANSWER, b"a1")
+        pair.pump()
+        assert [call.inbox.get_nowait() for _ in range(2)] == [("headers", ANSWER), ("data", b"a1")]
+        pair.client.push(call, None, b"two", end=True)
+        pair.pump()
+        assert [served.inbox.get_nowait() for _ in range(2)] == [("data", b"two"), ("end", None)]
+        pair.server.respond_part(served, None, b"a2")
+        pair.server.respond_end(served, OK)
+        pair.pump()
+        assert [call.inbox.get_nowait() for _ in range(2)] == [("data", b"a2"), ("end", OK)]
+        assert served.sid not in pair.server.streams and call.sid not in pair.client.streams
+        unary = pair.client.request(REQUEST, b"whole")  # other paths on the same connection stay unary
+        pair.pump()
+        assert pair.requests[-1].inbox is None and pair.requests[-1].body() == b"whole"
+        assert not unary.future.done()  # type: ignore[union-attr]
+
+    run(main)
+
+
+def test_a_streaming_call_whose_connection_dies_gets_an_error_event() -> None:
+    async def main() -> None:
+        pair = Pair(streaming=frozenset((STREAM_PATH,)))  # type: ignore[arg-type]
+        quiet = pair.client.open(STREAM_REQUEST)
+        talking = pair.client.open(STREAM_REQUEST)
+        pair.pump()
+        pair.server.respond_part(pair.requests[1], ANSWER, b"partial")
+        pair.pump()
+        pair.client.connection_lost(None)
+        assert quiet.inbox is not None and talking.inbox is not None
+        kind, error = quiet.inbox.get_nowait()
+        assert kind == "error" and isinstance(error, Vanished)
+        assert [talking.inbox.get_nowait()[0] for _ in range(3)] == ["headers", "data", "error"]
+        with pytest.raises(Vanished):
+            pair.client.open(STREAM_REQUEST)
+
+    run(main)

@@ -14,7 +14,8 @@ Answers carry ``x-seldon-route`` in the initial and trailing metadata.  MLServer
 through untouched; the gateway's failures are gRPC statuses with the same messages as the REST JSON
 errors, and the error's code (``NotFound``, ``ModelNotReady``, ...) in the trailing metadata key
 ``berth-error-code``.  ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the
-gateway itself; other methods answer UNIMPLEMENTED.
+gateway itself, as is ``grpc.health.v1.Health/Check``; ``ModelStreamInfer`` is routed by its first
+message and then forwarded message by message; other methods answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 _STATUS_TEXT = tuple(str(i).encode() for i in range(len(STATUS_NAMES)))
 _SERVER_READY = _PREFIX + b"ServerReady"
+_STREAM_INFER = _PREFIX + b"ModelStreamInfer"
 _HEALTH_CHECK = b"/grpc.health.v1.Health/Check"  # the standard gRPC health check (Kubernetes gRPC probes)
 _READY = b"\x00\x00\x00\x00\x02\x08\x01"  # ServerReadyResponse{ready: true}, framed
 _HEAD_OK: list[Field] = [(b":status", b"200"), (b"content-type", b"application/grpc")]
@@ -192,7 +194,8 @@ class GrpcGateway:
 
     def connection(self, on_lost: Any = None) -> ServerConnection:
         """A protocol for one client connection (the listening server's factory)."""
-        return ServerConnection(self.on_stream, on_lost, max_body=self.max_request_bytes + 5)
+        return ServerConnection(self.on_stream, on_lost, max_body=self.max_request_bytes + 5,
+                                streaming=frozenset((_STREAM_INFER,)))
 
     def on_stream(self, conn: ServerConnection, stream: Stream) -> None:
         task = asyncio.ensure_future(self.serve(conn, stream))
@@ -234,6 +237,9 @@ class GrpcGateway:
                 extra.append((name, value))
         if path.startswith(_PREFIX):
             method = path[len(_PREFIX):]
+        if stream.inbox is not None:
+            await self._stream(conn, stream, path, model, namespace, route, encoding, extra, timeout, started)
+            return
         if method not in ROUTED:
             if path == _HEALTH_CHECK:
                 self._health(conn, stream)
@@ -268,6 +274,118 @@ class GrpcGateway:
         if asked_name != decision.target.name:
             request += decision.target.pb_name
         await self._forward(conn, stream, path, method, decision, request, extra, timeout, started)
+
+    async def _stream(self, conn: ServerConnection, stream: Stream, path: bytes, model: str | None,
+                      namespace: str | None, route: str | None, encoding: bytes | None, extra: list[Field],
+                      timeout: float, started: float) -> None:
+        """``ModelStreamInfer``: routed by its first message (the model it names, or ``seldon-model``), then
+        both directions forwarded message by message as they come.  Not retried once the first message is sent;
+        ``timeout`` bounds each wait for the inference server's next event."""
+        inbox = stream.inbox
+        assert inbox is not None
+        buffered = b""
+        ended = False
+        while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
+            kind, payload = await inbox.get()
+            if kind != "data":
+                ended = True
+                break
+            buffered += payload
+        if not buffered:
+            self._fail(conn, stream, InvalidInput("ModelStreamInfer carried no request message"), started)
+            return
+        length = int.from_bytes(buffered[1:5], "big") if len(buffered) >= 5 else 0
+        first, rest = buffered[:5 + length], buffered[5 + length:]
+        try:
+            request = message(first, encoding)
+            asked_name = protowire.last_string(request, 1)
+            wanted = model or asked_name
+            if not wanted:
+                raise InvalidInput("ModelStreamInfer request names no model: set model_name or the seldon-model "
+                                   "metadata key")
+            decision = self.router.decide(namespace or "default", wanted, route)
+        except protowire.WireError as exc:
+            self._fail(conn, stream, InvalidInput(f"ModelStreamInfer request is not a valid protobuf message: "
+                                                  f"{exc}"), started)
+            return
+        except BerthError as err:
+            self._fail(conn, stream, err, started)
+            return
+        target = decision.target
+        if asked_name != target.name:
+            request += target.pb_name
+        if encoding is not None:  # the first message goes uncompressed; later ones as sent, so the server needs it
+            extra = [*extra, (b"grpc-encoding", encoding)]
+        address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
+        if address is None:
+            self._fail(conn, stream, target.not_ready(), started, decision)
+            return
+        upstream_address = target.grpc[address]
+        try:
+            upstream = await self.upstreams.get(upstream_address)
+            call = upstream.open(self._head(path, upstream_address, extra))
+        except (ConnectFailed, Vanished) as exc:
+            self._down.eject(address, time.monotonic() + EJECT_S)
+            self._fail(conn, stream, Unavailable(
+                describe_connect_error(f"inference server {upstream_address} (gRPC)", exc) if isinstance(
+                    exc, ConnectFailed) else f"inference server {upstream_address} (gRPC) went away: {exc}",
+                details={"model": target.name, "namespace": target.namespace, "address": upstream_address}),
+                started, decision)
+            return
+        upstream.push(call, None, framed(request) + rest, end=ended)
+        self.balancer.acquire(address)
+        pump = None if ended else asyncio.ensure_future(_pump(inbox, upstream, call))
+        route_field = (b"x-seldon-route", decision.route.encode())
+        answers = call.inbox
+        assert answers is not None
+        head: list[Field] | None = None
+        sent_head = False
+        code = UNAVAILABLE
+        try:
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(answers.get(), timeout)
+                except TimeoutError:
+                    kind, payload = "timeout", None
+                if kind == "headers":
+                    head = [*payload, route_field]
+                elif kind == "data":
+                    conn.respond_part(stream, None if sent_head else head or _HEAD_OK, payload)
+                    sent_head = True
+                elif kind == "end":
+                    code = grpc_status(payload)
+                    trailers = [*(payload or ()), route_field]
+                    if sent_head:
+                        conn.respond_end(stream, trailers)
+                    elif payload is call.headers:  # trailers-only answer
+                        conn.respond(stream, trailers, None, None)
+                    else:
+                        conn.respond_part(stream, head or _HEAD_OK, b"")
+                        conn.respond_end(stream, trailers)
+                    break
+                else:  # the server went away, reset the stream, or fell silent
+                    broke: BerthError = Timeout(
+                        f"inference server {upstream_address} sent nothing on the stream for model {target.name} "
+                        f"for {timeout:g}s") if kind == "timeout" else Unavailable(
+                        f"inference server {upstream_address} failed during the stream for model {target.name}: "
+                        f"{payload}; the stream was not retried")
+                    code = status_of(broke)
+                    failure = [(b"grpc-status", _STATUS_TEXT[code]),
+                               (b"grpc-message", quote(broke.message, safe=_MESSAGE_SAFE).encode()),
+                               (b"berth-error-code", broke.code.encode()), route_field]
+                    if sent_head:
+                        conn.respond_end(stream, failure)
+                    else:
+                        conn.respond(stream, [*_HEAD_OK, *failure], None, None)
+                    break
+        finally:
+            self.balancer.release(address)
+            if pump is not None:
+                pump.cancel()
+            if call.sid in upstream.streams:
+                upstream.cancel(call)
+            name = STATUS_NAMES[code] if code < len(STATUS_NAMES) else str(code)
+            self.metrics.observe(decision.labels, "grpc", name, code != OK, time.perf_counter() - started)
 
     def _head(self, path: bytes, upstream: str, extra: list[Field]) -> list[Field]:
         key = (path, upstream)
@@ -440,6 +558,19 @@ class GrpcGateway:
         if decision is not None:
             head.append((b"x-seldon-route", decision.route.encode()))
         conn.respond(stream, head, None, None)
+
+
+async def _pump(inbox: asyncio.Queue[tuple[str, Any]], upstream: ClientConnection, call: Stream) -> None:
+    """The client's further messages of a streaming call, to the inference server as they come."""
+    while True:
+        kind, payload = await inbox.get()
+        if upstream.streams.get(call.sid) is not call:
+            return
+        if kind == "data":
+            upstream.push(call, None, payload)
+        else:
+            upstream.push(call, None, b"", end=True)
+            return
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

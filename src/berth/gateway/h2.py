@@ -2,10 +2,12 @@
 
 Both ends of the gateway's gRPC path speak this: :class:`ServerConnection` accepts a client's
 connection and hands each complete request stream to a callback; :class:`ClientConnection` carries
-requests to one inference server and resolves a future per stream with its whole answer.  Every V2
-inference method is unary, so messages are held whole: a request is dispatched when its stream ends,
-an answer is written as one HEADERS, its DATA and the trailers, in a single ``transport.write``
-while the peer's flow-control windows allow (the rest waits for WINDOW_UPDATE).
+requests to one inference server and resolves a future per stream with its whole answer.  Unary calls
+(all V2 inference methods but one) are held whole: a request is dispatched when its stream ends, an
+answer is written as one HEADERS, its DATA and the trailers, in a single ``transport.write`` while the
+peer's flow-control windows allow (the rest waits for WINDOW_UPDATE).  Streaming calls (the server's
+``streaming`` paths, :meth:`ClientConnection.open`) are handed over at their HEADERS instead, and what
+arrives goes to the stream's ``inbox`` as events while :meth:`Connection.push` sends more.
 
 What is deliberately small: no priorities, no server push, no TLS, frames of at most 16 KiB.  Receive
 windows are large (16 MiB per stream, 1 GiB per connection) and topped up in big steps, so small
@@ -81,7 +83,7 @@ class Stream:
     """One request/answer exchange: what arrived, and what still waits to be sent."""
 
     __slots__ = ("sid", "headers", "trailers", "chunks", "size", "recv_unacked", "send_window", "out", "out_pos",
-                 "out_end", "after", "ended", "closed", "future", "task", "answered", "cut_short")
+                 "out_end", "after", "ended", "closed", "future", "task", "answered", "cut_short", "inbox")
 
     def __init__(self, sid: int, send_window: int) -> None:
         self.sid = sid
@@ -101,6 +103,9 @@ class Stream:
         self.task: asyncio.Future[Any] | None = None  # server side: the handler running for this request
         self.answered = False  # client side: a frame of the answer arrived
         self.cut_short = False  # server side: the request outgrew the limit; the rest of it is dropped
+        # a streaming call's events as they arrive, instead of a whole message: ("headers", fields),
+        # ("data", bytes), ("end", trailers or None), ("error", exception)
+        self.inbox: asyncio.Queue[tuple[str, Any]] | None = None
 
     def body(self) -> bytes:
         chunks = self.chunks
@@ -152,6 +157,22 @@ class Connection(asyncio.Protocol):
         if parts:
             self.write(b"".join(parts))
 
+    def push(self, stream: Stream, head: bytes | None, data: bytes, *, end: bool = False,
+             trailers: bytes | None = None) -> None:
+        """Streaming send: ``head`` (HEADERS frames) if given, then ``data`` after what still waits for window;
+        ``end`` ends the stream with the data, ``trailers`` (HEADERS frames ending it) after it."""
+        parts: list[bytes] = [head] if head is not None else []
+        if stream.out_pos < len(stream.out):
+            stream.out = stream.out[stream.out_pos:] + data
+        else:
+            stream.out = data
+        stream.out_pos = 0
+        stream.out_end = end and trailers is None
+        stream.after = trailers
+        self._drain(stream, parts)
+        if parts:
+            self.write(b"".join(parts))
+
     def _drain(self, stream: Stream, parts: list[bytes]) -> None:
         out = stream.out
         pos = stream.out_pos
@@ -176,6 +197,8 @@ class Connection(asyncio.Protocol):
         if stream.after is not None:
             parts.append(stream.after)
             stream.after = None
+        elif not stream.out_end:
+            return  # a streaming call with more to come
         stream.closed = True
         self._maybe_forget(stream, parts)
 
@@ -378,8 +401,11 @@ class Connection(asyncio.Protocol):
             self.write(frame(WINDOW_UPDATE, 0, sid, _U32.pack(stream.recv_unacked)))
             stream.recv_unacked = 0
         if data:
-            stream.chunks.append(data)
-            stream.size += len(data)
+            if stream.inbox is not None:
+                stream.inbox.put_nowait(("data", data))
+            else:
+                stream.chunks.append(data)
+                stream.size += len(data)
         if flags & END_STREAM:
             stream.ended = True
             self.on_end(stream)
@@ -411,13 +437,15 @@ class ServerConnection(Connection):
     """A client's connection to the gateway: each request stream, once whole, goes to ``handler``."""
 
     def __init__(self, handler: Handler, on_lost: Callable[[ServerConnection], None] | None = None, *,
-                 max_streams: int = 10000, max_body: int = 256 << 20) -> None:
+                 max_streams: int = 10000, max_body: int = 256 << 20,
+                 streaming: frozenset[bytes] = frozenset()) -> None:
         super().__init__({S_MAX_CONCURRENT_STREAMS: max_streams, S_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                           S_MAX_FRAME_SIZE: FRAME_MAX})
         self.handler = handler
         self.on_lost = on_lost
         self.max_streams = max_streams
         self.max_body = max_body
+        self.streaming = streaming  # :path values whose calls are handed over at once, their data as it comes
         self._preface = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -461,6 +489,9 @@ class ServerConnection(Connection):
             stream = Stream(sid, self.peer_window)
             stream.headers = fields
             self.streams[sid] = stream
+            if self.streaming and any(n == b":path" and v in self.streaming for n, v in fields):
+                stream.inbox = asyncio.Queue()
+                self.handler(self, stream)
         elif not stream.ended:
             stream.trailers = fields  # a client's trailers: nothing in them matters to a unary call
         elif stream.cut_short:
@@ -472,7 +503,10 @@ class ServerConnection(Connection):
             self.on_end(stream)
 
     def on_end(self, stream: Stream) -> None:
-        self.handler(self, stream)
+        if stream.inbox is not None:
+            stream.inbox.put_nowait(("end", stream.trailers))
+        else:
+            self.handler(self, stream)
 
     def on_data(self, stream: Stream) -> None:
         if stream.size > self.max_body:  # answered now (the handler sees the size); the rest is dropped
@@ -493,6 +527,16 @@ class ServerConnection(Connection):
             return
         self.send(stream, headers_frames(stream.sid, headerblock.encode(head), False), body,
                   headers_frames(stream.sid, headerblock.encode(trailers), True))
+
+    def respond_part(self, stream: Stream, head: list[Field] | None, data: bytes) -> None:
+        """A streaming answer, in parts: its headers (the first time) and messages as they come."""
+        if not stream.closed and self.streams.get(stream.sid) is stream:
+            self.push(stream, headers_frames(stream.sid, headerblock.encode(head), False) if head else None, data)
+
+    def respond_end(self, stream: Stream, trailers: list[Field]) -> None:
+        """End a streaming answer whose headers were sent: the trailers follow what is still queued."""
+        if not stream.closed and self.streams.get(stream.sid) is stream:
+            self.push(stream, None, b"", trailers=headers_frames(stream.sid, headerblock.encode(trailers), True))
 
     def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
         if stream.closed:
@@ -581,6 +625,18 @@ class ClientConnection(Connection):
         self.send(stream, headers_frames(sid, headerblock.encode(head), False), body, None)
         return stream
 
+    def open(self, head: list[Field]) -> Stream:
+        """Start a streaming call: HEADERS only; send with :meth:`push`, read the answer from ``stream.inbox``."""
+        if self.closed:
+            raise Vanished(f"{self.lost or 'the connection closed'} before the request was sent", unprocessed=True)
+        sid = self.next_sid
+        self.next_sid += 2
+        stream = Stream(sid, self.peer_window)
+        stream.inbox = asyncio.Queue()
+        self.streams[sid] = stream
+        self.write(headers_frames(sid, headerblock.encode(head), False))
+        return stream
+
     def has_room(self) -> bool:
         return len(self.streams) < self.peer_max_streams
 
@@ -613,6 +669,8 @@ class ClientConnection(Connection):
                 future.set_result(stream)
             else:
                 future.set_exception(error)
+        if stream.inbox is not None and error is not None:
+            stream.inbox.put_nowait(("error", error))
         self._free()
         if self.going_away and not self.streams:  # pruned, or the server said GOAWAY: done once idle
             self.close()
@@ -629,6 +687,8 @@ class ClientConnection(Connection):
         stream.answered = True
         if not stream.headers:
             stream.headers = fields
+            if stream.inbox is not None:
+                stream.inbox.put_nowait(("headers", fields))
             if end_stream:
                 stream.trailers = fields  # trailers-only answer
         else:
@@ -642,6 +702,8 @@ class ClientConnection(Connection):
 
     def on_end(self, stream: Stream) -> None:
         stream.answered = True
+        if stream.inbox is not None:
+            stream.inbox.put_nowait(("end", stream.trailers))
         self._finish(stream)
 
     def on_reset(self, sid: int, code: int) -> None:
