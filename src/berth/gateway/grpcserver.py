@@ -252,28 +252,27 @@ class GrpcGateway:
                 "send a smaller request or raise --max-request-bytes"), started)
             return
         try:
-            request = message(stream.body(), encoding)
-            asked_name = protowire.last_string(request, 1)
-        except protowire.WireError as exc:
-            self._fail(conn, stream, InvalidInput(f"{method.decode()} request is not a valid protobuf message: "
-                                                  f"{exc}"), started)
-            return
+            request, decision = self._route(method.decode(), stream.body(), encoding, model, namespace, route)
         except BerthError as err:
             self._fail(conn, stream, err, started)
             return
-        wanted = model or asked_name
-        if not wanted:
-            self._fail(conn, stream, InvalidInput(f"{method.decode()} request names no model: set model_name "
-                                                  "(name) or the seldon-model metadata key"), started)
-            return
-        try:
-            decision = self.router.decide(namespace or "default", wanted, route)
-        except BerthError as err:
-            self._fail(conn, stream, err, started)
-            return
-        if asked_name != decision.target.name:
-            request += decision.target.pb_name
         await self._forward(conn, stream, path, method, decision, request, extra, timeout, started)
+
+    def _route(self, method: str, body: bytes, encoding: bytes | None, model: str | None, namespace: str | None,
+               route: str | None) -> tuple[bytes, Decision]:
+        """The request message to send upstream (renamed when the chosen model is not the one it names) and
+        the routing decision; a BerthError saying what is wrong with the request otherwise."""
+        request = message(body, encoding)
+        try:
+            asked = protowire.last_string(request, 1)
+        except protowire.WireError as exc:
+            raise InvalidInput(f"{method} request is not a valid protobuf message: {exc}") from exc
+        wanted = model or asked
+        if not wanted:
+            raise InvalidInput(f"{method} request names no model: set model_name (name) or the seldon-model "
+                               "metadata key")
+        decision = self.router.decide(namespace or "default", wanted, route)
+        return (request if asked == decision.target.name else request + decision.target.pb_name), decision
 
     async def _stream(self, conn: ServerConnection, stream: Stream, path: bytes, model: str | None,
                       namespace: str | None, route: str | None, encoding: bytes | None, extra: list[Field],
@@ -297,23 +296,11 @@ class GrpcGateway:
         length = int.from_bytes(buffered[1:5], "big") if len(buffered) >= 5 else 0
         first, rest = buffered[:5 + length], buffered[5 + length:]
         try:
-            request = message(first, encoding)
-            asked_name = protowire.last_string(request, 1)
-            wanted = model or asked_name
-            if not wanted:
-                raise InvalidInput("ModelStreamInfer request names no model: set model_name or the seldon-model "
-                                   "metadata key")
-            decision = self.router.decide(namespace or "default", wanted, route)
-        except protowire.WireError as exc:
-            self._fail(conn, stream, InvalidInput(f"ModelStreamInfer request is not a valid protobuf message: "
-                                                  f"{exc}"), started)
-            return
+            request, decision = self._route("ModelStreamInfer", first, encoding, model, namespace, route)
         except BerthError as err:
             self._fail(conn, stream, err, started)
             return
         target = decision.target
-        if asked_name != target.name:
-            request += target.pb_name
         if encoding is not None:  # the first message goes uncompressed; later ones as sent, so the server needs it
             extra = [*extra, (b"grpc-encoding", encoding)]
         address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
