@@ -101,7 +101,7 @@ def test_stream_through_gateway_equals_direct_and_arrives_as_produced(gw: Gatewa
     via, call = answers_of(gw.grpc, iter([request(2), request(5)]))
     assert [(m, v) for m, v, _ in via] == [(m, v) for m, v, _ in direct] == [
         ("echo", 2), ("echo", 102), ("echo", 202), ("echo", 5), ("echo", 105), ("echo", 205)]
-    assert via[-1][2] - via[0][2] >= 0.8  # the first answer came ~1 s before the last: forwarded as produced
+    assert via[-1][2] - via[0][2] >= 0.6  # the first answer came ~0.8 s before the last: forwarded as produced
     assert dict(call.initial_metadata())["x-seldon-route"] == ":echo:"
     assert dict(call.trailing_metadata())["x-seldon-route"] == ":echo:"
 
