@@ -19,6 +19,7 @@ import pytest
 from berth.adapters.mlserver_proc import free_ports
 from tests.support.models import IRIS_INPUT, train_sklearn
 from tests.support.platform import Platform, model_doc, server_doc
+from tests.support.servers import wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -172,13 +173,7 @@ def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
         with Traffic(f"http://127.0.0.1:{gport}", "iris", grpc_address=f"127.0.0.1:{grpc}") as traffic:
             time.sleep(0.5)
             control.kill()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{cport}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_http(f"http://127.0.0.1:{cport}/healthz", 30)
             r = subprocess.run(berth + ["wait", "model/iris", "--timeout=30s"], env=env, capture_output=True)
             assert r.returncode == 0, r.stderr
             time.sleep(1.0)

@@ -13,13 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from berth.adapters.mlserver_proc import free_ports
 from berth.client.gateway import GatewayClient
 from berth.client.http import BerthClient
 from berth.gateway.app import run_gateway
-from tests.support.servers import ControlPlane, LoopThread
+from tests.support.servers import ControlPlane, LoopThread, wait_http
 
 SELDON = "mlops.seldon.io/v1alpha1"
 
@@ -56,13 +54,7 @@ class Platform:
         self._gateway.start()
         self.client = BerthClient(self.control.url)
         self.gateway = GatewayClient(self.gateway_url)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.gateway_url}/v2/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_http(f"{self.gateway_url}/v2/health/live", 20)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,17 @@ class ControlPlane:
 
     def __exit__(self, *exc: object) -> None:
         self._thread.stop()
+
+
+def wait_http(url: str, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout`` seconds pass (False)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return False

@@ -12,22 +12,22 @@ import hpack
 import pytest
 
 from berth.errors import BerthError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway import h2, headerblock
+from berth.gateway import h2frames, headerblock
 from berth.gateway.balance import Balancer
-from berth.gateway.grpcserver import (
+from berth.gateway.grpcmessages import (
     DEADLINE_EXCEEDED,
     INTERNAL,
     INVALID_ARGUMENT,
     NOT_FOUND,
     RESOURCE_EXHAUSTED,
     UNAVAILABLE,
-    GrpcGateway,
     framed,
     grpc_status,
     grpc_timeout,
     message,
     status_of,
 )
+from berth.gateway.grpcserver import GrpcGateway
 from berth.gateway.metrics import Metrics
 from berth.gateway.mirror import Mirrors
 from berth.gateway.routing import Decision, Router
@@ -95,26 +95,30 @@ class BrokenRouter(Router):
 
 
 def call(gateway: GrpcGateway, method: str, request: bytes, *extra: tuple[bytes, bytes]) -> dict[str, str]:
-    """One call over a fake connection; the answer's headers and trailers, merged (decoded with hpack)."""
+    """One call over a fake connection (``method`` of the V2 service, or a whole path); the answer's headers
+    and trailers, merged (decoded with hpack), and its message as hex under "data"."""
+    path = method if method.startswith("/") else f"/inference.GRPCInferenceService/{method}"
+
     async def run() -> dict[str, str]:
         transport = FakeTransport()
         conn = gateway.connection()
         conn.connection_made(transport)  # type: ignore[arg-type]
         head = headerblock.encode([(b":method", b"POST"), (b":scheme", b"http"),
-                                   (b":path", f"/inference.GRPCInferenceService/{method}".encode()),
+                                   (b":path", path.encode()),
                                    (b":authority", b"gw"), (b"content-type", b"application/grpc"),
                                    (b"te", b"trailers"), *extra])
-        conn.data_received(h2.PREFACE + h2.settings_frame({}) + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, head)
-                           + h2.frame(h2.DATA, h2.END_STREAM, 1, framed(request)))
+        conn.data_received(h2frames.PREFACE + h2frames.settings_frame({})
+                           + h2frames.frame(h2frames.HEADERS, h2frames.END_HEADERS, 1, head)
+                           + h2frames.frame(h2frames.DATA, h2frames.END_STREAM, 1, framed(request)))
         for _ in range(50):
             await asyncio.sleep(0)
         decoder = hpack.Decoder()
         answer: dict[str, str] = {}
         for ftype, _, sid, payload in frames(transport.take()):
-            if ftype == h2.HEADERS and sid == 1:
+            if ftype == h2frames.HEADERS and sid == 1:
                 answer.update({k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
                                for k, v in decoder.decode(payload)})
-            elif ftype == h2.DATA and sid == 1:
+            elif ftype == h2frames.DATA and sid == 1:
                 answer["data"] = payload.hex()
         return answer
 
@@ -152,20 +156,7 @@ def test_local_and_unknown_methods() -> None:
 
 def test_health_check_follows_the_routing_table() -> None:
     def health(router: Router) -> bytes:
-        async def run() -> bytes:
-            transport = FakeTransport()
-            conn = gateway(router).connection()
-            conn.connection_made(transport)  # type: ignore[arg-type]
-            head = headerblock.encode([(b":method", b"POST"), (b":scheme", b"http"),
-                                       (b":path", b"/grpc.health.v1.Health/Check"), (b":authority", b"gw"),
-                                       (b"content-type", b"application/grpc"), (b"te", b"trailers")])
-            conn.data_received(h2.PREFACE + h2.settings_frame({}) + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, head)
-                               + h2.frame(h2.DATA, h2.END_STREAM, 1, framed(b"")))
-            for _ in range(10):
-                await asyncio.sleep(0)  # the call is served by a task of its own
-            return next(p for t, _, sid, p in frames(transport.take()) if t == h2.DATA and sid == 1)
-
-        return asyncio.run(run())
+        return bytes.fromhex(call(gateway(router), "/grpc.health.v1.Health/Check", b"")["data"])
 
     assert health(Router(TABLE)) == framed(b"\x08\x01")  # SERVING
     assert health(Router()) == framed(b"\x08\x02")  # NOT_SERVING: no routing table yet

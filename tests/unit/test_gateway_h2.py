@@ -12,7 +12,9 @@ from typing import Any, cast
 import hpack
 import pytest
 
-from berth.gateway.h2 import ClientConnection, Cut, ServerConnection, Stream, StreamReset, Vanished, headers_frames
+from berth.gateway.h2client import ClientConnection
+from berth.gateway.h2frames import Cut, Stream, StreamReset, Vanished, headers_frames
+from berth.gateway.h2server import ServerConnection
 from berth.gateway.headerblock import Field
 
 # the wire format, written out here rather than taken from the module under test

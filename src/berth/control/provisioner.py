@@ -71,6 +71,7 @@ class LocalProvisioner:
         self.replica_memory = replica_memory
         self.overcommit_percent = overcommit_percent
         self.replicas: dict[Key, LocalReplica] = {}
+        self._warned: set[str] = set()  # podSpec problems already logged
         self._wake = asyncio.Event()
         self._adopt()
 
@@ -109,8 +110,9 @@ class LocalProvisioner:
             self._stop(self.replicas.pop(key))
             dirty = True
         now = time.monotonic()
+        configs = self.store.list("ServerConfig")
         for key, doc in sorted(want.items()):
-            caps, memory = self._shape(doc)
+            caps, memory = self._shape(doc, configs)
             rep = self.replicas.get(key)
             if rep is not None and (rep.capabilities, rep.memory) != (caps, memory):
                 log.info("replica %s/%s/%d: server changed (capabilities or memory); restarting it", *key)
@@ -127,14 +129,15 @@ class LocalProvisioner:
         if dirty:
             self._save()
 
-    def _shape(self, doc: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+    def _shape(self, doc: dict[str, Any], configs: list[dict[str, Any]]) -> tuple[tuple[str, ...], int]:
         """Capabilities and memory of the server's replicas (memory: :func:`server_memory`, defaulting to
-        ``--replica-memory``; a malformed quantity is logged and the default used)."""
+        ``--replica-memory``; a malformed quantity is logged once and the default used)."""
         try:
-            memory, _ = server_memory(doc, server_config_for(doc, self.store.list("ServerConfig")),
-                                      self.replica_memory)
+            memory, _ = server_memory(doc, server_config_for(doc, configs), self.replica_memory)
         except InvalidInput as exc:
-            log.warning("%s; replicas offer --replica-memory instead", exc)
+            if str(exc) not in self._warned:
+                self._warned.add(str(exc))
+                log.warning("%s; replicas offer --replica-memory instead", exc)
             memory = self.replica_memory
         return server_info(doc).capabilities, memory
 

@@ -21,17 +21,31 @@ message and then forwarded message by message; other methods answer UNIMPLEMENTE
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import time
-import zlib
 from typing import Any
-from urllib.parse import quote, unquote
 
 import berth
-from berth.errors import BerthError, ConfigError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
+from berth.errors import BerthError, ConfigError, InvalidInput, PayloadTooLarge, Timeout, Unavailable
 from berth.gateway.balance import Balancer, Ejections
-from berth.gateway.h2 import ClientConnection, Cut, ServerConnection, Stream, StreamReset, Vanished
+from berth.gateway.grpcmessages import (
+    OK,
+    SERVICE,
+    STATUS_TEXT,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    error_fields,
+    framed,
+    grpc_message,
+    grpc_status,
+    grpc_timeout,
+    message,
+    status_name,
+)
+from berth.gateway.grpcupstream import Upstreams
+from berth.gateway.h2client import ClientConnection
+from berth.gateway.h2frames import Cut, Stream, StreamReset, Vanished
+from berth.gateway.h2server import ServerConnection
 from berth.gateway.headerblock import Field
 from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.mirror import Mirrors
@@ -42,134 +56,18 @@ from berth.gateway.upstream import ConnectFailed
 from berth.wire import protowire
 
 log = logging.getLogger("berth.gateway")
-SERVICE = "inference.GRPCInferenceService"
 _PREFIX = f"/{SERVICE}/".encode()
 ROUTED = frozenset((b"ModelInfer", b"ModelMetadata", b"ModelReady"))
-STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-                "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
-OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4, 5, 8
-UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
-_STATUS_TEXT = tuple(str(i).encode() for i in range(len(STATUS_NAMES)))
 _SERVER_READY = _PREFIX + b"ServerReady"
 _STREAM_INFER = _PREFIX + b"ModelStreamInfer"
 _HEALTH_CHECK = b"/grpc.health.v1.Health/Check"  # the standard gRPC health check (Kubernetes gRPC probes)
-_READY = b"\x00\x00\x00\x00\x02\x08\x01"  # ServerReadyResponse{ready: true}, framed
+_READY = framed(protowire.bool_field(1, True))  # ServerReadyResponse{ready: true}
 _HEAD_OK: list[Field] = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 _TRAILERS_OK: list[Field] = [(b"grpc-status", b"0")]
 # Not passed upstream: set by the gateway (content-type, te), enforced by it (grpc-timeout), undone by it
 # (grpc-encoding), or connection-specific.
 _DROPPED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"host", b"connection",
                       b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
-_TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
-_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
-
-
-def status_of(err: BerthError) -> int:
-    """The gRPC status code for a gateway error (the REST answer's HTTP status, in gRPC terms)."""
-    if isinstance(err, NotFound):
-        return NOT_FOUND
-    if isinstance(err, PayloadTooLarge):
-        return RESOURCE_EXHAUSTED
-    if isinstance(err, InvalidInput):
-        return INVALID_ARGUMENT
-    if isinstance(err, Unavailable):
-        return UNAVAILABLE
-    if isinstance(err, Timeout):
-        return DEADLINE_EXCEEDED
-    return INTERNAL
-
-
-def grpc_timeout(value: bytes) -> float | None:
-    """Seconds from a ``grpc-timeout`` header (``"100m"``, ``"29999982u"``), or None when malformed."""
-    if len(value) < 2 or not value[:-1].isdigit():
-        return None
-    unit = _TIMEOUT_UNITS.get(value[-1])
-    return None if unit is None else int(value[:-1]) * unit
-
-
-def message(body: bytes, encoding: bytes | None) -> bytes:
-    """The one message of a unary call's body (the 5-byte gRPC prefix removed, decompressed if it was)."""
-    if len(body) < 5:
-        raise InvalidInput("the gRPC request holds no message (fewer than 5 bytes)")
-    length = int.from_bytes(body[1:5], "big")
-    if length != len(body) - 5:
-        raise InvalidInput(f"the gRPC request's message prefix says {length} bytes but {len(body) - 5} came "
-                           "(a unary call carries exactly one message)")
-    data = body[5:]
-    if not body[0]:
-        return data
-    if encoding in (b"gzip", b"deflate"):
-        try:
-            return gzip.decompress(data) if encoding == b"gzip" else zlib.decompress(data)
-        except (OSError, zlib.error, EOFError) as exc:
-            raise InvalidInput(f"the gRPC request's message does not decompress with "
-                               f"{(encoding or b'').decode()}: {exc}") from exc
-    raise InvalidInput(f"the gRPC request is compressed with {(encoding or b'no grpc-encoding').decode()!r}; "
-                       "the gateway takes gzip and deflate")
-
-
-def framed(data: bytes) -> bytes:
-    """``data`` as one uncompressed gRPC message (prefix and bytes)."""
-    return b"\x00" + len(data).to_bytes(4, "big") + data
-
-
-def grpc_status(fields: list[Field] | None) -> int:
-    """The ``grpc-status`` in ``fields`` (UNKNOWN when absent or not a number)."""
-    for name, value in fields or ():
-        if name == b"grpc-status":
-            return int(value) if value.isdigit() else 2
-    return 2
-
-
-class Upstreams:
-    """One HTTP/2 connection per inference-server gRPC address, opened on first use and shared by all calls."""
-
-    def __init__(self, connect_timeout: float) -> None:
-        self.connect_timeout = connect_timeout
-        self._conns: dict[str, ClientConnection] = {}
-        self._opening: dict[str, asyncio.Future[ClientConnection]] = {}
-
-    async def get(self, address: str) -> ClientConnection:
-        conn = self._conns.get(address)
-        if conn is not None and conn.usable:
-            return conn
-        opening = self._opening.get(address)
-        if opening is None:
-            opening = asyncio.ensure_future(self._open(address))
-            self._opening[address] = opening
-            opening.add_done_callback(lambda _: self._opening.pop(address, None))
-        return await asyncio.shield(opening)
-
-    async def _open(self, address: str) -> ClientConnection:
-        host, _, port = address.rpartition(":")
-        loop = asyncio.get_running_loop()
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: ClientConnection(address), host.strip("[]"), int(port)),
-                self.connect_timeout)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ConnectFailed(f"cannot connect to {address}: {exc}") from exc
-        old = self._conns.get(address)
-        if old is not None:
-            old.going_away = True
-            if not old.streams:
-                old.close()
-        self._conns[address] = conn
-        return conn
-
-    def prune(self, keep: frozenset[str]) -> None:
-        """Close the connections of addresses no longer routed, each once its calls in flight are answered."""
-        for address in [a for a in self._conns if a not in keep]:
-            conn = self._conns.pop(address)
-            conn.going_away = True
-            if not conn.streams:
-                conn.close()
-
-    async def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
 
 
 class GrpcGateway:
@@ -356,10 +254,8 @@ class GrpcGateway:
                         f"for {timeout:g}s") if kind == "timeout" else Unavailable(
                         f"inference server {upstream_address} failed during the stream for model {target.name}: "
                         f"{payload}; the stream was not retried")
-                    code = status_of(broke)
-                    failure = [(b"grpc-status", _STATUS_TEXT[code]),
-                               (b"grpc-message", quote(broke.message, safe=_MESSAGE_SAFE).encode()),
-                               (b"berth-error-code", broke.code.encode()), route_field]
+                    code, failure = error_fields(broke)
+                    failure.append(route_field)
                     if sent_head:
                         conn.respond_end(stream, failure)
                     else:
@@ -371,7 +267,7 @@ class GrpcGateway:
                 pump.cancel()
             if call.sid in upstream.streams:
                 upstream.cancel(call)
-            name = STATUS_NAMES[code] if code < len(STATUS_NAMES) else str(code)
+            name = status_name(code)
             self.metrics.observe(decision.labels, "grpc", name, code != OK, time.perf_counter() - started)
 
     def _head(self, path: bytes, upstream: str, extra: list[Field]) -> list[Field]:
@@ -465,7 +361,7 @@ class GrpcGateway:
         route = (b"x-seldon-route", decision.route.encode())
         trailers = answer.trailers
         code = grpc_status(trailers)
-        name = STATUS_NAMES[code] if code < len(STATUS_NAMES) else str(code)
+        name = status_name(code)
         self.metrics.observe(decision.labels, "grpc", name, code != OK, time.perf_counter() - started)
         if trailers is answer.headers:  # trailers-only: MLServer's own error
             conn.respond(stream, [*answer.headers, route], None, None)
@@ -501,9 +397,7 @@ class GrpcGateway:
             answer = await self._call(upstream, self._head(_SERVER_READY, upstream, []), framed(b""), timeout)
             code = grpc_status(answer.trailers)
             if code != OK:
-                text = next((unquote(v.decode("latin-1")) for k, v in answer.trailers or () if k == b"grpc-message"),
-                            "")
-                error = f"ServerReady answered {STATUS_NAMES[code] if code < len(STATUS_NAMES) else code}: {text}"
+                error = f"ServerReady answered {status_name(code)}: {grpc_message(answer.trailers)}"
             elif answer.body() != _READY:
                 error = "ServerReady answered not ready"
         except ConnectFailed as exc:
@@ -529,19 +423,17 @@ class GrpcGateway:
         elif method == b"ServerMetadata":
             data = protowire.string_field(1, "berth-gateway") + protowire.string_field(2, berth.__version__)
         else:
-            conn.respond(stream, [*_HEAD_OK, (b"grpc-status", _STATUS_TEXT[UNIMPLEMENTED]),
+            conn.respond(stream, [*_HEAD_OK, (b"grpc-status", STATUS_TEXT[UNIMPLEMENTED]),
                                   (b"grpc-message", b"Method not found!")], None, None)
             return
         conn.respond(stream, _HEAD_OK, framed(data), _TRAILERS_OK)
 
     def _fail(self, conn: ServerConnection, stream: Stream, err: BerthError, started: float,
               decision: Decision | None = None) -> None:
-        code = status_of(err)
+        code, fields = error_fields(err)
         labels = decision.labels if decision is not None else error_labels(err)
-        self.metrics.observe(labels, "grpc", STATUS_NAMES[code], True, time.perf_counter() - started)
-        head = [*_HEAD_OK, (b"grpc-status", _STATUS_TEXT[code]),
-                (b"grpc-message", quote(err.message, safe=_MESSAGE_SAFE).encode()),
-                (b"berth-error-code", err.code.encode())]
+        self.metrics.observe(labels, "grpc", status_name(code), True, time.perf_counter() - started)
+        head = [*_HEAD_OK, *fields]
         if decision is not None:
             head.append((b"x-seldon-route", decision.route.encode()))
         conn.respond(stream, head, None, None)
