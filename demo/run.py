@@ -23,7 +23,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SEEDS = ROOT.parent / "shared" / "seed-manifests" / "financial-ml"
+from tests.support.seeds import find_seeds  # noqa: E402 - after the path is set
+
+SEEDS = find_seeds() / "financial-ml"
 WORK = ROOT / ".berth-demo"
 BERTH = [sys.executable, "-m", "berth.main"]
 PAYLOAD = ('{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", '

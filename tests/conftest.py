@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.seeds import SEEDS
 from tests.support.servers import ControlPlane
 
 pytest_plugins = ["tests.support.s3"]  # the `s3` fixture (moto on loopback)
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = ROOT.parent / "shared" / "seed-manifests"
 
 
 @pytest.fixture(scope="session")
 def seeds() -> Path:
     if not SEEDS.is_dir():
-        pytest.fail(f"seed manifests not found at {SEEDS}; the project expects ../shared beside the checkout")
+        pytest.fail(f"seed manifests not found at {SEEDS}; the project expects ../shared beside the checkout "
+                    "(or beside the repository it was cloned from, or BERTH_SEED_MANIFESTS)")
     return SEEDS
 
 

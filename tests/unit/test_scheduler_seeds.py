@@ -28,8 +28,8 @@ from berth.scheduler.snapshot import (
     ServerInfo,
 )
 from berth.scheduler.summary import FAILED, FAILED_REPLICAS
+from tests.support.seeds import SEEDS
 
-SEEDS = Path(__file__).resolve().parents[2].parent / "shared" / "seed-manifests"
 NS = "financial-ml"
 GiB = 2**30
 
