@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 test: lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

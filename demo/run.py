@@ -2,7 +2,7 @@
 
 1. trains two small MLflow models (baseline and enhanced predictors) into .berth-demo/models/,
 2. starts `berth up` (control plane, gateway, MLServer replicas on loopback),
-3. applies ../shared/seed-manifests/financial-ml/ with the storage paths pointed at those models,
+3. applies examples/financial-ml/ with the storage paths pointed at those models,
 4. waits until both models are Ready, prints `berth get models`, `berth get servers`, `berth describe`,
 5. sends V2 inference requests through the gateway and prints the predictions,
 6. stops everything.
@@ -23,9 +23,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.support.seeds import find_seeds  # noqa: E402 - after the path is set
+from tests.support.seeds import EXAMPLES  # noqa: E402 - after the path is set
 
-SEEDS = find_seeds() / "financial-ml"
+TENANT = EXAMPLES / "financial-ml"
 WORK = ROOT / ".berth-demo"
 BERTH = [sys.executable, "-m", "berth.main"]
 PAYLOAD = ('{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", '
@@ -57,14 +57,14 @@ def berth(*args: str, env: dict[str, str], check: bool = True) -> int:
 def main() -> int:
     from tests.support.models import train_mlflow
 
-    if not SEEDS.is_dir():
-        raise SystemExit(f"demo: seed manifests not found at {SEEDS}")
+    if not TENANT.is_dir():
+        raise SystemExit(f"demo: example manifests not found at {TENANT}; run the demo from a full checkout")
     shutil.rmtree(WORK / "data", ignore_errors=True)  # every demo starts from an empty platform
     step("training two MLflow models (iris, logistic regression)")
     models = {"baseline-predictor": train_mlflow(WORK / "models" / "baseline", c=1.0),
               "enhanced-predictor": train_mlflow(WORK / "models" / "enhanced", c=0.1)}
     docs = []
-    for path in sorted(SEEDS.glob("*.yaml")):
+    for path in sorted(TENANT.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["kind"] == "Model":
                 doc["spec"]["storageUri"] = models[doc["metadata"]["name"]].as_uri()
@@ -72,7 +72,7 @@ def main() -> int:
                 docs.append(doc)
     manifest = WORK / "financial-ml.yaml"
     manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    print(f"manifests: {SEEDS} with storageUri pointed at {WORK / 'models'} -> {manifest}")
+    print(f"manifests: {TENANT} with storageUri pointed at {WORK / 'models'} -> {manifest}")
 
     control_port, gateway_port, grpc_port = port_or_free(9004), port_or_free(9000), port_or_free(9001)
     env = dict(os.environ, BERTH_ADDRESS=f"http://127.0.0.1:{control_port}",
@@ -110,8 +110,19 @@ def main() -> int:
         berth("infer", "baseline-predictor", "-n", "financial-ml", "-d", PAYLOAD, "-i", "100", "--inference-mode",
               "grpc", env=env)
         step("a model that cannot be placed says why")
-        for bad in sorted((SEEDS.parent / "misconfigured").glob("*.yaml")):
-            berth("plan", "-f", str(bad), env=env, check=False)
+        broken = TENANT.parent / "misconfigured" / "broken-experiment.yaml"
+        for bad in sorted((TENANT.parent / "misconfigured").glob("*.yaml")):
+            if bad != broken:
+                berth("plan", "-f", str(bad), env=env, check=False)
+        step("an experiment whose candidates are misspelt says which and what was meant")
+        berth("apply", "-f", str(broken), env=env)
+        deadline = time.monotonic() + 30
+        while subprocess.run(BERTH + ["describe", "experiment", "predictor-canary", "-n", "financial-ml"], env=env,
+                             capture_output=True, text=True).stdout.find("ExperimentNotReady") < 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("demo: the broken experiment got no status in 30 s")
+            time.sleep(0.2)
+        berth("describe", "experiment", "predictor-canary", "-n", "financial-ml", env=env)
     finally:
         step("stopping berth up")
         up.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths of the seed manifests, a control plane per test, the CLI run in-process."""
+"""Shared fixtures: the example manifests, a control plane per test, the CLI run in-process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.seeds import SEEDS
+from tests.support.seeds import EXAMPLES
 from tests.support.servers import ControlPlane
 
 pytest_plugins = ["tests.support.s3"]  # the `s3` fixture (moto on loopback)
@@ -18,11 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def seeds() -> Path:
-    if not SEEDS.is_dir():
-        pytest.fail(f"seed manifests not found at {SEEDS}; the project expects ../shared beside the checkout "
-                    "(or beside the repository it was cloned from, or BERTH_SEED_MANIFESTS)")
-    return SEEDS
+def examples() -> Path:
+    """The repository's own example manifests (financial-ml tenant, misconfigurations)."""
+    return EXAMPLES
 
 
 @pytest.fixture

@@ -8,8 +8,12 @@ from __future__ import annotations
 import sys
 import traceback
 
-import click
 import typer
+
+try:  # recent typer carries its own copy of click and raises that copy's exceptions
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer runs on click itself (where typer.Abort and typer.Exit are click's)
+    from click.exceptions import ClickException  # type: ignore[assignment]
 
 from berth.cli.app import build as build_cli
 from berth.daemons.app import register as register_daemons
@@ -38,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines[1:]:
             sys.stderr.write(f"{line}\n")
         return 1
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("aborted\n")
         return 130
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except KeyboardInterrupt:
         return 130

@@ -24,8 +24,8 @@ def _wait_status(client: BerthClient, kind: str, ns: str, name: str, timeout: fl
     raise AssertionError(f"{kind} {ns}/{name} got no status in {timeout}s")
 
 
-def test_seeds_apply_and_say_why_no_replica(control: ControlPlane, cli, seeds: Path) -> None:
-    r = cli("--server", control.url, "apply", "-f", str(seeds / "financial-ml"))
+def test_seeds_apply_and_say_why_no_replica(control: ControlPlane, cli, examples: Path) -> None:
+    r = cli("--server", control.url, "apply", "-f", str(examples / "financial-ml"))
     assert r.code == 0, r.err
     assert "model.mlops.seldon.io/baseline-predictor created" in r.out
     assert "secret/ml-platform created" in r.out
@@ -41,15 +41,16 @@ def test_seeds_apply_and_say_why_no_replica(control: ControlPlane, cli, seeds: P
     r = cli("--server", control.url, "describe", "model", "baseline-predictor", "-n", "financial-ml")
     assert r.code == 0 and "NoConnectedReplicas" in r.out
     # applying the same manifests again changes nothing
-    r = cli("--server", control.url, "apply", "-f", str(seeds / "financial-ml"))
+    r = cli("--server", control.url, "apply", "-f", str(examples / "financial-ml"))
     assert "baseline-predictor unchanged" in r.out
 
 
-def test_secret_values_never_shown(control: ControlPlane, cli, seeds: Path) -> None:
-    cli("--server", control.url, "apply", "-f", str(seeds / "financial-ml" / "05-secret.yaml"))
+def test_secret_values_never_shown(control: ControlPlane, cli, examples: Path) -> None:
+    cli("--server", control.url, "apply", "-f", str(examples / "financial-ml" / "05-secret.yaml"))
     r = cli("--server", control.url, "get", "secrets", "-n", "financial-ml", "-o", "yaml")
     assert r.code == 0
-    assert "ml-platform" in r.out and "minio-password" not in r.out and "redacted" in r.out
+    assert "ml-platform" in r.out and "redacted" in r.out
+    assert "example-secret-key" not in r.out and "example-access-key" not in r.out
 
 
 def test_invalid_set_is_rejected_whole(control: ControlPlane, cli, tmp_path: Path) -> None:
@@ -126,10 +127,10 @@ spec: {storageUri: "file:///tmp/none", requirements: [sklearn]}
     assert "timed out" in r.err and "no matching servers" in r.err
 
 
-def test_sqlite_state_survives_restart(tmp_path: Path, seeds: Path) -> None:
+def test_sqlite_state_survives_restart(tmp_path: Path, examples: Path) -> None:
     db = tmp_path / "berth.db"
     with ControlPlane(tmp_path, store=str(db)) as cp:
-        BerthClient(cp.url).apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+        BerthClient(cp.url).apply([d.body for d in load_paths([str(examples / "financial-ml")]).documents])
     with ControlPlane(tmp_path, store=str(db)) as cp:
         names = [d["metadata"]["name"] for d in BerthClient(cp.url).list("Model", "financial-ml")]
     assert names == ["baseline-predictor", "enhanced-predictor"]
@@ -150,9 +151,9 @@ spec:
     assert "chain" in r.out and "tfidf, classifier" in r.out
 
 
-def test_metrics(control: ControlPlane, seeds: Path) -> None:
+def test_metrics(control: ControlPlane, examples: Path) -> None:
     client = BerthClient(control.url)
-    client.apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    client.apply([d.body for d in load_paths([str(examples / "financial-ml")]).documents])
     _wait_status(client, "Model", "financial-ml", "baseline-predictor")
     text = httpx.get(control.url + "/metrics", timeout=5).text
     assert 'berth_models{namespace="financial-ml",state="ScheduleFailed"} 2.0' in text
@@ -160,9 +161,9 @@ def test_metrics(control: ControlPlane, seeds: Path) -> None:
     assert "berth_schedule_attempts_total" in text
 
 
-def test_experiment_status_names_every_problem(control: ControlPlane, cli, seeds: Path) -> None:
+def test_experiment_status_names_every_problem(control: ControlPlane, cli, examples: Path) -> None:
     client = BerthClient(control.url)
-    client.apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    client.apply([d.body for d in load_paths([str(examples / "financial-ml")]).documents])
     _wait_status(client, "Experiment", "financial-ml", "financial-predictor-ab-test")  # it holds its default
     second = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Experiment",
               "metadata": {"name": "copycat", "namespace": "financial-ml"},
@@ -185,7 +186,7 @@ def test_experiment_status_names_every_problem(control: ControlPlane, cli, seeds
     r = cli("--server", control.url, "describe", "server", "mlserver", "-n", "financial-ml")
     assert r.code == 0 and "no agent connected yet" in r.out
     # delete -f removes what the manifests name, and nothing else
-    r = cli("--server", control.url, "delete", "-f", str(seeds / "financial-ml"))
+    r = cli("--server", control.url, "delete", "-f", str(examples / "financial-ml"))
     assert r.code == 0, r.err
     assert [d["metadata"]["name"] for d in client.list("Experiment", "financial-ml")] == ["copycat"]
     assert client.list("Model", "financial-ml") == []
@@ -236,9 +237,9 @@ def test_watch_over_websocket_and_get_w(control: ControlPlane, tmp_path: Path) -
     assert "ws1" in out and "False" in out  # the row printed as the model changed
 
 
-def test_every_seldon_resource_gets_a_status(control: ControlPlane, seeds: Path) -> None:
+def test_every_seldon_resource_gets_a_status(control: ControlPlane, examples: Path) -> None:
     client = BerthClient(control.url)
-    client.apply([d.body for d in load_paths([str(seeds / "financial-ml")]).documents])
+    client.apply([d.body for d in load_paths([str(examples / "financial-ml")]).documents])
     runtime = _wait_status(client, "SeldonRuntime", "financial-ml", "financial-ml-runtime")["status"]
     assert "namespace financial-ml is a tenant" in runtime["message"] and "servers here: mlserver" in runtime["message"]
     for kind, name in (("Model", "baseline-predictor"), ("Server", "mlserver"),

@@ -1,4 +1,4 @@
-"""`berth plan` on the misconfigured seeds: one line per unplaced model naming the real cause."""
+"""`berth plan` on the misconfigured examples: one line per unplaced model naming the real cause."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ import pytest
 CASES = {
     "capability-typo.yaml": ["financial-ml/baseline-predictor", "lacks capabilities torch, scikit-learn",
                              "pytorch for torch", "sklearn for scikit-learn"],
-    "cross-namespace-server.yaml": ["financial-ml/test-model-simple", "'seldon-system/mlserver'",
+    "cross-namespace-server.yaml": ["financial-ml/risk-scorer", "'seldon-system/mlserver'",
                                     "in namespace seldon-system", "its own namespace"],
-    "memory-too-large.yaml": ["financial-ml/big-predictor", "1.1 GiB free", "model needs 64 GiB"],
+    "memory-too-large.yaml": ["financial-ml/portfolio-optimiser", "1.1 GiB free", "model needs 64 GiB"],
+    "model-before-server.yaml": ["financial-ml/fraud-detector", "no server named fraud-server in namespace "
+                                 "financial-ml; servers here: none"],
     "more-replicas-than-server.yaml": ["no matching server had enough suitable replicas",
                                        "model needs 3 replicas", "has 1 suitable replica (of 1)"],
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_plan_names_the_cause(cli, seeds: Path, name: str) -> None:
-    r = cli("plan", "-f", str(seeds / "misconfigured" / name))
+def test_plan_names_the_cause(cli, examples: Path, name: str) -> None:
+    r = cli("plan", "-f", str(examples / "misconfigured" / name))
     assert r.code == 1
     lines = [line for line in r.out.splitlines() if line.startswith("✗")]
     assert len(lines) == 1, r.out
@@ -30,31 +32,31 @@ def test_plan_names_the_cause(cli, seeds: Path, name: str) -> None:
     assert "error: 1 model(s) cannot be placed" in r.err
 
 
-def test_plan_of_the_good_seeds_places_both(cli, seeds: Path) -> None:
-    r = cli("plan", "-f", str(seeds / "financial-ml"), "-o", "json")
+def test_plan_of_the_financial_examples_places_both(cli, examples: Path) -> None:
+    r = cli("plan", "-f", str(examples / "financial-ml"), "-o", "json")
     assert r.code == 0, r.err
     models = {m["model"]: m for m in json.loads(r.out)["models"]}
     assert {n: (m["state"], m["server"], m["replicas"]) for n, m in models.items()} == {
         "baseline-predictor": ("Scheduled", "mlserver", [0]), "enhanced-predictor": ("Scheduled", "mlserver", [0])}
 
 
-def test_plan_memory_flag_changes_the_verdict(cli, seeds: Path) -> None:
-    r = cli("plan", "-f", str(seeds / "misconfigured" / "memory-too-large.yaml"), "--replica-memory", "64Gi")
-    assert r.code == 0 and "✓ financial-ml/big-predictor: Scheduled on mlserver" in r.out
+def test_plan_memory_flag_changes_the_verdict(cli, examples: Path) -> None:
+    r = cli("plan", "-f", str(examples / "misconfigured" / "memory-too-large.yaml"), "--replica-memory", "64Gi")
+    assert r.code == 0 and "✓ financial-ml/portfolio-optimiser: Scheduled on mlserver" in r.out
 
 
-def test_plan_takes_replica_memory_from_the_server_config_podspec(cli, seeds: Path, tmp_path: Path) -> None:
+def test_plan_takes_replica_memory_from_the_server_config_podspec(cli, examples: Path, tmp_path: Path) -> None:
     """The seed's model needs 64Gi; a ServerConfig whose mlserver container requests 80Gi makes room."""
     config = tmp_path / "config.yaml"
     config.write_text("apiVersion: mlops.seldon.io/v1alpha1\nkind: ServerConfig\n"
                       "metadata: {name: mlserver, namespace: financial-ml}\n"
                       "spec:\n  podSpec:\n    containers:\n    - name: mlserver\n      image: seldonio/mlserver:1.7.1\n"
                       "      resources: {requests: {memory: 80Gi}}\n")
-    r = cli("plan", "-f", str(seeds / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
-    assert r.code == 0 and "✓ financial-ml/big-predictor: Scheduled on mlserver" in r.out, r.out + r.err
+    r = cli("plan", "-f", str(examples / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
+    assert r.code == 0 and "✓ financial-ml/portfolio-optimiser: Scheduled on mlserver" in r.out, r.out + r.err
     assert "financial-ml/mlserver 80 GiB (ServerConfig financial-ml/mlserver spec.podSpec)" in r.err
     config.write_text(config.read_text().replace("80Gi", "lots"))
-    r = cli("plan", "-f", str(seeds / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
+    r = cli("plan", "-f", str(examples / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
     assert r.code == 1 and "ServerConfig financial-ml/mlserver spec.podSpec.containers[mlserver]" in r.err
 
 

@@ -47,14 +47,14 @@ def test_names_that_could_reach_a_path_are_refused(name: str) -> None:
         check_name(name)
 
 
-def test_every_seed_manifest_parses_unchanged(seeds: Path) -> None:
-    files = sorted(seeds.rglob("*.yaml"))
-    assert len(files) >= 9
+def test_every_example_manifest_parses_unchanged(examples: Path) -> None:
+    files = sorted(examples.rglob("*.yaml"))
+    assert len(files) >= 11
     for f in files:
         result = load_paths([str(f)])
         assert result.documents, f
         assert result.warnings == [], (f, result.warnings)
-    docs = load_paths([str(seeds / "financial-ml")]).documents
+    docs = load_paths([str(examples / "financial-ml")]).documents
     kinds = sorted(d.kind for d in docs)
     assert kinds == ["Experiment", "Model", "Model", "Secret", "SeldonRuntime", "Server"]
     model = next(d for d in docs if d.name == "baseline-predictor")

@@ -58,6 +58,8 @@ def plan(
                                  f"+ {overcommit}% overcommit" + "".join(
                                      f"; {ns}/{name} {humanize_bytes(size)} ({source})"
                                      for (ns, name), (size, source) in sorted(sizes.items())))
+        if not rows:
+            render.err_console.print("no Model in these manifests: nothing to place")
         for r in rows:
             name = f"{r['namespace']}/{r['model']}"
             where = f"{r['server']} replica(s) {', '.join(map(str, r['replicas']))}" if r["replicas"] else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from berth.control.status import condition
+from berth.scheduler.suggest import near_match
 
 
 def experiment_status(doc: dict[str, Any], models: dict[str, dict[str, Any]],
@@ -29,7 +30,9 @@ def experiment_status(doc: dict[str, Any], models: dict[str, dict[str, Any]],
             continue
         model = models.get(ref)
         if model is None:
-            problems.append(f"{role} model {ref} not found in namespace {ns}")
+            guess = near_match(ref, sorted(models))  # this namespace's models only
+            hint = f" (did you mean {guess}?)" if guess else ""
+            problems.append(f"{role} model {ref} not found in namespace {ns}{hint}")
             continue
         st = model.get("status") or {}
         if st.get("state") != "ModelAvailable":

@@ -23,20 +23,23 @@ NS = "financial-ml"
 
 
 @pytest.fixture(scope="module")
-def s3_seeds(tmp_path_factory: pytest.TempPathFactory, seeds: Path) -> Iterator[dict[str, Any]]:
-    """Upload two MLflow models to the seeds' exact s3:// paths; yield the seed docs and the endpoint."""
-    docs = [d.body for d in load_paths([str(seeds / "financial-ml")]).documents]
+def s3_seeds(tmp_path_factory: pytest.TempPathFactory, examples: Path) -> Iterator[dict[str, Any]]:
+    """Upload two MLflow models to the examples' exact s3:// paths; yield their docs and the endpoint."""
+    docs = [d.body for d in load_paths([str(examples / "financial-ml")]).documents]
     with moto_server() as (endpoint, admin):
         key_id, secret_key = user_with_keys(admin)
         s3 = boto3.client("s3", **admin)
-        s3.create_bucket(Bucket="mlflow-artifacts")
         root = tmp_path_factory.mktemp("trained")
+        buckets: set[str] = set()
         for i, doc in enumerate(d for d in docs if d["kind"] == "Model"):
             folder = train_mlflow(root / doc["metadata"]["name"], c=1.0 / (i + 1))
-            prefix = doc["spec"]["storageUri"].removeprefix("s3://mlflow-artifacts/")
+            bucket, _, prefix = doc["spec"]["storageUri"].removeprefix("s3://").partition("/")
+            if bucket not in buckets:
+                s3.create_bucket(Bucket=bucket)
+                buckets.add(bucket)
             for f in folder.rglob("*"):
                 if f.is_file():
-                    s3.upload_file(str(f), "mlflow-artifacts", prefix + f.relative_to(folder).as_posix())
+                    s3.upload_file(str(f), bucket, prefix + f.relative_to(folder).as_posix())
         enforce_auth(endpoint)
         yield {"docs": docs, "endpoint": endpoint, "key_id": key_id, "secret": secret_key}
 

@@ -1,4 +1,4 @@
-"""The seed manifests, planned dry-run: every misconfiguration is named for what it is.
+"""The example manifests, planned dry-run: every misconfiguration is named for what it is.
 Also the resource-dict → Snapshot helpers they go through."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from berth.scheduler.snapshot import (
     ServerInfo,
 )
 from berth.scheduler.summary import FAILED, FAILED_REPLICAS
-from tests.support.seeds import SEEDS
+from tests.support.seeds import EXAMPLES
 
 NS = "financial-ml"
 GiB = 2**30
@@ -46,14 +46,14 @@ def only(path: Path) -> ModelPlan:
     return next(iter(models.values()))
 
 
-def test_seed_folder_is_there() -> None:
-    assert sorted(p.name for p in (SEEDS / "misconfigured").glob("*.yaml")) == [
-        "capability-typo.yaml", "cross-namespace-server.yaml", "memory-too-large.yaml",
-        "more-replicas-than-server.yaml"]
+def test_examples_folder_is_there() -> None:
+    assert sorted(p.name for p in (EXAMPLES / "misconfigured").glob("*.yaml")) == [
+        "broken-experiment.yaml", "capability-typo.yaml", "cross-namespace-server.yaml", "memory-too-large.yaml",
+        "model-before-server.yaml", "more-replicas-than-server.yaml"]
 
 
 def test_capability_typo() -> None:
-    mp = only(SEEDS / "misconfigured" / "capability-typo.yaml")
+    mp = only(EXAMPLES / "misconfigured" / "capability-typo.yaml")
     assert mp.state == "ScheduleFailed" and [r.code for r in mp.reasons] == [MISSING_CAPABILITIES]
     assert mp.message.startswith(FAILED + ": ")
     assert "lacks capabilities torch, scikit-learn" in mp.message
@@ -61,7 +61,7 @@ def test_capability_typo() -> None:
 
 
 def test_cross_namespace_server() -> None:
-    mp = only(SEEDS / "misconfigured" / "cross-namespace-server.yaml")
+    mp = only(EXAMPLES / "misconfigured" / "cross-namespace-server.yaml")
     assert [r.code for r in mp.reasons] == [CROSS_NAMESPACE]
     assert mp.message == (f"{FAILED}: server 'seldon-system/mlserver' is in namespace seldon-system; "
                           "a model in financial-ml can only use servers of its own namespace "
@@ -69,7 +69,7 @@ def test_cross_namespace_server() -> None:
 
 
 def test_memory_too_large() -> None:
-    mp = only(SEEDS / "misconfigured" / "memory-too-large.yaml")
+    mp = only(EXAMPLES / "misconfigured" / "memory-too-large.yaml")
     assert [r.code for r in mp.reasons] == [INSUFFICIENT_MEMORY, INSUFFICIENT_MEMORY]
     assert "64 GiB" in mp.message and "1.1 GiB free" in mp.message
     assert mp.reasons[0].message == ("replica mlserver/0 has 1.1 GiB free "
@@ -77,7 +77,7 @@ def test_memory_too_large() -> None:
 
 
 def test_more_replicas_than_server() -> None:
-    mp = only(SEEDS / "misconfigured" / "more-replicas-than-server.yaml")
+    mp = only(EXAMPLES / "misconfigured" / "more-replicas-than-server.yaml")
     assert [r.code for r in mp.reasons] == [NOT_ENOUGH_REPLICAS]
     assert dict(mp.reasons[0].data) == {"need": 3, "suitable": 1, "total": 1}
     assert mp.message == (f"{FAILED_REPLICAS}: model needs 3 replicas on one server; "
@@ -85,7 +85,7 @@ def test_more_replicas_than_server() -> None:
 
 
 def test_financial_ml_models_are_scheduled_on_mlserver() -> None:
-    models = plan_seed(SEEDS / "financial-ml")
+    models = plan_seed(EXAMPLES / "financial-ml")
     assert set(models) == {"baseline-predictor", "enhanced-predictor"}
     for mp in models.values():
         assert (mp.state, mp.replicas) == ("Scheduled", (ReplicaRef("mlserver", 0),))
