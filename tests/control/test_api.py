@@ -224,7 +224,7 @@ def test_watch_over_websocket_and_get_w(control: ControlPlane, tmp_path: Path) -
     try:
         started = time.monotonic()
         events = asyncio.run(ws_first_events())
-        assert time.monotonic() - started < 3  # closing the watch is answered at once
+        assert time.monotonic() - started < 5  # closing the watch is answered at once, not after a keep-alive
         assert events[-1]["object"]["spec"]["storageUri"] == "file:///tmp/none"
         _wait_status(client, "Model", "default", "ws1")
         deadline = time.monotonic() + 15

@@ -54,14 +54,18 @@ class Platform:
         self._gateway.start()
         self.client = BerthClient(self.control.url)
         self.gateway = GatewayClient(self.gateway_url)
-        wait_http(f"{self.gateway_url}/v2/health/live", 20)
+        if not wait_http(f"{self.gateway_url}/v2/health/live", 20):
+            self._gateway.check()
+            raise RuntimeError(f"the gateway at {self.gateway_url} did not answer /v2/health/live in 20 s")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.gateway.close()
         self.client.close()
-        self._gateway.stop()
-        self.control.__exit__(*exc)
+        try:
+            self._gateway.stop()  # raises if the gateway crashed during the test
+        finally:
+            self.control.__exit__(*exc)
 
     def wait_model(self, name: str, namespace: str = "default", *, state: str = "ModelAvailable",
                    available: int | None = None, timeout: float = 60.0) -> dict[str, Any]:

@@ -33,14 +33,21 @@ class LoopThread:
 
         try:
             asyncio.run(wrapper())
-        except BaseException as exc:  # surfaced to the test by stop()
+        except BaseException as exc:  # surfaced to the test by check() and stop()
             self.error = exc
             self._ready.set()
 
     def start(self) -> LoopThread:
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(10):
+            raise RuntimeError("the server thread did not start its event loop within 10 s")
+        self.check()
         return self
+
+    def check(self) -> None:
+        """Raise what the server's main raised, if it ended by an exception (a crash mid-test)."""
+        if self.error is not None:
+            raise RuntimeError(f"the server thread crashed: {self.error!r}") from self.error
 
     def stop(self, timeout: float = 20.0) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
@@ -49,6 +56,9 @@ class LoopThread:
             except RuntimeError:
                 pass
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"the server thread did not stop within {timeout:.0f} s")
+        self.check()
 
 
 class ControlPlane:
@@ -79,7 +89,7 @@ class ControlPlane:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._thread.stop()
+        self._thread.stop()  # raises if the control plane crashed during the test
 
 
 def wait_http(url: str, timeout: float) -> bool:

@@ -128,3 +128,27 @@ def test_kind_aliases() -> None:
     assert kind_from_alias("Experiments") == "Experiment"
     with pytest.raises(InvalidInput):
         kind_from_alias("widgets")
+
+
+def test_name_length_limits_are_exact() -> None:
+    assert check_name("a" * 253) == "a" * 253  # a DNS-1123 subdomain: up to 253 characters
+    with pytest.raises(InvalidName, match="longer than 253 characters"):
+        check_name("a" * 254)
+    assert check_name("a" * 63, label=True) == "a" * 63  # a DNS-1123 label (namespaces): up to 63
+    with pytest.raises(InvalidName, match="longer than 63 characters"):
+        check_name("a" * 64, label=True)
+    dotted = ".".join(["a" * 63] * 4)[:253].rstrip(".")
+    assert len(dotted) == 253 and check_name(dotted) == dotted
+
+
+def test_manifest_names_at_exactly_the_limits() -> None:
+    def model(name: str, namespace: str) -> str:
+        return (f"apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\n"
+                f"metadata: {{name: {name}, namespace: {namespace}}}\nspec: {{storageUri: 's3://b/k'}}\n")
+
+    doc = parse_text(model("m" * 253, "n" * 63), "ok.yaml").documents[0]
+    assert (len(doc.name), len(doc.namespace)) == (253, 63)
+    with pytest.raises(InvalidManifest, match="longer than 253 characters"):
+        parse_text(model("m" * 254, "n"), "long-name.yaml")
+    with pytest.raises(InvalidManifest, match="longer than 63 characters"):
+        parse_text(model("m", "n" * 64), "long-namespace.yaml")
