@@ -162,6 +162,45 @@ def test_a_leaving_model_is_drained_from_routes_before_it_is_unloaded(
     run(body)
 
 
+def test_the_drain_time_counts_from_the_routes_publication(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass slow between marking a model DRAINING and publishing routes (a slow status commit) still
+    gives gateways the whole drain time after they are told."""
+    drain = 0.2
+    monkeypatch.setattr(reconcile, "DRAIN_SECONDS", drain)
+
+    async def body() -> None:
+        p = plane()
+        p.store.apply(server(1))
+        p.store.apply(model())
+        connect(p.hub, 0)
+        await settle(p)
+        published: list[float] = []
+        publish, write = p.routes.publish_namespace, p.rc._write_statuses
+
+        def timed_publish(*args: Any) -> None:
+            publish(*args)
+            published.append(time.time())
+
+        def slow_write(*args: Any) -> None:
+            time.sleep(drain * 1.5)
+            write(*args)
+
+        monkeypatch.setattr(p.routes, "publish_namespace", timed_publish)
+        monkeypatch.setattr(p.rc, "_write_statuses", slow_write)
+        p.store.delete("Model", NS, "iris")
+        await p.pass_()
+        assert endpoints(p.routes, "iris") == [] and not p.hub.unloads()
+        monkeypatch.setattr(p.rc, "_write_statuses", write)
+        deadline = time.time() + 10
+        while not p.hub.unloads() and time.time() < deadline:
+            await asyncio.sleep(0.02)
+            await p.pass_()
+        [unload] = p.hub.unloads()
+        assert unload.at - published[0] >= drain, "unloaded before gateways had the drain time"
+
+    run(body)
+
+
 def test_a_model_is_reloaded_when_its_artifact_changes_never_on_scale() -> None:
     async def body() -> None:
         p = plane()

@@ -74,6 +74,7 @@ class Reconciler:
         self._writing = False
         self._on_servers_changed = on_servers_changed
         self.plans: dict[str, Plan] = {}  # last plan per namespace: the next one re-plans incrementally
+        self._draining: list[ReplicaModel] = []  # marked DRAINING in the pass under way
         self.passes = 0
         store.add_listener(self._on_event)
 
@@ -185,6 +186,17 @@ class Reconciler:
         fresh_models = self.store.list("Model", ns)  # with the statuses just written
         self._configuring_kinds(ns, docs, fresh_models, now)
         self.routes.publish_namespace(ns, fresh_models, records, self.store.list("Experiment", ns))
+        self._start_drains(ns)
+
+    def _start_drains(self, ns: str) -> None:
+        """Models marked DRAINING this pass left the routes just published: unload them DRAIN_SECONDS from now."""
+        if not self._draining:
+            return
+        until = time.time() + DRAIN_SECONDS
+        for drained in self._draining:
+            drained.retry_at = until
+        self._draining.clear()
+        asyncio.get_running_loop().call_later(DRAIN_SECONDS, self.mark, ns)
 
     def _forget_departed(self, ns: str, docs: list[dict[str, Any]]) -> None:
         """Drop disconnected replicas whose Server is gone or was scaled below them: nothing to wait for."""
@@ -232,9 +244,11 @@ class Reconciler:
                 now = time.time()
                 if m.state == "LOADED":
                     # Drain first: the routes published at the end of this pass no longer name this
-                    # replica for the model; unload once gateways have had time to follow.
-                    rec.models[name] = ReplicaModel("DRAINING", m.generation, m.memory, retry_at=now + DRAIN_SECONDS)
-                    asyncio.get_running_loop().call_later(DRAIN_SECONDS, self.mark, ns)
+                    # replica for the model; unload once gateways have had time to follow (the drain
+                    # time counts from that publication: see _start_drains).
+                    drained = ReplicaModel("DRAINING", m.generation, m.memory, retry_at=now + DRAIN_SECONDS)
+                    rec.models[name] = drained
+                    self._draining.append(drained)
                     continue
                 if m.state == "DRAINING" and now < m.retry_at:
                     continue
