@@ -81,7 +81,7 @@ def get(
                 revision = max(revision, rev)
         _print(docs, output, all_namespaces, kind == "all")
         if watch:
-            _watch(client, kinds, ns, name, output, all_namespaces, revision)
+            _watch(client, kinds, ns, name, output, all_namespaces, revision, selector)
 
 
 def _print(docs: dict[str, list[dict[str, Any]]], output: str | None, all_ns: bool, several: bool) -> None:
@@ -111,12 +111,19 @@ def _print(docs: dict[str, list[dict[str, Any]]], output: str | None, all_ns: bo
 
 
 def _watch(client: Any, kinds: tuple[str, ...], ns: str | None, name: str | None, output: str | None,
-           all_ns: bool, since: int) -> None:
-    for ev in client.watch(kinds, ns, since=since):
-        if ev["type"] == "ERROR":
-            raise InvalidInput(ev["object"].get("message", "watch failed"))
+           all_ns: bool, since: int, selector: str | None = None) -> None:
+    """Print changes until interrupted; a dropped stream is watched again (or listed again after a 410)."""
+    want = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in (selector or "").split(",") if p)}
+
+    def note(line: str) -> None:
+        render.err_console.print(line, markup=False)
+
+    for ev in client.watch_resuming(kinds, ns, since=since, note=note):
         obj = ev["object"]
         if name is not None and obj["metadata"]["name"] != name:
+            continue
+        labels = obj["metadata"].get("labels") or {}
+        if any(labels.get(k) != v for k, v in want.items()):
             continue
         if output in ("yaml", "json"):
             render.console.print(render.dump({"type": ev["type"], "object": obj}, output), markup=False)

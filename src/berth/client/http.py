@@ -5,13 +5,15 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
 from berth import errors
 from berth.errors import BerthError, Unavailable
+from berth.resources.kinds import ALL_KINDS
 
 DEFAULT_ADDRESS = "http://127.0.0.1:9004"
 DEFAULT_GATEWAY = "http://127.0.0.1:9000"
@@ -108,6 +110,51 @@ class BerthClient:
                         yield json.loads(line)
         except httpx.ConnectError as exc:
             raise Unavailable(f"cannot reach the control plane at {self.address}: {connect_reason(exc)}") from exc
+        except httpx.TransportError as exc:  # the stream broke after it began
+            raise Unavailable(f"the watch stream from {self.address} broke: {connect_reason(exc)}") from exc
+
+    def watch_resuming(self, kinds: tuple[str, ...] = (), namespace: str | None = None, since: int = 0, *,
+                       note: Callable[[str], None] | None = None,
+                       backoff: tuple[float, float] = (0.5, 5.0)) -> Iterator[dict[str, Any]]:
+        """Events from ``since`` on, for ever, as a client-go reflector follows them.
+
+        When the stream ends or breaks (or the control plane cannot be reached) it watches again from the
+        last revision seen, waiting ``backoff[0]`` seconds, doubling up to ``backoff[1]``.  When that
+        revision was compacted (410, or an ERROR event saying Expired) it lists again, yields every listed
+        object as ADDED and watches from the list's revision.  Any other ERROR event is raised.
+        ``note`` receives one line each time it reconnects or lists again.
+        """
+        delay, relist = backoff[0], False
+        while True:
+            try:
+                if relist:
+                    listed: builtins.list[dict[str, Any]] = []
+                    revisions: builtins.list[int] = []
+                    for kind in kinds or ALL_KINDS:
+                        items, rev = self.list_at(kind, namespace)
+                        listed.extend(items)
+                        revisions.append(rev)
+                    since, relist = min(revisions), False  # the earliest list: nothing after it is missed
+                    for obj in listed:
+                        yield {"type": "ADDED", "revision": since, "object": obj}
+                for ev in self.watch(kinds, namespace, since=since):
+                    if ev.get("type") == "ERROR":
+                        raise errors.from_dict(ev.get("object") or {})
+                    since = max(since, int(ev.get("revision") or 0))
+                    delay = backoff[0]
+                    yield ev
+                why = "the stream ended"
+            except errors.Expired:
+                if note is not None:
+                    note(f"watch: revision {since} is no longer kept by the control plane; listing again")
+                relist = True
+                continue
+            except (Unavailable, errors.Timeout) as exc:
+                why = exc.message.split(";")[0]
+            if note is not None:
+                note(f"watch: {why}; watching again from revision {since} in {delay:g}s")
+            time.sleep(delay)
+            delay = min(delay * 2, backoff[1])
 
 
 def connect_reason(exc: Exception) -> str:
