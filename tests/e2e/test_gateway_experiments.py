@@ -1,8 +1,9 @@
 """Experiments through the real gateway: weighted split, sticky routes, default takeover, mirrors.
 
-A real MLServer holds iris and iris2; mirrors are loopback stand-ins (one that answers after 2 s and
-one that counts copies) or a closed port.  The last test runs the whole platform: the Experiment is
-applied to the real control plane, whose routing table the gateway follows, REST and gRPC.
+A real MLServer holds iris and iris2; mirrors are loopback stand-ins (one that answers after 2 s, one
+that counts copies, and a gRPC one that keeps the copies it gets) or a closed port.  The last test runs
+the whole platform: the Experiment is applied to the real control plane, whose routing table the
+gateway follows, REST and gRPC.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import grpc
 import httpx
 import pytest
 from aiohttp import web
+from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
 
 from berth.adapters.mlserver_proc import MLServerProcess, free_port
 from berth.wire.routes import Candidate, ExperimentRoute, RoutingTable
-from tests.e2e.test_gateway_grpc import infer_request, metadata_of
+from tests.e2e.test_gateway_grpc import infer_request, metadata_of, stand_in
 from tests.support.gateway import Gateway, LoopThread, eventually, route, start_mlserver
 from tests.support.models import IRIS_INPUT, train_sklearn
 from tests.support.platform import SELDON, Platform, model_doc, server_doc
@@ -66,6 +68,31 @@ class Mirror:
         self.lt.call(self.runner.cleanup())
 
 
+class GrpcMirror:
+    """A stand-in inference server's gRPC port for mirrors: keeps every ModelInfer request it gets, as bytes."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.lt = lt
+        self.requests: list[bytes] = []
+
+        async def model_infer(request: bytes, context: Any) -> bytes:
+            self.requests.append(request)
+            return b""
+
+        self.server, port = lt.call(stand_in(model_infer))
+        self.address = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.lt.call(self.server.stop(0))
+
+
+@pytest.fixture(scope="module")
+def grpc_mirror(lt: LoopThread) -> Iterator[GrpcMirror]:
+    mirror = GrpcMirror(lt)
+    yield mirror
+    mirror.stop()
+
+
 @pytest.fixture(scope="module")
 def mirrors(lt: LoopThread) -> Iterator[dict[str, Mirror]]:
     found = {"slow": Mirror(lt, 2.0), "counting": Mirror(lt, 0.0)}
@@ -75,14 +102,15 @@ def mirrors(lt: LoopThread) -> Iterator[dict[str, Mirror]]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, lt: LoopThread, mirrors: dict[str, Mirror]) -> Iterator[Gateway]:
+def gw(tmp_path_factory: pytest.TempPathFactory, lt: LoopThread, mirrors: dict[str, Mirror],
+       grpc_mirror: GrpcMirror) -> Iterator[Gateway]:
     proc: MLServerProcess = start_mlserver(tmp_path_factory.mktemp("mlserver"), "iris", "iris2")
     live, live_grpc = proc.http_address, (f"127.0.0.1:{proc.grpc_port}",)
     closed = f"127.0.0.1:{free_port()}"
     models = [route(n, live, namespace=ns, grpc=live_grpc) for ns in ("default", "takeover", "paused")
               for n in ("iris", "iris2")]
     models += [route("slow-mirror", mirrors["slow"].address), route("counting-mirror", mirrors["counting"].address),
-               route("dead-mirror", closed)]
+               route("dead-mirror", closed), route("grpc-mirror", closed, grpc=(grpc_mirror.address,))]
     experiments = [
         exp("split", {"iris": 70, "iris2": 30}),
         exp("ab", {"iris": 50, "iris2": 50}, default="iris", namespace="takeover"),
@@ -91,6 +119,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, lt: LoopThread, mirrors: dict[s
         exp("slow", {"iris": 1}, mirror="slow-mirror", percent=100),
         exp("dead", {"iris": 1}, mirror="dead-mirror", percent=100),
         exp("half", {"iris2": 1}, mirror="counting-mirror", percent=50),
+        exp("grpc-copy", {"iris": 1}, mirror="grpc-mirror", percent=100),
     ]
     gateway = Gateway(lt, grpc=True, routes=RoutingTable(revision=1, models=models, experiments=experiments),
                       upstream_timeout=10.0)
@@ -164,9 +193,22 @@ def test_slow_mirror_never_delays_the_answer(gw: Gateway, mirrors: dict[str, Mir
                     answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
                         infer_request(), metadata=(("seldon-model", "slow.experiment"),))
                 assert answer.model_name == "iris"
-            assert time.monotonic() - started < 0.5  # the mirror answers after 2 s
+            assert time.monotonic() - started < 1.5  # the mirror answers after 2 s: never waited for
     eventually(lambda: len(slow.paths) - before >= 5, timeout=5)  # the REST copies arrived, named for the mirror
     assert set(slow.paths[before:]) == {"/v2/models/slow-mirror/infer"}
+
+
+def test_grpc_request_is_copied_to_the_mirror_over_grpc(gw: Gateway, grpc_mirror: GrpcMirror) -> None:
+    before = len(grpc_mirror.requests)
+    with grpc.insecure_channel(gw.grpc) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request("grpc-copy.experiment"))
+    assert answer.model_name == "iris"
+    eventually(lambda: len(grpc_mirror.requests) > before, timeout=10)
+    copy = pb.ModelInferRequest.FromString(grpc_mirror.requests[before])
+    assert copy.model_name == "grpc-mirror" and list(copy.inputs) == list(infer_request().inputs)
+    eventually(lambda: 'berth_gateway_mirror_requests_total{experiment="grpc-copy",model="grpc-mirror",'
+               'namespace="default",outcome="ok",protocol="grpc"} 1.0' in httpx.get(f"{gw.url}/metrics").text,
+               timeout=10)
 
 
 def test_failing_mirror_never_fails_the_answer(gw: Gateway, http: httpx.Client) -> None:

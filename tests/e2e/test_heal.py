@@ -148,7 +148,7 @@ def test_replica_killed_under_traffic_loses_nothing(platform: Platform, iris: Pa
     assert traffic.failures == [], traffic.failures[:5]
     assert traffic.ok > 50
     assert traffic.grpc_ok > 50
-    assert restored - back <= 5.0
+    assert restored - back <= 20.0  # about 2 s on an idle machine: a generous bound for a loaded one
 
 
 def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
@@ -173,7 +173,7 @@ def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
         with Traffic(f"http://127.0.0.1:{gport}", "iris", grpc_address=f"127.0.0.1:{grpc}") as traffic:
             time.sleep(0.5)
             control.kill()
-            wait_http(f"http://127.0.0.1:{cport}/healthz", 30)
+            assert wait_http(f"http://127.0.0.1:{cport}/healthz", 30), "berth up did not restart the control plane"
             r = subprocess.run(berth + ["wait", "model/iris", "--timeout=30s"], env=env, capture_output=True)
             assert r.returncode == 0, r.stderr
             time.sleep(1.0)
@@ -183,7 +183,7 @@ def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
         # the same MLServer still serves, and it loaded the model exactly once
         assert _mlserver_pid(data.resolve(), "default", "mlserver", 0) == mls_before
         log = (data / "replicas" / "default" / "mlserver-0" / "mlserver" / "mlserver.log").read_text()
-        assert log.count("Loaded model 'iris' successfully") <= 1
+        assert log.count("Loaded model 'iris' successfully") == 1
         st = httpx.get(f"http://127.0.0.1:{cport}/api/v1/namespaces/default/models/iris").json()["status"]
         assert st["state"] == "ModelAvailable"
     finally:

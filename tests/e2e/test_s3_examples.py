@@ -89,7 +89,9 @@ def test_financial_seeds_from_s3(s3_seeds: dict[str, Any], tmp_path: Path, caplo
             r = cli("--server", p.control.url, *args)
             shown += [r.out, r.err]
         data = tmp_path / "berth"
-        shown += [f.read_text(errors="replace") for f in data.rglob("*.log")]
+        logs = sorted(data.rglob("*.log"))
+        assert len(logs) >= 2, f"expected the agent's and MLServer's logs under {data}, found {logs}"
+        shown += [f.read_text(errors="replace") for f in logs]
         shown.append(caplog.text)
         for text in shown:
             for value in secret_values:

@@ -28,8 +28,16 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.errors: list[str] = []  # exceptions nobody awaited (a crashed task): close() fails on them
+        self.loop.set_exception_handler(self._unhandled)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+
+    def _unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        loop.default_exception_handler(context)
+        if not isinstance(exc, OSError | asyncio.CancelledError | asyncio.IncompleteReadError):
+            self.errors.append(f"{context.get('message')}: {exc!r}")
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -47,6 +55,7 @@ class LoopThread:
         self.call(cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        assert not self.errors, f"unhandled exceptions on the test's event loop: {self.errors}"
 
 
 class Gateway:
