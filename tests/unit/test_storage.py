@@ -147,9 +147,11 @@ def test_local_folder_file_and_missing_path(tmp_path: Path) -> None:
     assert f"{tmp_path / 'nope'} does not exist on the agent's host" in message
 
 
-def test_gs_is_not_supported_yet(tmp_path: Path) -> None:
+def test_gs_with_a_missing_secret_says_so_before_any_connection(tmp_path: Path) -> None:
     uri = "gs://seldon-models/sklearn/iris"
-    assert "gs:// storage is not supported yet" in _fetch_error(uri, _source(uri, None, name=None), tmp_path)
+    source = _source(uri, None, error="secret 'ml-platform' not found in namespace financial-ml")
+    message = _fetch_error(uri, source, tmp_path)
+    assert message.startswith(f"storage secret 'ml-platform' for {uri} could not be used: "), message
 
 
 def test_http_single_file(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Fetch a model artifact to a local folder: plain paths, file://, s3:// (boto3), http(s):// files.
+"""Fetch a model artifact to a local folder: paths, file://, s3:// (boto3), gs://, Azure Blob, http(s)://.
 
 ``fetch`` is blocking (the agent runs it in a thread) and always leaves the artifact's files in ``dest``,
-keeping relative paths.  Every failure is a :class:`berth.errors.StorageError` that names the URI and
-what went wrong where (secret, endpoint, bucket, key) — never a secret value.
+keeping relative paths.  gs:// lives in :mod:`berth.adapters.storage_gcs` and Azure Blob in
+:mod:`berth.adapters.storage_azure`, both imported on first use.  Every failure is a
+:class:`berth.errors.StorageError` that names the URI and what went wrong where (secret, endpoint, bucket,
+key) — never a secret value.
 """
 
 from __future__ import annotations
@@ -37,18 +39,27 @@ def fetch(uri: str, dest: Path, source: ModelSource) -> Path:
     if scheme in ("", "file"):
         path = unquote(urlsplit(uri).path) if scheme == "file" else uri
         return _fetch_local(Path(path).expanduser(), dest, uri)
+    remote = secrets.remote_type(source, scheme)
     if scheme in ("http", "https"):
+        from berth.adapters import storage_azure
+
+        if storage_azure.is_azure_url(uri) or secrets.has_azure(source):
+            return storage_azure.fetch(uri.strip(), scheme, rest, dest, source)
         return _fetch_http(uri, dest)
-    if scheme in ("gs", "gcs"):
-        raise StorageError(f"cannot fetch {uri}: gs:// storage is not supported yet; copy the artifact to an "
-                           "s3:// bucket (MinIO works) or a path the agent can read",
-                           details={"uri": uri})
-    if scheme == "s3" or secrets.has_remote(source, scheme):
+    if scheme in ("gs", "gcs") or remote == "gcs":
+        from berth.adapters import storage_gcs
+
+        return storage_gcs.fetch(uri, rest, dest, secrets.gcs_access(source, remote=scheme))
+    if scheme == "az" or remote == "azureblob":
+        from berth.adapters import storage_azure
+
+        return storage_azure.fetch(uri, scheme, rest, dest, source)
+    if scheme == "s3" or remote is not None:
         access = secrets.s3_access(source, remote=scheme)
         return _fetch_s3(uri, rest, dest, access)
-    raise StorageError(f"cannot fetch {uri}: unsupported scheme {scheme}:// (supported: file paths, "
-                       "file://, s3://, http(s)://, or an s3 rclone remote named in the model's secret)",
-                       details={"uri": uri})
+    raise StorageError(f"cannot fetch {uri}: unsupported scheme {scheme}:// (supported: file paths, file://, "
+                       "s3://, gs://, az://, http(s):// (Azure Blob URLs included), or an s3, gcs or azureblob "
+                       "rclone remote named in the model's secret)", details={"uri": uri})
 
 
 def _fetch_local(path: Path, dest: Path, uri: str) -> Path:

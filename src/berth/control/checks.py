@@ -87,7 +87,7 @@ async def _target_checks(uri: str, source: ModelSource, secret: Check) -> list[C
                _check("object", False, f"{path} does not exist on the control plane's host; fix storageUri or "
                                        "copy the artifact there (agents on other hosts need it too)"))
         return [_check("credentials", None, "a local path needs none"), obj]
-    if scheme == "s3" or s3secrets.has_remote(source, scheme):
+    if scheme == "s3" or s3secrets.remote_type(source, scheme) == "s3":
         if secret["ok"] is False:
             return [_check("credentials", None, "not checked: the secret is missing"),
                     _check("object", None, "not checked: the secret is missing")]
