@@ -54,10 +54,11 @@ def test_plan_takes_replica_memory_from_the_server_config_podspec(cli, examples:
                       "      resources: {requests: {memory: 80Gi}}\n")
     r = cli("plan", "-f", str(examples / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
     assert r.code == 0 and "✓ financial-ml/portfolio-optimiser: Scheduled on mlserver" in r.out, r.out + r.err
-    assert "financial-ml/mlserver 80 GiB (ServerConfig financial-ml/mlserver spec.podSpec)" in r.err
+    assert ("server financial-ml/mlserver: 2 replica(s) of 80 GiB (from ServerConfig financial-ml/mlserver spec."
+            "podSpec.containers[mlserver].resources.requests.memory) + 10% overcommit (from --overcommit)") in r.err
     config.write_text(config.read_text().replace("80Gi", "lots"))
     r = cli("plan", "-f", str(examples / "misconfigured" / "memory-too-large.yaml"), "-f", str(config))
-    assert r.code == 1 and "ServerConfig financial-ml/mlserver spec.podSpec.containers[mlserver]" in r.err
+    assert r.code == 1 and "ServerConfig/mlserver: spec.podSpec.containers[mlserver].resources.requests.memory" in r.err
 
 
 def test_plan_rejects_bad_manifest_with_place(cli, tmp_path: Path) -> None:

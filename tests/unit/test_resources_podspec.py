@@ -37,9 +37,10 @@ def test_request_then_limit_of_the_mlserver_container() -> None:
 def test_server_podspec_overrides_its_server_config() -> None:
     server = {"metadata": {"namespace": "ml", "name": "s"}, "spec": {"serverConfig": "mlserver"}}
     config = {"metadata": {"namespace": "ml", "name": "mlserver"}, "spec": {"podSpec": pod(mlserver("2Gi"))}}
-    assert replica_memory(server, config) == (2 << 30, "ServerConfig ml/mlserver spec.podSpec")
+    field = ".containers[mlserver].resources.requests.memory"  # the exact field each figure was read from
+    assert replica_memory(server, config) == (2 << 30, "ServerConfig ml/mlserver spec.podSpec" + field)
     server["spec"]["podSpec"] = pod(mlserver("6Gi"))
-    assert replica_memory(server, config) == (6 << 30, "Server ml/s spec.podSpec")
+    assert replica_memory(server, config) == (6 << 30, "Server ml/s spec.podSpec" + field)
     assert replica_memory({"metadata": {"namespace": "ml", "name": "s"}, "spec": {}}, None) is None
 
 

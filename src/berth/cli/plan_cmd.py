@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from rich.markup import escape
 
 from berth.cli import render
-from berth.errors import BerthError
-from berth.resources.manifest import load_paths
-from berth.resources.podspec import server_config_for, server_memory
+from berth.errors import BerthError, InvalidInput
+from berth.resources.manifest import load_paths, unacted_warnings
+from berth.resources.podspec import ReplicaShape, replica_shape, server_config_for
 from berth.resources.quantity import humanize_bytes, parse_quantity
 from berth.scheduler import plan as plan_models
 from berth.scheduler.build import dry_run_replicas, server_info, snapshot_for
@@ -19,26 +22,32 @@ def plan(
     overcommit: int = typer.Option(10, "--overcommit", help="Overcommit percent of each replica"),
     output: str | None = typer.Option(None, "-o", "--output", help="yaml|json"),
 ) -> None:
-    """Where would each model run? Server replicas come from the manifests' `replicas`; their memory from
-    the berth.io/replica-memory annotation, else the mlserver container's memory request in the Server's or
-    its ServerConfig's podSpec, else --replica-memory."""
+    """Where would each model run? Server replicas come from the manifests' `replicas`, sized by Seldon's
+    knobs as local replicas are: memory from the berth.io/replica-memory annotation, else the agent's
+    MEMORY_REQUEST, else the mlserver container's memory request (Server's podSpec, then its ServerConfig's),
+    else --replica-memory; overcommit from the agent's SELDON_OVERCOMMIT_PERCENTAGE, else --overcommit.
+    Servers of an inference server Berth does not run (Triton) get no replicas."""
     import sys
 
     stdin = sys.stdin.read() if "-" in filename else None
     result = load_paths(filename, stdin_text=stdin)
-    for w in result.warnings:
-        render.err_console.print(f"[yellow]warning:[/yellow] {w}")
     docs = [d.body for d in result.documents]
+    for w in result.warnings + [w for d in docs for w in unacted_warnings(d)]:
+        render.err_console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     memory = parse_quantity(replica_memory, field="--replica-memory")
+    if not 0 <= overcommit <= 1000:
+        raise InvalidInput(f"--overcommit: expected a whole number of percent from 0 to 1000, got {overcommit}")
     server_docs = [d for d in docs if d["kind"] == "Server"]
     configs = [d for d in docs if d["kind"] == "ServerConfig"]
-    sizes: dict[tuple[str, str], tuple[int, str]] = {}
+    shapes: dict[tuple[str, str], ReplicaShape] = {}
+    servers = []
     for d in server_docs:
-        size = server_memory(d, server_config_for(d, configs), memory)
-        if size[1] != "default":
-            sizes[(d["metadata"]["namespace"], d["metadata"]["name"])] = size
-    servers = [server_info(d) for d in server_docs]
-    replicas = dry_run_replicas(servers, memory, overcommit, {k: v[0] for k, v in sizes.items()})
+        config = server_config_for(d, configs)
+        shapes[(d["metadata"]["namespace"], d["metadata"]["name"])] = replica_shape(
+            d, config, memory=(memory, "--replica-memory"), overcommit_percent=(overcommit, "--overcommit"))
+        servers.append(server_info(d, config))
+    replicas = dry_run_replicas(servers, memory, overcommit, {k: v.memory for k, v in shapes.items()},
+                                {k: v.overcommit for k, v in shapes.items()})
     namespaces = sorted({d["metadata"]["namespace"] for d in docs if d["kind"] == "Model"})
     rows = []
     failed = 0
@@ -49,15 +58,21 @@ def plan(
                          "server": mp.server, "replicas": [r.index for r in mp.replicas],
                          "message": mp.message, "reasons": [r.as_dict() for r in mp.reasons]})
             failed += mp.state == "ScheduleFailed"
+    desired = {(s.namespace, s.name): s.desired_replicas for s in servers}
     if output in ("yaml", "json"):
-        render.console.print(render.dump({"replicaMemory": memory, "serverMemory": {
-            f"{ns}/{name}": {"memory": size, "from": source} for (ns, name), (size, source) in sorted(sizes.items())},
+        render.console.print(render.dump({
+            "replicaMemory": memory, "overcommit": overcommit,
+            "serverMemory": {f"{ns}/{name}": {"memory": s.memory, "from": s.memory_from}
+                             for (ns, name), s in sorted(shapes.items()) if s.memory_from != "--replica-memory"},
+            "servers": {f"{ns}/{name}": _server_row(s, desired[(ns, name)])
+                        for (ns, name), s in sorted(shapes.items())},
             "models": rows}, output), markup=False)
     else:
         render.err_console.print(f"dry run: each server replica offers {humanize_bytes(memory)} "
-                                 f"+ {overcommit}% overcommit" + "".join(
-                                     f"; {ns}/{name} {humanize_bytes(size)} ({source})"
-                                     for (ns, name), (size, source) in sorted(sizes.items())))
+                                 f"+ {overcommit}% overcommit unless its manifests say otherwise", soft_wrap=True)
+        for (ns, name), s in sorted(shapes.items()):
+            render.err_console.print(f"server {ns}/{name}: {_server_line(s, desired[(ns, name)])}", soft_wrap=True,
+                                     markup=False)
         if not rows:
             render.err_console.print("no Model in these manifests: nothing to place")
         for r in rows:
@@ -68,6 +83,20 @@ def plan(
             else:
                 colour = "yellow" if r["state"] == "PartiallyScheduled" else "red"
                 lead = f"{r['state']} on {where}: " if where else f"{r['state']}: "
-                render.console.print(f"[{colour}]✗[/{colour}] {name}: {lead}{r['message']}", soft_wrap=True)
+                render.console.print(f"[{colour}]✗[/{colour}] {name}: {escape(lead + r['message'])}", soft_wrap=True)
     if failed:
         raise BerthError(f"{failed} model(s) cannot be placed", code="ScheduleFailed")
+
+
+def _server_row(s: ReplicaShape, replicas: int) -> dict[str, Any]:
+    if s.unsupported is not None:
+        return {"replicas": 0, "inferenceServer": s.inference_server, "notRun": s.unsupported}
+    return {"replicas": replicas, "inferenceServer": s.inference_server, "memory": s.memory,
+            "memoryFrom": s.memory_from, "overcommit": s.overcommit, "overcommitFrom": s.overcommit_from}
+
+
+def _server_line(s: ReplicaShape, replicas: int) -> str:
+    if s.unsupported is not None:
+        return f"no replicas: {s.unsupported}"
+    return (f"{replicas} replica(s) of {humanize_bytes(s.memory)} (from {s.memory_from}) "
+            f"+ {s.overcommit}% overcommit (from {s.overcommit_from})")

@@ -32,7 +32,7 @@ from berth.control.routes import RoutesPublisher
 from berth.control.secrets import redact
 from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge
 from berth.resources.kinds import ALL_KINDS, APPLY_ORDER, kind_from_alias
-from berth.resources.manifest import validate_document
+from berth.resources.manifest import unacted_warnings, validate_document
 from berth.resources.names import check_name
 from berth.store.base import Event, Store
 from berth.wire.agent import AGENT_PATH
@@ -152,6 +152,7 @@ class ControlAPI:
                 bodies.append(body)
         if problems:
             raise InvalidManifest(problems)
+        warnings.extend(w for b in bodies for w in unacted_warnings(b))  # kept, but not acted on here
         bodies.sort(key=lambda b: APPLY_ORDER.get(b["kind"], 99))
         if dry_run:
             results = [{"kind": b["kind"], "namespace": b["metadata"]["namespace"],

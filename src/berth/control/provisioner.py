@@ -25,7 +25,7 @@ from berth.adapters.mlserver_proc import MLServerProcess
 from berth.control.localproc import Handle
 from berth.errors import InvalidInput
 from berth.resources.kinds import server_spec
-from berth.resources.podspec import server_config_for, server_memory
+from berth.resources.podspec import RUNS, inference_server, replica_shape, server_config_for, unsupported_message
 from berth.scheduler.build import server_info
 from berth.store.base import Store
 
@@ -36,12 +36,42 @@ RESTART_WINDOW = 120.0
 Key = tuple[str, str, int]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What every replica of one Server offers."""
+
+    capabilities: tuple[str, ...]
+    memory: int
+    overcommit: int
+
+
+def decide(doc: dict[str, Any], configs: list[dict[str, Any]], *, replica_memory: int,
+           overcommit_percent: int) -> tuple[Shape | None, str | None]:
+    """What each replica of Server ``doc`` offers, or None when Berth does not run its inference server;
+    and a note for the log: why it is not run, or a bad value replaced by the defaults."""
+    config = server_config_for(doc, configs)
+    kind = inference_server(doc, config)
+    if kind != RUNS:
+        meta = doc["metadata"]
+        return None, (f"server {meta['namespace']}/{meta['name']} gets no replicas: "
+                      f"{unsupported_message((doc.get('spec') or {}).get('serverConfig'), kind)}")
+    caps = server_info(doc, config).capabilities
+    try:
+        shape = replica_shape(doc, config, memory=(replica_memory, "--replica-memory"),
+                              overcommit_percent=(overcommit_percent, "--overcommit"))
+    except InvalidInput as exc:
+        return Shape(caps, replica_memory, overcommit_percent), \
+            f"{exc}; replicas offer --replica-memory and --overcommit instead"
+    return Shape(caps, shape.memory, shape.overcommit), None
+
+
 @dataclass
 class LocalReplica:
     key: Key
     workdir: Path
     capabilities: tuple[str, ...]
     memory: int
+    overcommit: int = 10
     mlserver: Handle | None = None
     agent: Handle | None = None
     http_port: int = 0
@@ -56,7 +86,7 @@ class LocalReplica:
 
     def record(self) -> dict[str, Any]:
         return {"workdir": str(self.workdir), "capabilities": list(self.capabilities), "memory": self.memory,
-                "http_port": self.http_port, "grpc_port": self.grpc_port,
+                "overcommit": self.overcommit, "http_port": self.http_port, "grpc_port": self.grpc_port,
                 "mlserver": self.mlserver.record() if self.mlserver else None,
                 "agent": self.agent.record() if self.agent else None}
 
@@ -71,7 +101,7 @@ class LocalProvisioner:
         self.replica_memory = replica_memory
         self.overcommit_percent = overcommit_percent
         self.replicas: dict[Key, LocalReplica] = {}
-        self._warned: set[str] = set()  # podSpec problems already logged
+        self._noted: set[str] = set()  # notes (bad podSpec values, servers not run) already logged
         self._wake = asyncio.Event()
         self._adopt()
 
@@ -94,12 +124,21 @@ class LocalProvisioner:
         finally:
             await asyncio.get_running_loop().run_in_executor(None, self.stop_all)
 
-    def desired(self) -> dict[Key, dict[str, Any]]:
-        out: dict[Key, dict[str, Any]] = {}
+    def desired(self) -> dict[Key, Shape]:
+        """Every replica the Servers ask for that Berth runs, with what it should offer."""
+        out: dict[Key, Shape] = {}
+        configs = self.store.list("ServerConfig")
         for doc in self.store.list("Server"):
             ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+            shape, note = decide(doc, configs, replica_memory=self.replica_memory,
+                                 overcommit_percent=self.overcommit_percent)
+            if note is not None and note not in self._noted:
+                self._noted.add(note)
+                log.warning("%s", note)
+            if shape is None:
+                continue
             for i in range(server_spec(doc).desired_replicas()):
-                out[(ns, name, i)] = doc
+                out[(ns, name, i)] = shape
         return out
 
     def converge(self) -> None:
@@ -110,16 +149,16 @@ class LocalProvisioner:
             self._stop(self.replicas.pop(key))
             dirty = True
         now = time.monotonic()
-        configs = self.store.list("ServerConfig")
-        for key, doc in sorted(want.items()):
-            caps, memory = self._shape(doc, configs)
+        for key, shape in sorted(want.items()):
             rep = self.replicas.get(key)
-            if rep is not None and (rep.capabilities, rep.memory) != (caps, memory):
-                log.info("replica %s/%s/%d: server changed (capabilities or memory); restarting it", *key)
+            if rep is not None and Shape(rep.capabilities, rep.memory, rep.overcommit) != shape:
+                log.info("replica %s/%s/%d: server changed (capabilities, memory or overcommit); restarting it",
+                         *key)
                 self._stop(self.replicas.pop(key))
                 rep = None
             if rep is None:
-                rep = LocalReplica(key, self.root / key[0] / f"{key[1]}-{key[2]}", caps, memory)
+                rep = LocalReplica(key, self.root / key[0] / f"{key[1]}-{key[2]}", shape.capabilities,
+                                   shape.memory, shape.overcommit)
                 self.replicas[key] = rep
                 self._start(rep)
                 dirty = True
@@ -128,18 +167,6 @@ class LocalProvisioner:
                 dirty = True
         if dirty:
             self._save()
-
-    def _shape(self, doc: dict[str, Any], configs: list[dict[str, Any]]) -> tuple[tuple[str, ...], int]:
-        """Capabilities and memory of the server's replicas (memory: :func:`server_memory`, defaulting to
-        ``--replica-memory``; a malformed quantity is logged once and the default used)."""
-        try:
-            memory, _ = server_memory(doc, server_config_for(doc, configs), self.replica_memory)
-        except InvalidInput as exc:
-            if str(exc) not in self._warned:
-                self._warned.add(str(exc))
-                log.warning("%s; replicas offer --replica-memory instead", exc)
-            memory = self.replica_memory
-        return server_info(doc).capabilities, memory
 
     def _start(self, rep: LocalReplica) -> None:
         ns, name, index = rep.key
@@ -151,7 +178,7 @@ class LocalProvisioner:
         env.update({
             "BERTH_NAMESPACE": ns, "BERTH_SERVER": name, "BERTH_REPLICA": str(index),
             "BERTH_CAPABILITIES": ",".join(rep.capabilities), "BERTH_MEMORY": str(rep.memory),
-            "BERTH_OVERCOMMIT_PERCENT": str(self.overcommit_percent),
+            "BERTH_OVERCOMMIT_PERCENT": str(rep.overcommit),
             "BERTH_INFERENCE_HOST": mls.host,
             "BERTH_INFERENCE_HTTP_PORT": str(mls.http_port),
             "BERTH_INFERENCE_GRPC_PORT": str(mls.grpc_port),
@@ -221,7 +248,9 @@ class LocalProvisioner:
                         h.stop()
                 continue
             key = (ns, name, int(index))
-            self.replicas[key] = LocalReplica(key, Path(rec["workdir"]), tuple(rec["capabilities"]),
-                                              int(rec["memory"]), mls, agent, rec["http_port"], rec["grpc_port"])
+            self.replicas[key] = LocalReplica(
+                key, Path(rec["workdir"]), tuple(rec["capabilities"]), int(rec["memory"]),
+                int(rec.get("overcommit", self.overcommit_percent)), mlserver=mls, agent=agent,
+                http_port=rec["http_port"], grpc_port=rec["grpc_port"])
             log.info("adopted running replica %s/%s/%s (mlserver pid %d, agent pid %d)", ns, name, index,
                      mls.pid, agent.pid)

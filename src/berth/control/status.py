@@ -10,6 +10,7 @@ from typing import Any
 
 from berth.control.clock import clock, rfc3339
 from berth.control.hub import ReplicaRecord
+from berth.resources.podspec import RUNS, inference_server, server_label, unsupported_message
 from berth.scheduler.snapshot import ModelPlan, ModelWant
 
 AVAILABLE = "ModelAvailable"
@@ -19,6 +20,7 @@ LOAD_FAILED = "LoadFailed"
 TERMINATING = "ModelTerminating"
 HISTORY_LIMIT = 20
 MAX_LOAD_ATTEMPTS = 10
+UNSUPPORTED = "UnsupportedServerConfig"  # a Server or ServerConfig of an inference server Berth does not run
 
 
 def condition(kind: str, ok: bool, reason: str, message: str, old: dict[str, Any] | None,
@@ -121,7 +123,11 @@ def model_status(doc: dict[str, Any], want: ModelWant, mp: ModelPlan, records: d
 
 
 def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord],
-                  now: float) -> dict[str, Any]:
+                  now: float, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config``: the Server's ServerConfig when at hand (else its kind is judged from the Server alone)."""
+    kind = inference_server(doc, config)
+    if kind != RUNS:
+        return _unsupported_server_status(doc, desired, kind, now)
     old = doc.get("status") or {}
     by_index = {r.index: r for r in records}
     rows: list[dict[str, Any]] = []
@@ -165,3 +171,18 @@ def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord
         "replicaStatus": rows,
     }
 
+
+
+def _unsupported_server_status(doc: dict[str, Any], desired: int, kind: str, now: float) -> dict[str, Any]:
+    """A Server whose inference server Berth does not run: no replicas are started, never Ready."""
+    message = unsupported_message((doc.get("spec") or {}).get("serverConfig"), kind)
+    rows = [{"index": i, "connected": False, "ready": False,
+             "message": f"not started: Berth does not run {server_label(kind)}"} for i in range(desired)]
+    return {
+        "observedGeneration": doc["metadata"].get("generation", 0),
+        "replicas": desired,
+        "readyReplicas": 0,
+        "loadedModels": 0,
+        "conditions": [condition("Ready", False, UNSUPPORTED, message, doc.get("status"), now)],
+        "replicaStatus": rows,
+    }

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from berth.control.status import condition
+from berth.control.status import UNSUPPORTED, condition
+from berth.resources.podspec import MEMORY_ENV, OVERCOMMIT_ENV, RUNS, config_inference_server, unsupported_message
 
 
 def runtime_status(doc: dict[str, Any], servers: list[str], now: float) -> dict[str, Any]:
@@ -19,8 +20,14 @@ def runtime_status(doc: dict[str, Any], servers: list[str], now: float) -> dict[
 
 
 def server_config_status(doc: dict[str, Any], users: list[str], now: float) -> dict[str, Any]:
-    message = ("stored; local replicas run MLServer with the runtimes installed here and offer the memory "
-               "request of its mlserver container (the rest of podSpec applies on Kubernetes only); servers "
-               f"using it: {', '.join(users) or 'none'}")
+    using = f"servers using it: {', '.join(users) or 'none'}"
+    kind = config_inference_server(doc)
+    if kind != RUNS:
+        message = f"{unsupported_message(doc['metadata']['name'], kind)}; {using}"
+        return {"observedGeneration": doc["metadata"].get("generation", 0), "message": message,
+                "conditions": [condition("Ready", False, UNSUPPORTED, message, doc.get("status"), now)]}
+    message = ("stored; local replicas run MLServer with the runtimes installed here and offer the memory its "
+               f"agent's {MEMORY_ENV} gives, else the memory request of its mlserver container, with the "
+               f"agent's {OVERCOMMIT_ENV} (the rest of podSpec applies on Kubernetes only); {using}")
     return {"observedGeneration": doc["metadata"].get("generation", 0), "message": message,
             "conditions": [condition("Ready", True, "ServerConfigStored", message, doc.get("status"), now)]}

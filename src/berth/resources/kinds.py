@@ -1,7 +1,8 @@
 """Pydantic schemas of the Seldon Core v2 kinds Berth accepts (and ``v1 Secret``).
 
 Fields are strict (``replicas: "three"`` is an error, not a coercion).  Fields Berth does not know are
-kept (``extra="allow"``) and reported as warnings by :mod:`berth.resources.manifest`.
+kept (``extra="allow"``) and reported as warnings by :mod:`berth.resources.manifest`, as are the known
+fields Berth keeps but does not act on (``UNACTED_FIELDS`` and the tables beside it).
 """
 
 from __future__ import annotations
@@ -157,6 +158,58 @@ SPEC_SCHEMAS: dict[str, type[_Spec]] = {
     "Experiment": ExperimentSpec,
     "Pipeline": PipelineSpec,
     "SeldonRuntime": SeldonRuntimeSpec,
+}
+
+# Spec fields Berth keeps but does not act on, by kind: field -> what Berth does instead.  Fields read only
+# in part (podSpec, SeldonRuntime overrides and config) are walked by ``manifest.unacted_warnings``.
+UNACTED_FIELDS: dict[str, dict[str, str]] = {
+    "Model": {
+        "schemaUri": "not read (Berth fetches no model schema; a change reloads the model as any artifact "
+                     "change does)",
+        "maxReplicas": "not acted on (Berth does not autoscale models; it runs spec.replicas, else "
+                       "minReplicas, else 1)",
+        "preloaded": "not acted on (Berth loads every model as soon as it is placed)",
+        "dedicated": "not acted on (models share server replicas; give the model a Server of its own and pin "
+                     "it with spec.server instead)",
+        "explainer": "not acted on (Berth wires no Alibi explainer to its model; the artifact is served as a "
+                     "plain model)",
+        "llm": "not acted on (Berth serves MLServer's sklearn, xgboost, mlflow and lightgbm runtimes only)",
+        "dataflow": "not used (Berth runs no Kafka dataflow)",
+    },
+    "Server": {
+        "maxReplicas": "not acted on (Berth does not autoscale servers; it runs spec.replicas, else "
+                       "minReplicas, else 1)",
+        "scaling": "not acted on (Berth does not autoscale servers; it runs spec.replicas)",
+        "disableAutoUpdate": "not acted on (local replicas restart whenever their memory, overcommit or "
+                             "capabilities change)",
+        "statefulSetPersistentVolumeClaimRetentionPolicy": "not used by local replicas (no volumes: each "
+                                                           "replica keeps its files under the data dir)",
+    },
+    "ServerConfig": {
+        "volumeClaimTemplates": "not used by local replicas (no volumes: each replica keeps its files under "
+                                "the data dir)",
+    },
+    "SeldonRuntime": {
+        "disableAutoUpdate": "not acted on (Berth's control plane and gateway serve every namespace)",
+    },
+    "Pipeline": {
+        "steps": "not served yet (Berth validates and stores pipelines; their status says PipelineNotServed)",
+    },
+}
+# SeldonRuntime overrides name components of Seldon's SeldonConfig; what Berth runs in their place.
+RUNTIME_COMPONENTS: dict[str, str] = {
+    "seldon-scheduler": "Berth's one control plane schedules every namespace",
+    "seldon-envoy": "Berth's one gateway serves every namespace",
+    "seldon-modelgateway": "Berth's one gateway serves every namespace",
+    "seldon-pipelinegateway": "Berth's one gateway serves every namespace",
+    "seldon-dataflow-engine": "Berth runs no Kafka dataflow engine",
+    "hodometer": "Berth sends no usage metrics",
+}
+# Annotations Berth reads, and the kinds it reads each on.
+ANNOTATIONS: dict[str, tuple[str, ...]] = {
+    "berth.io/replica-memory": ("Server",),
+    "berth.io/placement-policy": ("SeldonRuntime",),
+    "berth.io/idempotent": ("Model",),
 }
 
 # Kinds as a user types them on the CLI (kubectl style: singular, plural, short).

@@ -1,7 +1,10 @@
 """Read and validate multi-document YAML manifests (files, folders, stdin).
 
 Every problem is reported with its place: ``models.yaml#2 Model/baseline-predictor: spec.replicas:
-expected integer, got "three"``.  A set with any invalid document is rejected whole.
+expected integer, got "three"``.  A set with any invalid document is rejected whole.  Unknown fields are
+kept with a warning here; known fields Berth keeps but does not act on are named by
+:func:`unacted_warnings`, which the control plane answers at apply (whether a field is acted on is the
+control plane's to say, not the schema's).
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from berth.errors import InvalidManifest
-from berth.resources.kinds import ALL_KINDS, SPEC_SCHEMAS, api_version_for
+from berth.resources import podspec
+from berth.resources.kinds import (
+    ALL_KINDS,
+    ANNOTATIONS,
+    RUNTIME_COMPONENTS,
+    SPEC_SCHEMAS,
+    UNACTED_FIELDS,
+    api_version_for,
+)
 from berth.resources.names import name_problem
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -178,12 +189,85 @@ def validate_document(raw: Any, source: str, *, default_namespace: str = "defaul
                 problems.extend(format_validation_error(exc, f"{label}: spec"))
             else:
                 unknown += [p.replace(f"{label}: ", "") for p in _extra_paths(parsed, "spec")]
+                if kind in ("Server", "ServerConfig"):
+                    problems.extend(f"{label}: {p}" for p in podspec.pod_spec_problems(spec.get("podSpec")))
     for path in unknown:
         key = f"{kind}:{path}"
         if key not in seen_unknown:
             seen_unknown.add(key)
             warnings.append(f"{label}: {path}: unknown field, kept and ignored")
     return (None if problems else body), problems
+
+
+def unacted_warnings(body: dict[str, Any]) -> list[str]:
+    """One line for every field, annotation or env entry of a validated document that Berth keeps but does
+    not act on, saying what Berth does instead (``Server ns/x: spec.podSpec.nodeSelector: not used by
+    local replicas (...); kept``).  Fields Berth acts on, and unknown fields (warned about by
+    :func:`validate_document`), get none."""
+    kind = str(body.get("kind"))
+    meta = body.get("metadata") or {}
+    label = f"{kind} {meta.get('namespace')}/{meta.get('name')}"
+    raw_spec = body.get("spec")
+    spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+    found: list[tuple[str, str]] = _annotations(kind, meta.get("annotations") or {})
+    found += [(f"spec.{k}", why) for k, why in UNACTED_FIELDS.get(kind, {}).items() if spec.get(k) is not None]
+    if kind == "Server" and spec.get("replicas") is not None and spec.get("minReplicas") is not None:
+        found.append(("spec.minReplicas", "not acted on while spec.replicas is set (Berth does not autoscale "
+                                          "servers; it runs spec.replicas)"))
+    if kind == "Experiment" and spec.get("resourceType") == "pipeline":
+        found.append(("spec.resourceType", "not acted on (pipelines are not served yet; the candidates are "
+                                           "looked up as models)"))
+    if kind in ("Server", "ServerConfig"):
+        found += _pod_spec(body, kind)
+    if kind == "SeldonRuntime":
+        found += _runtime(spec)
+    return [f"{label}: {path}: {why}; kept" for path, why in found]
+
+
+def _annotations(kind: str, annotations: dict[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    read = ", ".join(f"{a} on {'/'.join(k + 's' for k in kinds)}" for a, kinds in ANNOTATIONS.items())
+    for key in annotations:
+        prefix = key.partition("/")[0] if "/" in key else ""
+        path = f"metadata.annotations[{key}]"
+        if key in ANNOTATIONS and kind not in ANNOTATIONS[key]:
+            out.append((path, f"not read on a {kind} (Berth reads it on "
+                              f"{'/'.join(k + 's' for k in ANNOTATIONS[key])} only)"))
+        elif key not in ANNOTATIONS and prefix == "berth.io":
+            out.append((path, f"not an annotation Berth knows (it reads {read})"))
+        elif prefix == "seldon.io" or prefix.endswith(".seldon.io"):
+            out.append((path, f"not read by Berth (the annotations it reads: {read})"))
+    return out
+
+
+def _pod_spec(body: dict[str, Any], kind: str) -> list[tuple[str, str]]:
+    spec = body.get("spec") or {}
+    if kind == "Server":
+        server_type, config, field = podspec.inference_server(body, None), spec.get("serverConfig"), \
+            "spec.serverConfig"
+    else:
+        server_type, config, field = podspec.config_inference_server(body), body["metadata"]["name"], "spec.podSpec"
+    if server_type != podspec.RUNS:  # none of it is used: one line says why
+        return [(field, "not run: " + podspec.unsupported_message(config, server_type))]
+    return [(f"spec.podSpec.{path}", why) for path, why in podspec.unread_fields(spec.get("podSpec"))]
+
+
+def _runtime(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    config = spec.get("seldonConfig")
+    if config not in (None, "default"):
+        out.append(("spec.seldonConfig", f"{config!r} not read (Berth has one built-in configuration, the "
+                                         "equivalent of Seldon's default SeldonConfig)"))
+    for override in spec.get("overrides") or []:
+        name = override.get("name") if isinstance(override, dict) else None
+        why = RUNTIME_COMPONENTS.get(str(name), f"{name} is not a component of Seldon's default SeldonConfig; "
+                                                 "a Server's replicas come from its own spec.replicas")
+        out.append((f"spec.overrides[{name}]", f"not used ({why})"))
+    settings = spec.get("config")
+    for key in settings if isinstance(settings, dict) else {}:
+        out.append((f"spec.config.{key}", "not used (Berth reads no SeldonConfig settings; its own command "
+                                          "line flags configure it)"))
+    return out
 
 
 def parse_text(text: str, source: str, *, default_namespace: str = "default") -> LoadResult:

@@ -6,7 +6,7 @@ A resource dict has the shape the store and manifests use:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from berth.errors import InvalidManifest
 from berth.resources.kinds import ModelSpec, ServerSpec
 from berth.resources.manifest import format_validation_error
+from berth.resources.podspec import RUNS, agent_capabilities, inference_server, server_config_for
 from berth.scheduler.snapshot import (
     ModelWant,
     Policy,
@@ -28,7 +29,11 @@ MLSERVER_CAPABILITIES: tuple[str, ...] = (
     "mlserver", "alibi-detect", "alibi-explain", "huggingface", "lightgbm", "mlflow", "python", "sklearn",
     "spark-mlib", "xgboost",
 )
-DEFAULT_OVERCOMMIT_PERCENT = 10
+# What Seldon's "triton" ServerConfig advertises: a Triton server claims these when nothing else is declared.
+TRITON_CAPABILITIES: tuple[str, ...] = (
+    "triton", "dali", "fil", "onnx", "openvino", "python", "pytorch", "tensorflow", "tensorrt",
+)
+DEFAULT_OVERCOMMIT_PERCENT = 10  # Seldon's SELDON_OVERCOMMIT_PERCENTAGE default
 S = TypeVar("S", ModelSpec, ServerSpec)
 
 
@@ -63,37 +68,56 @@ def model_want(doc: Mapping[str, Any]) -> ModelWant:
     )
 
 
-def server_capabilities(spec: ServerSpec) -> tuple[str, ...]:
-    """``capabilities`` replaces the ServerConfig's set; ``extraCapabilities`` appends to it."""
-    base = spec.capabilities if spec.capabilities is not None else list(MLSERVER_CAPABILITIES)
-    return tuple(dict.fromkeys([*base, *(spec.extraCapabilities or [])]))
+def server_capabilities(spec: ServerSpec, base: Sequence[str] | None = None,
+                        kind: str = RUNS) -> tuple[str, ...]:
+    """``capabilities`` replaces the base set (the agent's SELDON_SERVER_CAPABILITIES in the podSpecs,
+    ``base``, else the stock set of its inference server ``kind``); ``extraCapabilities`` appends to it — as
+    Seldon's operator sets the env."""
+    if spec.capabilities is not None:
+        first: Sequence[str] = spec.capabilities
+    elif base is not None:
+        first = base
+    else:
+        first = TRITON_CAPABILITIES if kind == "triton" else MLSERVER_CAPABILITIES
+    return tuple(dict.fromkeys([*first, *(spec.extraCapabilities or [])]))
 
 
-def server_info(doc: Mapping[str, Any]) -> ServerInfo:
-    """A Server resource as the scheduler needs it."""
+def server_info(doc: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> ServerInfo:
+    """A Server resource (with its ServerConfig ``config`` when at hand) as the scheduler needs it."""
     name, namespace, deleting = _meta(doc)
     spec = _spec(doc, ServerSpec)
-    return ServerInfo(name=name, namespace=namespace, capabilities=server_capabilities(spec),
-                      desired_replicas=spec.desired_replicas(), deleting=deleting)
+    kind = inference_server(doc, config)
+    return ServerInfo(name=name, namespace=namespace,
+                      capabilities=server_capabilities(spec, agent_capabilities(doc, config), kind),
+                      desired_replicas=spec.desired_replicas(), deleting=deleting,
+                      server_config=spec.serverConfig, inference_server=kind)
 
 
 def dry_run_replicas(servers: Iterable[ServerInfo], memory: int,
                      overcommit_percent: int = DEFAULT_OVERCOMMIT_PERCENT,
-                     memory_of: Mapping[tuple[str, str], int] | None = None) -> list[ReplicaInfo]:
-    """Replicas as if every server were up: ``desired_replicas`` each, connected and ready
-    (``berth plan -f`` with no control plane); each offers ``memory_of[(namespace, name)]``, else ``memory``."""
-    sizes = memory_of or {}
+                     memory_of: Mapping[tuple[str, str], int] | None = None,
+                     overcommit_of: Mapping[tuple[str, str], int] | None = None) -> list[ReplicaInfo]:
+    """Replicas as if every server Berth runs were up: ``desired_replicas`` each, connected and ready
+    (``berth plan -f`` with no control plane); each offers ``memory_of[(namespace, name)]``, else ``memory``,
+    with ``overcommit_of[(namespace, name)]``, else ``overcommit_percent``.  A server of an inference server
+    Berth does not run (Triton) gets none, as the provisioner starts none."""
+    sizes, overs = memory_of or {}, overcommit_of or {}
     return [ReplicaInfo(server=s.name, namespace=s.namespace, index=i, capabilities=s.capabilities,
-                        memory=sizes.get((s.namespace, s.name), memory), overcommit_percent=overcommit_percent,
+                        memory=sizes.get((s.namespace, s.name), memory),
+                        overcommit_percent=overs.get((s.namespace, s.name), overcommit_percent),
                         connected=True, ready=True)
-            for s in servers for i in range(s.desired_replicas)]
+            for s in servers if s.inference_server == RUNS for i in range(s.desired_replicas)]
 
 
 def snapshot_for(namespace: str, docs: Iterable[Mapping[str, Any]], replicas: Iterable[ReplicaInfo],
                  assignments: Mapping[str, tuple[ReplicaRef, ...]] | None = None,
                  policy: Policy = "binpack") -> Snapshot:
-    """The Snapshot of one namespace: its Models and Servers from ``docs`` (other kinds are skipped),
-    its replicas; Servers of other namespaces only go into ``foreign_servers``."""
+    """The Snapshot of one namespace: its Models and Servers from ``docs`` (each Server with its ServerConfig
+    when ``docs`` hold it; other kinds are skipped), its replicas; Servers of other namespaces only go into
+    ``foreign_servers``.  Replicas claiming a server whose inference server Berth does not run are left
+    out: such a server never takes a model."""
+    docs = list(docs)
+    configs = [d for d in docs if d.get("kind") == "ServerConfig"]
     models: list[ModelWant] = []
     servers: list[ServerInfo] = []
     foreign: dict[str, list[str]] = {}
@@ -103,15 +127,16 @@ def snapshot_for(namespace: str, docs: Iterable[Mapping[str, Any]], replicas: It
         if kind == "Model" and ns == namespace:
             models.append(model_want(doc))
         elif kind == "Server" and ns == namespace:
-            servers.append(server_info(doc))
+            servers.append(server_info(doc, server_config_for(doc, configs)))
         elif kind == "Server":
             name, _, _ = _meta(doc)
             foreign.setdefault(ns, []).append(name)
+    unsupported = {s.name for s in servers if s.inference_server != RUNS}
     return Snapshot(
         namespace=namespace,
         models=tuple(models),
         servers=tuple(servers),
-        replicas=tuple(r for r in replicas if r.namespace == namespace),
+        replicas=tuple(r for r in replicas if r.namespace == namespace and r.server not in unsupported),
         assignments=dict(assignments or {}),
         policy=policy,
         foreign_servers={ns: tuple(sorted(names)) for ns, names in sorted(foreign.items())},

@@ -1,5 +1,7 @@
 """The placement filters, in DESIGN.md's order: namespace, server pin, server alive, capabilities,
-memory (replica count is decided by the placer from what these leave).
+memory (replica count is decided by the placer from what these leave).  A server whose inference server
+Berth does not run (Triton) is rejected with the server-alive filter, whatever replicas report for it; a
+model whose requirements only such a server offers is rejected with the pin, before any server is tried.
 
 Two forms of the same predicates: :func:`find_full` answers "which server can take every replica?"
 fast and without words; :func:`evaluate` walks one server replica by replica and records a
@@ -8,13 +10,43 @@ fast and without words; :func:`evaluate` walks one server replica by replica and
 
 from __future__ import annotations
 
+from berth.resources.podspec import RUNS, TRITON_ONLY
 from berth.scheduler import reasons
 from berth.scheduler.pool import Pool, Slot
 from berth.scheduler.snapshot import ModelWant, Rejection
 
 
 def resolve_pin(model: ModelWant, pool: Pool) -> tuple[str | None, Rejection | None]:
-    """Filters 1 and 2: the server ``spec.server`` names (None: any server), or why it cannot be used."""
+    """Filters 1 and 2: the server ``spec.server`` names (None: any server), or why it cannot be used;
+    then whether only a server Berth does not run could meet the model's requirements."""
+    pin, rejection = _pin(model, pool)
+    if rejection is None and any(r in TRITON_ONLY for r in model.requirements):
+        rejection = _unsupported_requirements(model, pool, pin)
+    return (None, rejection) if rejection is not None else (pin, None)
+
+
+def runs(pool: Pool, name: str) -> bool:
+    """Whether Berth runs the inference server of ``name``'s replicas (MLServer)."""
+    return pool.servers[name].inference_server == RUNS
+
+
+def _unsupported_requirements(model: ModelWant, pool: Pool, pin: str | None) -> Rejection | None:
+    """Triton-only requirements that no server Berth runs here (or the pinned one) offers."""
+    offered: set[str] = set()
+    declared: list[str] = []
+    for name in [pin] if pin is not None else pool.names:
+        caps = set(pool.servers[name].capabilities).union(*(s.caps for s in pool.by_server[name]))
+        if runs(pool, name):
+            offered |= caps
+        elif any(r in caps for r in model.requirements if r in TRITON_ONLY):
+            declared.append(name)
+    needs = tuple(dict.fromkeys(r for r in model.requirements if r in TRITON_ONLY and r not in offered))
+    if not needs:
+        return None
+    return reasons.requires_unsupported_server(needs, pool.namespace, pin, tuple(declared))
+
+
+def _pin(model: ModelWant, pool: Pool) -> tuple[str | None, Rejection | None]:
     ref = model.server
     if not ref:
         return None, None
@@ -27,6 +59,8 @@ def resolve_pin(model: ModelWant, pool: Pool) -> tuple[str | None, Rejection | N
             return None, reasons.cross_namespace(ref, target_ns, name, model.namespace, pool.names, exists)
     if name not in pool.servers:
         return None, reasons.server_not_found(name, pool.namespace, pool.names)
+    if not runs(pool, name):
+        return None, reasons.unsupported_server(pool.servers[name])
     return name, None
 
 
@@ -41,12 +75,12 @@ def find_full(pool: Pool, model: ModelWant, reqs: frozenset[str], pin: str | Non
     by_server, names = pool.eligible(reqs)
     desired, memory = model.replicas, model.memory
     holder = kept[0].server if kept else None
-    if holder is not None:
+    if holder is not None and runs(pool, holder):
         got = _fitting(by_server.get(holder, []), memory, kept)
         if len(got) >= desired:
             return holder, got
     for name in ([pin] if pin is not None else names):
-        if name == holder:
+        if name == holder or not runs(pool, name):
             continue
         slots = by_server.get(name)
         if slots is None or len(slots) < desired or pool.maxfree[name] < memory:
@@ -64,6 +98,9 @@ def evaluate(pool: Pool, model: ModelWant, reqs: frozenset[str], name: str, kept
     server = pool.servers[name]
     if server.deleting:
         out.append(reasons.server_deleting(name))
+        return []
+    if server.inference_server != RUNS:
+        out.append(reasons.unsupported_server(server))
         return []
     slots = pool.by_server[name]
     if not any(s.info.connected for s in slots):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from berth.resources import podspec
 from berth.resources.quantity import humanize_bytes
 from berth.scheduler.snapshot import (
     CROSS_NAMESPACE,
@@ -14,10 +15,13 @@ from berth.scheduler.snapshot import (
     NOT_ENOUGH_REPLICAS,
     REPLICA_DRAINING,
     REPLICA_NOT_READY,
+    REQUIRES_UNSUPPORTED_SERVER,
     SERVER_DELETING,
     SERVER_NOT_FOUND,
+    UNSUPPORTED_SERVER,
     Rejection,
     ReplicaInfo,
+    ServerInfo,
 )
 from berth.scheduler.suggest import did_you_mean, near_match, suggestions
 
@@ -61,6 +65,32 @@ def no_servers(namespace: str) -> Rejection:
 
 def server_deleting(server: str) -> Rejection:
     return Rejection(SERVER_DELETING, f"server {server} is being deleted", server=server)
+
+
+def unsupported_server(server: ServerInfo) -> Rejection:
+    """A server whose inference server Berth does not run (Triton): never a candidate."""
+    message = f"server {server.name}: {podspec.unsupported_message(server.server_config, server.inference_server)}"
+    return Rejection(UNSUPPORTED_SERVER, message, server=server.name,
+                     data=(("serverConfig", server.server_config), ("inferenceServer", server.inference_server),
+                           ("runs", podspec.RUNS)))
+
+
+def requires_unsupported_server(needs: tuple[str, ...], namespace: str, pin: str | None,
+                                declared_by: tuple[str, ...]) -> Rejection:
+    """Requirements that only an inference server Berth does not run offers (``onnx``: Triton), and no
+    server Berth runs here (or the pinned one) offers."""
+    them = "it" if len(needs) == 1 else "them"
+    where = f"server {pin} does not offer {them}" if pin else \
+        f"no server Berth runs in namespace {namespace} offers {them}"
+    word = "requirement" if len(needs) == 1 else "requirements"
+    message = (f"{word} {', '.join(needs)} {'is' if len(needs) == 1 else 'are'} served by "
+               f"{podspec.server_label('triton')}, which Berth does not run, and {where}")
+    if declared_by:
+        message += f" (declared by {', '.join(declared_by)}, which run{'s' if len(declared_by) == 1 else ''} " \
+                   "Triton)"
+    message += f"; Berth serves MLServer (runtimes: {podspec.SERVED_RUNTIMES})"
+    return Rejection(REQUIRES_UNSUPPORTED_SERVER, message, server=pin,
+                     data=(("requirements", needs), ("namespace", namespace), ("declaredBy", declared_by)))
 
 
 def no_replicas(server: str, desired: int, known: int) -> Rejection:

@@ -42,6 +42,8 @@ class ServerInfo:
     capabilities: tuple[str, ...] = ()  # capabilities + extraCapabilities, effective
     desired_replicas: int = 1
     deleting: bool = False
+    server_config: str | None = None  # spec.serverConfig as written
+    inference_server: str = "mlserver"  # what its replicas run; Berth runs only MLServer, never places on others
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ REPLICA_DRAINING = "ReplicaDraining"
 MISSING_CAPABILITIES = "MissingCapabilities"
 INSUFFICIENT_MEMORY = "InsufficientMemory"
 NOT_ENOUGH_REPLICAS = "NotEnoughReplicas"
+UNSUPPORTED_SERVER = "UnsupportedServer"  # the server runs an inference server Berth does not run (Triton)
+REQUIRES_UNSUPPORTED_SERVER = "RequiresUnsupportedServer"  # only such a server offers the requirements
 
 
 @dataclass(frozen=True)
