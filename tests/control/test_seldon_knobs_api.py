@@ -143,3 +143,23 @@ def test_a_bad_knob_is_refused_at_apply_naming_the_field(control: ControlPlane, 
     assert ("Server/mlserver: spec.podSpec.containers[agent].env[SELDON_OVERCOMMIT_PERCENTAGE].value: expected a "
             'whole number of percent from 0 to 1000 (e.g. "10"), got "lots"') in r.err
     assert BerthClient(control.url).list("Server", NS) == []
+
+
+def test_a_triton_server_config_in_another_namespace_is_recognised(control: ControlPlane) -> None:
+    """Seldon keeps ServerConfigs in the operator's namespace: a Server naming one there is judged by it."""
+    client = BerthClient(control.url)
+    client.apply([
+        {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "ServerConfig",
+         "metadata": {"name": "gpu-inference", "namespace": "seldon-mesh"},
+         "spec": {"podSpec": {"containers": [
+             {"name": "agent", "env": [{"name": "SELDON_SERVER_TYPE", "value": "triton"}]},
+             {"name": "triton", "image": "nvcr.io/nvidia/tritonserver:23.03-py3"}]}}},
+        {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server", "metadata": {"name": "gpu", "namespace": NS},
+         "spec": {"serverConfig": "gpu-inference", "replicas": 1}},
+        {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model", "metadata": {"name": "pinned", "namespace": NS},
+         "spec": {"storageUri": "s3://models/pinned/", "requirements": ["sklearn"], "server": "gpu"}},
+    ])
+    server = _status(client, "Server", "gpu", "UnsupportedServerConfig")
+    assert "serverConfig gpu-inference runs NVIDIA Triton" in _ready(server)["message"]
+    pinned = _status(client, "Model", "pinned")
+    assert [r["code"] for r in pinned["placement"]["reasons"]] == ["UnsupportedServer"]

@@ -24,6 +24,7 @@ from berth.control.routes import RoutesPublisher
 from berth.control.tenants import runtime_status, server_config_status
 from berth.errors import Conflict, NotFound
 from berth.resources.kinds import model_spec, server_spec
+from berth.resources.podspec import RUNS, inference_server, server_config_for
 from berth.scheduler import plan
 from berth.scheduler.build import model_want, snapshot_for
 from berth.scheduler.snapshot import ModelPlan, Plan, ReplicaInfo, ReplicaRef
@@ -98,8 +99,12 @@ class Reconciler:
         return {d["metadata"]["namespace"] for d in self.store.list()} | {k[0] for k in self.hub.replicas}
 
     def _replicas_back(self) -> bool:
-        """Every replica a Server declares has an agent connected (after a restart: has reconnected)."""
+        """Every replica a Server declares has an agent connected (after a restart: has reconnected).
+        Servers whose inference server Berth does not run have no replicas to wait for."""
+        configs = self.store.list("ServerConfig")
         for doc in self.store.list("Server"):
+            if inference_server(doc, server_config_for(doc, configs)) != RUNS:
+                continue
             ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
             for i in range(server_spec(doc).desired_replicas()):
                 rec = self.hub.replicas.get((ns, name, i))
@@ -146,6 +151,8 @@ class Reconciler:
         now = time.time()
         docs = self.store.list(namespace=ns)
         all_servers = [d for d in self.store.list("Server") if d["metadata"]["namespace"] != ns]
+        configs = [d for d in self.store.list("ServerConfig") if d["metadata"]["namespace"] != ns]
+        configs += [d for d in docs if d["kind"] == "ServerConfig"]  # a Server's config may live elsewhere
         models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Model"}
         self._forget_departed(ns, docs)
         records = {f"{r.server}/{r.index}": r for r in self.hub.in_namespace(ns)}
@@ -156,7 +163,8 @@ class Reconciler:
                     assignments[name] = (*assignments.get(name, ()), ReplicaRef(rec.server, rec.index))
         runtime = next((d for d in docs if d["kind"] == "SeldonRuntime"), None)
         policy = ((runtime or {}).get("metadata", {}).get("annotations") or {}).get(POLICY_ANNOTATION)
-        snap = snapshot_for(ns, docs + all_servers, [replica_info(r) for r in records.values()],
+        snap = snapshot_for(ns, [d for d in docs if d["kind"] != "ServerConfig"] + all_servers + configs,
+                            [replica_info(r) for r in records.values()],
                             assignments, "spread" if policy == "spread" else "binpack")
         result = plan(snap, previous=self.plans.get(ns))
         self.plans[ns] = result
@@ -181,7 +189,7 @@ class Reconciler:
                 desired = server_spec(doc).desired_replicas()
                 recs = [r for r in records.values() if r.server == doc["metadata"]["name"]]
                 statuses.append(("Server", doc["metadata"]["name"],
-                                 status.server_status(doc, desired, recs, now)))
+                                 status.server_status(doc, desired, recs, now, server_config_for(doc, configs))))
         self._write_statuses(ns, docs, statuses)
         fresh_models = self.store.list("Model", ns)  # with the statuses just written
         self._configuring_kinds(ns, docs, fresh_models, now)

@@ -6,6 +6,7 @@ changed, so watches see real transitions, not churn.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from berth.control.clock import clock, rfc3339
@@ -123,7 +124,7 @@ def model_status(doc: dict[str, Any], want: ModelWant, mp: ModelPlan, records: d
 
 
 def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord],
-                  now: float, config: dict[str, Any] | None = None) -> dict[str, Any]:
+                  now: float, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``config``: the Server's ServerConfig when at hand (else its kind is judged from the Server alone)."""
     kind = inference_server(doc, config)
     if kind != RUNS:

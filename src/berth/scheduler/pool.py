@@ -32,7 +32,8 @@ class Slot:
         self.capacity = info.capacity
         self.used = 0
         # may take new models: connected, ready, not draining, and its server is not being deleted
-        self.usable = info.connected and info.ready and not info.draining and not server.deleting
+        self.usable = (info.connected and info.ready and not info.draining and not server.deleting
+                       and server.inference_server == "mlserver")  # Berth places models only where it runs them
 
 
 def _implied_server(name: str, namespace: str, replicas: list[ReplicaInfo]) -> ServerInfo:
