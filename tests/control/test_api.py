@@ -246,3 +246,12 @@ def test_every_seldon_resource_gets_a_status(control: ControlPlane, examples: Pa
                        ("Experiment", "financial-predictor-ab-test")):
         st = _wait_status(client, kind, "financial-ml", name)["status"]
         assert st["observedGeneration"] == 1 and st["conditions"]
+
+
+def test_apply_prints_each_warning_once(control: ControlPlane, cli) -> None:
+    manifest = ("apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: once, namespace: default}\n"
+                "spec: {storageUri: 's3://b/k', colour: blue}\n")
+    r = cli("--server", control.url, "apply", "-f", "-", stdin=manifest)
+    assert r.code == 0, r.err
+    lines = [line for line in r.err.splitlines() if "spec.colour" in line]
+    assert len(lines) == 1 and "unknown field, kept and ignored" in lines[0], r.err

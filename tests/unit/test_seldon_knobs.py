@@ -13,7 +13,7 @@ from berth.control.provisioner import Shape, decide
 from berth.control.status import UNSUPPORTED, server_status
 from berth.control.tenants import server_config_status
 from berth.errors import InvalidInput, InvalidManifest
-from berth.resources.manifest import load_paths, parse_text, unacted_warnings, validate_document
+from berth.resources.manifest import parse_text, unacted_warnings, validate_document
 from berth.resources.podspec import (
     ReplicaShape,
     inference_server,
@@ -233,7 +233,7 @@ def test_every_unused_part_is_named_and_honoured_ones_are_not() -> None:
     assert all(w.endswith("; kept") for w in unacted_warnings(noisy))
 
 
-def test_models_runtimes_configs_and_triton_resources_are_warned(examples: Any) -> None:
+def test_models_runtimes_configs_and_triton_resources_are_warned() -> None:
     model = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model", "metadata": {"name": "m", "namespace": NS},
              "spec": {"storageUri": "s3://b/k", "maxReplicas": 3, "dedicated": True, "replicas": 1}}
     assert [w.split(": ")[1] for w in unacted_warnings(model)] == ["spec.maxReplicas", "spec.dedicated"]
@@ -247,8 +247,11 @@ def test_models_runtimes_configs_and_triton_resources_are_warned(examples: Any) 
         f"Server {NS}/t: spec.serverConfig: not run: {TRITON_TEXT}; kept"]
     triton_config = config(agent(var("SELDON_SERVER_TYPE", "triton")), {"name": "triton"}, name="triton")
     assert unacted_warnings(triton_config) == [f"ServerConfig {NS}/triton: spec.podSpec: not run: {TRITON_TEXT}; kept"]
-    seeds = [w for d in load_paths([str(examples / "financial-ml")]).documents for w in unacted_warnings(d.body)]
-    assert seeds == [
+    runtime = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "SeldonRuntime",
+               "metadata": {"name": "financial-ml-runtime", "namespace": "financial-ml"},
+               "spec": {"seldonConfig": "default", "overrides": [
+                   {"name": n, "replicas": 1} for n in ("seldon-scheduler", "seldon-modelgateway", "mlserver")]}}
+    assert unacted_warnings(runtime) == [
         "SeldonRuntime financial-ml/financial-ml-runtime: spec.overrides[seldon-scheduler]: not used (Berth's "
         "one control plane schedules every namespace); kept",
         "SeldonRuntime financial-ml/financial-ml-runtime: spec.overrides[seldon-modelgateway]: not used (Berth's "

@@ -194,7 +194,10 @@ def test_azure_unusable_secret_names_keys() -> None:
            "AZURE_STORAGE_ACCOUNT)" in info.value.message and "hush" not in info.value.message
 
 
-def test_sas_signatures_are_redacted_from_http_logs(caplog: pytest.LogCaptureFixture) -> None:
+def test_sas_signatures_are_redacted_from_http_logs(caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # another library's logging.config call earlier in the run may have disabled the logger: enable it
+    monkeypatch.setattr(logging.getLogger("urllib3.connectionpool"), "disabled", False)
     caplog.set_level(logging.DEBUG)
     logging.getLogger("urllib3.connectionpool").debug('%s "GET /c?restype=container&%s HTTP/1.1" 200', "http://h",
                                                       SAS)

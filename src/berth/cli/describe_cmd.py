@@ -7,6 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import settings
 from berth.errors import InvalidInput
@@ -112,16 +113,16 @@ def describe(
     kind: str = typer.Argument(..., help="model|server|experiment|pipeline"),
     name: str = typer.Argument(...),
     namespace: str = typer.Option("default", "-n", "--namespace"),
-    output: str | None = typer.Option(None, "-o", "--output", help="yaml|json: the whole resource"),
+    output: str | None = typer.Option(None, "-o", "--output",
+                                      help="json|yaml: the whole resource; name|jsonpath=...|custom-columns=..."),
 ) -> None:
     """Show one resource in full, with every reason it is not serving."""
-    if output not in (None, "yaml", "json"):
-        raise InvalidInput(f"--output {output!r}: expected yaml or json")
+    fmt = out.parse(output, out.OBJECT)
     k = kind_from_alias(kind)
     with settings.client() as client:
         doc = client.get(k, namespace, name)
-    if output is not None:
-        render.console.print(render.dump(doc, output), markup=False)
+    if fmt is not None:
+        fmt.write(doc)
     elif k == "Model":
         describe_model(doc)
     elif k == "Server":
@@ -129,6 +130,6 @@ def describe(
     elif k == "Experiment":
         describe_experiment(doc)
     elif k in ("Pipeline", "SeldonRuntime", "ServerConfig"):
-        render.console.print(render.dump(doc, "yaml"), markup=False)
+        out.write(out.dumps(doc, "yaml"))
     else:
         raise InvalidInput(f"describe {kind}: not supported; use get {kind} {name} -o yaml")

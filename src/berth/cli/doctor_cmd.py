@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import settings
 from berth.cli.doctor_gateway import gateway_rows
@@ -268,11 +269,10 @@ def doctor(
     namespace: str = typer.Option("default", "-n", "--namespace"),
     all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces"),
     stuck_after: str = typer.Option("300s", "--stuck-after", help="A model not available this long is stuck"),
-    output: str | None = typer.Option(None, "-o", "--output", help="yaml|json"),
+    output: str | None = typer.Option(None, "-o", "--output", help="json|yaml|jsonpath=TEMPLATE"),
 ) -> None:
     """Check every link (CLI, control plane, agents, inference servers, gateway, storage) and say what to fix."""
-    if output not in (None, "json", "yaml"):
-        raise InvalidInput(f"--output {output!r}: expected json or yaml")
+    fmt = out.parse(output, out.DOCUMENT)
     threshold = _duration(stuck_after)
     with BerthClient(settings.server, timeout=15.0) as client:
         rows = diagnose(client, gateway_from_env(settings.gateway), None if all_namespaces else namespace,
@@ -282,10 +282,9 @@ def doctor(
     skipped = len(rows) - ran
     summary = (f"{failed} of {ran} checks failed" if failed else f"all {ran} checks passed") + \
         (f" ({skipped} skipped)" if skipped else "")
-    if output is not None:
-        doc = {"ok": not failed, "summary": summary,
-               "checks": [{**asdict(r), "result": r.result} for r in rows]}
-        render.console.print(render.dump(doc, output), markup=False)
+    if fmt is not None:
+        fmt.write({"ok": not failed, "summary": summary,
+                   "checks": [{**asdict(r), "result": r.result} for r in rows]})
     else:
         render.console.print(matrix(rows))
         if not failed:

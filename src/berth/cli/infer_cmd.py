@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import settings
 from berth.client.gateway import GatewayClient
@@ -40,16 +41,15 @@ def infer(
     namespace: str = typer.Option("default", "-n", "--namespace"),
     iterations: int = typer.Option(1, "-i", "--iterations", min=1, help="Send N times and summarise"),
     header: list[str] = typer.Option([], "-H", "--header", help="Extra header NAME=VALUE (e.g. x-seldon-route=...)"),
-    output: str | None = typer.Option(None, "-o", "--output", help="json|yaml: the answer (with -i N: the "
-                                      "summary) as data"),
+    output: str | None = typer.Option(None, "-o", "--output", help="json|yaml|jsonpath=TEMPLATE: the answer "
+                                      "(with -i N: the summary) as data; json is one line"),
     mode: str = typer.Option("rest", "--inference-mode", help="rest or grpc (the gateway's V2 gRPC port, "
                              "--gateway-grpc); the gRPC answer is shown in V2 JSON form"),
 ) -> None:
     """Send a V2 inference request to MODEL through the gateway; print the answer and who answered."""
     if mode not in ("rest", "grpc"):
         raise InvalidInput(f"--inference-mode {mode!r}: expected rest or grpc")
-    if output not in (None, "json", "yaml"):
-        raise InvalidInput(f"-o {output!r}: expected json or yaml")
+    fmt = out.parse(output, out.DOCUMENT)
     body = _payload(data)
     headers = {}
     for h in header:
@@ -62,11 +62,11 @@ def infer(
     try:
         if iterations == 1:
             res = send(model, body, namespace=namespace, headers=headers)
-            if output == "json":  # one line, as the inference server answered (for pipes)
-                render.console.print(json.dumps(res.body), markup=False, soft_wrap=True)
+            if fmt is not None and fmt.format == "json":  # one line, as the inference server answered
+                out.write(out.dumps(res.body, "json", compact=True))
                 return
-            if output == "yaml":
-                render.console.print(render.dump(res.body, "yaml"), markup=False, soft_wrap=True)
+            if fmt is not None:
+                fmt.write(res.body)
                 return
             render.err_console.print(f"answered by {res.route or model} in {res.seconds * 1000:.1f} ms")
             render.console.print(json.dumps(res.body, indent=2), markup=False)
@@ -81,21 +81,22 @@ def infer(
                 routes[res.route or model] += 1
             except BerthError as exc:
                 errors[exc.code] += 1
-        _summary(iterations, times, routes, errors, output)
+        _summary(iterations, times, routes, errors, fmt)
     finally:
         client.close()
 
 
-def _summary(n: int, times: list[float], routes: Counter[str], errors: Counter[str], output: str | None) -> None:
+def _summary(n: int, times: list[float], routes: Counter[str], errors: Counter[str],
+             fmt: out.Output | None) -> None:
     ok = len(times)
     times.sort()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times else None
-    if output in ("json", "yaml"):
+    if fmt is not None:
         summary = {"requests": n, "ok": ok, "errors": n - ok,
                    "latencyMs": {"p50": round(statistics.median(times), 3), "p99": round(p99 or 0, 3),
                                  "max": round(times[-1], 3)} if times else None,
                    "routes": dict(routes.most_common()), "errorCodes": dict(errors.most_common())}
-        render.console.print(render.dump(summary, output), markup=False, soft_wrap=True)
+        fmt.write(summary)
     else:
         render.console.print(f"requests: {n}  ok: {ok}  errors: {n - ok}")
         if times:

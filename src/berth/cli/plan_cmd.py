@@ -7,6 +7,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from berth.cli import output as out
 from berth.cli import render
 from berth.errors import BerthError, InvalidInput
 from berth.resources.manifest import load_paths, unacted_warnings
@@ -20,7 +21,7 @@ def plan(
     filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifests: file, folder or -"),
     replica_memory: str = typer.Option("1Gi", "--replica-memory", help="Memory of each server replica"),
     overcommit: int = typer.Option(10, "--overcommit", help="Overcommit percent of each replica"),
-    output: str | None = typer.Option(None, "-o", "--output", help="yaml|json"),
+    output: str | None = typer.Option(None, "-o", "--output", help="json|yaml|jsonpath=TEMPLATE"),
 ) -> None:
     """Where would each model run? Server replicas come from the manifests' `replicas`, sized by Seldon's
     knobs as local replicas are: memory from the berth.io/replica-memory annotation, else the agent's
@@ -29,6 +30,7 @@ def plan(
     Servers of an inference server Berth does not run (Triton) get no replicas."""
     import sys
 
+    fmt = out.parse(output, out.DOCUMENT)
     stdin = sys.stdin.read() if "-" in filename else None
     result = load_paths(filename, stdin_text=stdin)
     docs = [d.body for d in result.documents]
@@ -59,14 +61,14 @@ def plan(
                          "message": mp.message, "reasons": [r.as_dict() for r in mp.reasons]})
             failed += mp.state == "ScheduleFailed"
     desired = {(s.namespace, s.name): s.desired_replicas for s in servers}
-    if output in ("yaml", "json"):
-        render.console.print(render.dump({
+    if fmt is not None:
+        fmt.write({
             "replicaMemory": memory, "overcommit": overcommit,
             "serverMemory": {f"{ns}/{name}": {"memory": s.memory, "from": s.memory_from}
                              for (ns, name), s in sorted(shapes.items()) if s.memory_from != "--replica-memory"},
             "servers": {f"{ns}/{name}": _server_row(s, desired[(ns, name)])
                         for (ns, name), s in sorted(shapes.items())},
-            "models": rows}, output), markup=False)
+            "models": rows})
     else:
         render.err_console.print(f"dry run: each server replica offers {humanize_bytes(memory)} "
                                  f"+ {overcommit}% overcommit unless its manifests say otherwise", soft_wrap=True)

@@ -1,16 +1,19 @@
-"""Tables and documents as the CLI prints them (kubectl-shaped, coloured with rich)."""
+"""Tables as the CLI prints them for people (kubectl-shaped, coloured with rich).
+
+Documents for scripts (``-o json|yaml|name|jsonpath|custom-columns``) never come here: see
+:mod:`berth.cli.output`."""
 
 from __future__ import annotations
 
 import calendar
-import json
 import sys
 import time
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
+
+from berth.cli import output as out
 
 # Piped output is not wrapped at 80 columns (kubectl does not wrap either); a terminal keeps its width.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 400)
@@ -115,10 +118,10 @@ def table(kind: str, docs: list[dict[str, Any]], *, wide: bool = False, all_name
 
 
 def dump(obj: Any, output: str) -> str:
-    if output == "json":
-        return json.dumps(obj, indent=2)
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+    """Deprecated: machine output goes through :mod:`berth.cli.output` (``output.parse(...).write(doc)``),
+    never through rich's console.  Kept for callers not yet moved; the text is the same, less the newline."""
+    return out.dumps(obj, "json" if output == "json" else "yaml").rstrip("\n")
 
 
-def as_list(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "List", "items": docs}
+def as_list(docs: list[dict[str, Any]], revision: int | str | None = None) -> dict[str, Any]:
+    return out.as_list(docs, revision)

@@ -6,7 +6,7 @@ import builtins
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import httpx
@@ -90,8 +90,12 @@ class BerthClient:
         return dict(self._request("GET", "/api/v1/routes"))
 
     def watch(self, kinds: tuple[str, ...] = (), namespace: str | None = None,
-              since: int | None = None) -> Iterator[dict[str, Any]]:
-        """Events as dicts ({type, revision, object}); the first ones list what exists (since=None)."""
+              since: int | None = None, *,
+              idle: float | None = None) -> Generator[dict[str, Any], None, None]:
+        """Events as dicts ({type, revision, object}); the first ones list what exists (since=None).
+
+        ``idle``: raise :class:`berth.errors.Timeout` when nothing (not even a keep-alive) arrives for
+        this many seconds (default: wait for ever); watch again from the last revision seen to go on."""
         params: dict[str, str] = {}
         if kinds:
             params["kinds"] = ",".join(kinds)
@@ -101,7 +105,7 @@ class BerthClient:
             params["since"] = str(since)
         try:
             with self._http.stream("GET", "/api/v1/watch", params=params,
-                                   timeout=httpx.Timeout(30.0, read=None)) as r:
+                                   timeout=httpx.Timeout(30.0, read=idle)) as r:
                 if r.status_code >= 400:
                     r.read()
                     _decode(r)
@@ -110,6 +114,8 @@ class BerthClient:
                         yield json.loads(line)
         except httpx.ConnectError as exc:
             raise Unavailable(f"cannot reach the control plane at {self.address}: {connect_reason(exc)}") from exc
+        except httpx.ReadTimeout as exc:  # only with ``idle``: nothing came for that long
+            raise errors.Timeout(f"the watch stream from {self.address} was idle for {idle or 0:g}s") from exc
         except httpx.TransportError as exc:  # the stream broke after it began
             raise Unavailable(f"the watch stream from {self.address} broke: {connect_reason(exc)}") from exc
 
