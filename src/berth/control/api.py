@@ -30,6 +30,7 @@ from berth.control.hub import AgentHub
 from berth.control.metrics import ControlMetrics
 from berth.control.routes import RoutesPublisher
 from berth.control.secrets import redact
+from berth.control.tokens import TokenRegistry
 from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge
 from berth.resources.kinds import ALL_KINDS, APPLY_ORDER, kind_from_alias
 from berth.resources.manifest import unacted_warnings, validate_document
@@ -74,8 +75,9 @@ def shown(doc: dict[str, Any]) -> dict[str, Any]:
 
 class ControlAPI:
     def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
-                 metrics: ControlMetrics | None = None) -> None:
+                 metrics: ControlMetrics | None = None, tokens: TokenRegistry | None = None) -> None:
         self.store = store
+        self.tokens = tokens or TokenRegistry(None)
         self.metrics = metrics
         self.hub = hub
         self.routes = routes

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
+from berth.control.tokens import TokenRegistry
 from berth.wire import agent as wire
 
 log = logging.getLogger("berth.control.hub")
@@ -82,7 +83,8 @@ class ReplicaRecord:
 class AgentHub:
     """Accepts agent WebSockets and keeps their records.  ``on_change`` is called on every change."""
 
-    def __init__(self, on_change: Callable[[str], None]) -> None:
+    def __init__(self, on_change: Callable[[str], None], tokens: TokenRegistry | None = None) -> None:
+        self.tokens = tokens or TokenRegistry(None)
         self.replicas: dict[ReplicaKey, ReplicaRecord] = {}
         self.on_model_event: Callable[[str, str], None] | None = None  # (namespace, state)
         self._on_change = on_change

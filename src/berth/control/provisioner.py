@@ -23,6 +23,7 @@ from typing import Any
 
 from berth.adapters.mlserver_proc import MLServerProcess
 from berth.control.localproc import Handle
+from berth.control.tokens import TokenRegistry
 from berth.errors import InvalidInput
 from berth.resources.kinds import server_spec
 from berth.resources.podspec import RUNS, inference_server, replica_shape, server_config_for, unsupported_message
@@ -93,8 +94,9 @@ class LocalReplica:
 
 class LocalProvisioner:
     def __init__(self, store: Store, control_host: str, control_port: int, data_dir: Path, *,
-                 replica_memory: int, overcommit_percent: int = 10) -> None:
+                 replica_memory: int, overcommit_percent: int = 10, tokens: TokenRegistry | None = None) -> None:
         self.store = store
+        self.tokens = tokens or TokenRegistry(None)
         self.control_host = control_host
         self.control_port = control_port
         self.root = data_dir.resolve() / "replicas"

@@ -13,13 +13,15 @@ from typing import Any
 from aiohttp import web
 
 from berth.control.hub import ReplicaRecord
+from berth.control.tokens import TokenRegistry
 from berth.errors import Unavailable
 from berth.wire.routes import Candidate, Endpoint, ExperimentRoute, ModelRoute, RoutingTable
 
 IDEMPOTENT_ANNOTATION = "berth.io/idempotent"  # "false": the gateway never re-sends a request
 
 class RoutesPublisher:
-    def __init__(self) -> None:
+    def __init__(self, tokens: TokenRegistry | None = None) -> None:
+        self.tokens = tokens or TokenRegistry(None)
         self._models: dict[str, list[ModelRoute]] = {}
         self._experiments: dict[str, list[ExperimentRoute]] = {}
         # Revisions start from the clock so a restarted control plane never goes backwards.

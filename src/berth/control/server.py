@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from berth.control.metrics import ControlMetrics
 from berth.control.provisioner import LocalProvisioner
 from berth.control.reconcile import Reconciler
 from berth.control.routes import RoutesPublisher
+from berth.control.tokens import TokenRegistry
 from berth.errors import ConfigError
+from berth.resources.identity import ALL, new_token
 from berth.store import open_store
 
 log = logging.getLogger("berth.control")
@@ -31,24 +34,31 @@ class ControlOptions:
     replica_memory: int = 2 * 1024**3
     overcommit_percent: int = 10
     max_body: int = DEFAULT_MAX_BODY
+    # Identity: tokens and audit live in <data_dir>/auth.db (in memory when the store is in memory).
+    admin_token: str | None = None  # made valid as the admin of every namespace (tests, berth up)
+    admin_token_file: Path | None = None  # berth up: created 0600 with a new admin token if absent
+    gateway_token: str | None = None  # berth up: the token its gateway watches routes with
 
 
 async def run_control(opts: ControlOptions, stop: asyncio.Event,
                       started: asyncio.Event | None = None) -> None:
     opts.data_dir.mkdir(parents=True, exist_ok=True)
     path = opts.store_path or opts.data_dir / "berth.db"
-    store = open_store(None if str(path) == ":memory:" else path)
+    in_memory = str(path) == ":memory:"
+    store = open_store(None if in_memory else path)
+    tokens = open_tokens(opts, in_memory)
     reconciler: Reconciler | None = None
-    hub = AgentHub(lambda ns: reconciler.mark(ns) if reconciler is not None else None)
-    routes = RoutesPublisher()
+    hub = AgentHub(lambda ns: reconciler.mark(ns) if reconciler is not None else None, tokens=tokens)
+    routes = RoutesPublisher(tokens=tokens)
     control_url = f"http://{opts.host}:{opts.port}"
     provisioner = (LocalProvisioner(store, opts.host, opts.port, opts.data_dir, replica_memory=opts.replica_memory,
-                                    overcommit_percent=opts.overcommit_percent) if opts.provision else None)
+                                    overcommit_percent=opts.overcommit_percent, tokens=tokens)
+                   if opts.provision else None)
     metrics = ControlMetrics(store, hub)
     hub.on_model_event = lambda ns, state: metrics.loads.update([(ns, state)])
     reconciler = Reconciler(store, hub, routes, metrics=metrics,
                             on_servers_changed=provisioner.changed if provisioner is not None else None)
-    api = ControlAPI(store, hub, routes, metrics)
+    api = ControlAPI(store, hub, routes, metrics, tokens=tokens)
     runner = web.AppRunner(api.app(max_body=opts.max_body), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
@@ -78,4 +88,31 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
         store.close()
+        tokens.close()
         log.info("control plane stopped")
+
+
+def open_tokens(opts: ControlOptions, in_memory: bool) -> TokenRegistry:
+    """The token registry, with the tokens Berth hands its own processes made valid."""
+    tokens = TokenRegistry(None if in_memory else opts.data_dir / "auth.db")
+    if opts.admin_token:
+        tokens.ensure("admin", opts.admin_token, grants={ALL: "admin"})
+    elif opts.admin_token_file is not None:
+        if opts.admin_token_file.exists():
+            tokens.ensure("admin", opts.admin_token_file.read_text().strip(), grants={ALL: "admin"})
+        else:
+            secret = new_token()
+            tokens.ensure("admin", secret, grants={ALL: "admin"})
+            write_private(opts.admin_token_file, secret + "\n")
+    if opts.gateway_token:
+        tokens.ensure("gateway", opts.gateway_token, grants={}, kind="gateway")
+    return tokens
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only this user can read (created 0600, never through a wider mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
