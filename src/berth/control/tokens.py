@@ -84,6 +84,7 @@ class TokenRegistry:
         self._db.executescript(_SCHEMA)
         self._by_hash: dict[str, TokenInfo] = {}
         self.on_revoke: list[Callable[[str], None]] = []  # called with the token name
+        self.on_change: list[Callable[[], None]] = []  # called after any token is created or revoked
 
     def close(self) -> None:
         with self._lock:
@@ -117,7 +118,12 @@ class TokenRegistry:
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"a token named {name} already exists; revoke it first or choose another name",
                                details={"token": name}) from exc
+        self._changed()
         return secret
+
+    def _changed(self) -> None:
+        for callback in list(self.on_change):
+            callback()
 
     def ensure(self, name: str, token: str, *, grants: Mapping[str, str], kind: PrincipalKind = "user",
                agent: AgentIdentity | None = None) -> None:
@@ -175,6 +181,7 @@ class TokenRegistry:
             self._by_hash = {h: t for h, t in self._by_hash.items() if t.name != name}
         for callback in list(self.on_revoke):
             callback(name)
+        self._changed()
         return self.get(name) if info.revoked is None else info
 
     def hashes(self, predicate: Callable[[Principal], bool]) -> list[str]:
