@@ -201,7 +201,8 @@ def test_sas_signatures_are_redacted_from_http_logs(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.DEBUG)
     logging.getLogger("urllib3.connectionpool").debug('%s "GET /c?restype=container&%s HTTP/1.1" 200', "http://h",
                                                       SAS)
-    assert "TOPSECRETSIGNATURE" not in caplog.text and "sig=REDACTED" in caplog.text
+    assert "TOPSECRETSIGNATURE" not in caplog.text  # another library may mark it first: sig=[REDACTED]
+    assert "sig=REDACTED" in caplog.text or "sig=[REDACTED]" in caplog.text, caplog.text
 
 
 # --- routing --------------------------------------------------------------------------------------------------
