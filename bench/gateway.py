@@ -5,11 +5,20 @@ repository API); a gateway process (``berth gateway`` on uvloop, static routing 
 same load generator (a separate process: ``wrk`` for REST when installed, else aiohttp; grpc.aio for
 gRPC, sending pre-encoded requests) drives the same concurrency for ``--duration`` seconds at each
 target, at each concurrency level (1: the added latency, unqueued; 8: throughput), interleaved
-direct/gateway/direct/gateway (``--rounds`` pairs).  Prints every phase with the CPU time MLServer and
-the gateway spent per request, then the medians: throughput, p50 and p99 latency, the throughput
-ratio and the added p50.  Goals: ratio >= 0.95 and added p50 <= 0.5 ms.
+direct/gateway/gateway+auth (``--rounds`` rounds, each starting at the next phase).
+
+"gateway+auth" calls the same model in a namespace the gateway's table guards
+(``berth.io/inference-auth: required``) with a valid token on every request; ``--no-auth`` leaves it
+out.  Every phase sends the same headers (``seldon-namespace`` and ``Authorization: Bearer``, or the gRPC
+metadata; direct MLServer and the open namespace ignore the token), so the load generator, which shares
+the machine, does the same work in each, and "gateway" vs "gateway+auth" differ by the check alone.
+
+Prints every phase with the CPU time MLServer and the gateway spent per request, then the medians:
+throughput, p50 and p99 latency, the throughput ratio to direct MLServer and the added p50, with and
+without auth.  Goals (under load): ratio >= 0.95 and added p50 <= 0.5 ms, with auth too.
 
     .venv/bin/python bench/gateway.py [--duration 10] [--concurrency 1,8] [--rounds 2] [--protocols rest,grpc]
+                                      [--no-auth]
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.models import IRIS_INPUT, train_sklearn  # noqa: E402
 
 Result = dict[str, float]
+GUARDED = "secure"  # the namespace whose table entry requires a token
+VIAS = ("direct", "gateway", "gateway+auth")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -66,12 +77,12 @@ async def _drive(send: Any, concurrency: int, duration: float) -> Result:
             "p99_ms": pct(latencies, 0.99) * 1e3, "requests": len(latencies), "errors": errors}
 
 
-async def _rest_load(address: str, concurrency: int, duration: float) -> Result:
+async def _rest_load(address: str, concurrency: int, duration: float, extra: dict[str, str]) -> Result:
     import aiohttp
 
     url = f"http://{address}/v2/models/iris/infer"
     body = json.dumps(IRIS_INPUT).encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **extra}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def send() -> bool:
             async with session.post(url, data=body, headers=headers) as resp:
@@ -91,16 +102,17 @@ def _grpc_request() -> bytes:
     return pb.ModelInferRequest(model_name="iris", inputs=[tensor]).SerializeToString()  # type: ignore[no-any-return]
 
 
-async def _grpc_load(address: str, concurrency: int, duration: float) -> Result:
+async def _grpc_load(address: str, concurrency: int, duration: float, extra: dict[str, str]) -> Result:
     import grpc
 
     body = _grpc_request()
+    metadata = tuple((k.lower(), v) for k, v in extra.items()) or None
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
         async def send() -> bool:
             try:
-                await call(body, timeout=30)
+                await call(body, timeout=30, metadata=metadata)
                 return True
             except grpc.aio.AioRpcError:
                 return False
@@ -109,11 +121,13 @@ async def _grpc_load(address: str, concurrency: int, duration: float) -> Result:
         return await _drive(send, concurrency, duration)
 
 
-def _wrk_load(address: str, concurrency: int, duration: float, workdir: Path) -> Result:
+def _wrk_load(address: str, concurrency: int, duration: float, workdir: Path, extra: dict[str, str]) -> Result:
     script = workdir / "post.lua"
     report = workdir / "wrk.json"
     body = json.dumps(json.dumps(IRIS_INPUT))
+    headers = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in extra.items())
     script.write_text(f'wrk.method = "POST"\nwrk.body = {body}\nwrk.headers["Content-Type"] = "application/json"\n'
+                      + headers +
                       "done = function(summary, latency, requests)\n"
                       f'  local f = io.open("{report}", "w")\n'
                       '  f:write(string.format(\'{"requests": %d, "seconds": %f, "errors": %d, "p50": %f, '
@@ -135,10 +149,11 @@ def load_main(args: argparse.Namespace) -> int:
         run: Any = uvloop.run
     except ImportError:
         run = asyncio.run
+    extra = json.loads(args.headers or "{}")
     if args.load == "grpc":
-        result = run(_grpc_load(args.address, int(args.concurrency), args.duration))
+        result = run(_grpc_load(args.address, int(args.concurrency), args.duration, extra))
     else:
-        result = run(_rest_load(args.address, int(args.concurrency), args.duration))
+        result = run(_rest_load(args.address, int(args.concurrency), args.duration, extra))
     print(json.dumps(result))
     return 0
 
@@ -174,22 +189,24 @@ def _cpu(pid: int) -> float:
     return total
 
 
-def _phase(protocol: str, address: str, concurrency: int, args: argparse.Namespace, workdir: Path) -> Result:
+def _phase(protocol: str, address: str, concurrency: int, args: argparse.Namespace, workdir: Path,
+           extra: dict[str, str]) -> Result:
     if protocol == "rest" and args.client == "wrk":
-        return _wrk_load(address, concurrency, args.duration, workdir)
+        return _wrk_load(address, concurrency, args.duration, workdir, extra)
     cmd = [sys.executable, __file__, "--load", protocol, "--address", address, "--concurrency",
-           str(concurrency), "--duration", str(args.duration)]
+           str(concurrency), "--duration", str(args.duration), "--headers", json.dumps(extra)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60)
     if out.returncode != 0:
         raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _start(workdir: Path) -> tuple[Any, subprocess.Popen[bytes], dict[str, str]]:
+def _start(workdir: Path, token: str) -> tuple[Any, subprocess.Popen[bytes], dict[str, str]]:
     import httpx
 
     from berth.adapters.mlserver_proc import MLServerProcess, free_ports
-    from berth.wire.routes import Endpoint, ModelRoute, RoutingTable
+    from berth.resources.identity import hash_token
+    from berth.wire.routes import Endpoint, ModelRoute, NamespaceAuth, RoutingTable, TableAuth
 
     mlserver = MLServerProcess(workdir / "mlserver")
     mlserver.start()
@@ -201,9 +218,16 @@ def _start(workdir: Path) -> tuple[Any, subprocess.Popen[bytes], dict[str, str]]
     if r.status_code != 200:
         raise SystemExit(f"MLServer did not load the model: {r.text}")
     grpc_direct = f"127.0.0.1:{mlserver.grpc_port}"
-    table = RoutingTable(revision=1, models=[ModelRoute(namespace="default", name="iris", state="ModelAvailable",
-                         endpoints=[Endpoint(server="mlserver", replica=0, http=mlserver.http_address,
-                                             grpc=grpc_direct)])])
+    endpoints = [Endpoint(server="mlserver", replica=0, http=mlserver.http_address, grpc=grpc_direct)]
+    # the same replica in an open namespace and in one whose table entry requires a token (which a few
+    # other tenants' and operators' tokens share with it, as in a real table)
+    others = [hash_token(f"berth_other-tenant-{i}") for i in range(20)]
+    table = RoutingTable(revision=1, models=[
+        ModelRoute(namespace=ns, name="iris", state="ModelAvailable", endpoints=endpoints)
+        for ns in ("default", GUARDED)
+    ], auth=TableAuth(namespaces=[NamespaceAuth(namespace=GUARDED, tokens=[hash_token(token), *others[:10]]),
+                                  NamespaceAuth(namespace="elsewhere", tokens=others[10:])],
+                      everywhere=others[:2], operators=others[:1]))
     routes = workdir / "routes.json"
     routes.write_text(table.model_dump_json())
     rest_port, grpc_port = free_ports(2)
@@ -214,35 +238,47 @@ def _start(workdir: Path) -> tuple[Any, subprocess.Popen[bytes], dict[str, str]]
     _wait_http(f"http://127.0.0.1:{rest_port}/v2/health/ready", 30)
     addresses = {"rest direct": mlserver.http_address, "rest gateway": f"127.0.0.1:{rest_port}",
                  "grpc direct": grpc_direct, "grpc gateway": f"127.0.0.1:{grpc_port}"}
+    for protocol in ("rest", "grpc"):
+        addresses[f"{protocol} gateway+auth"] = addresses[f"{protocol} gateway"]
     return mlserver, gateway, addresses
 
 
 def bench_main(args: argparse.Namespace) -> int:
     if args.client == "auto":
         args.client = "wrk" if shutil.which("wrk") else "python"
+    from berth.resources.identity import new_token
+
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    vias = VIAS if args.auth else VIAS[:2]
+    token = new_token()
+    # every phase sends the same headers, so the load generator does the same work in each: the token, and a
+    # namespace (the open "default" one, where the gateway ignores the token, or the guarded one)
+    extras = {via: {"seldon-namespace": GUARDED if via == "gateway+auth" else "default",
+                    "Authorization": f"Bearer {token}"} for via in VIAS}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        mlserver, gateway, addresses = _start(workdir)
+        mlserver, gateway, addresses = _start(workdir, token)
         results: dict[tuple[str, int, str], list[Result]] = {}
         try:
             print(f"{args.rounds} rounds x {args.duration:g}s per phase, concurrency {levels}, "
-                  f"REST client {args.client}, gRPC client grpc.aio, {os.cpu_count()} CPUs")
+                  f"REST client {args.client}, gRPC client grpc.aio, {os.cpu_count()} CPUs, phases {', '.join(vias)}")
             for rnd in range(args.rounds):
                 for protocol in protocols:
                     for level in levels:
-                        for via in ("direct", "gateway"):
+                        # each round starts at another phase, so a drift in the machine's load is not
+                        # always paid by the same one
+                        for via in vias[rnd % len(vias):] + vias[:rnd % len(vias)]:
                             before = _cpu(gateway.pid), _cpu(mlserver.process.pid)
-                            r = _phase(protocol, addresses[f"{protocol} {via}"], level, args, workdir)
+                            r = _phase(protocol, addresses[f"{protocol} {via}"], level, args, workdir, extras[via])
                             gw_cpu, ml_cpu = _cpu(gateway.pid) - before[0], _cpu(mlserver.process.pid) - before[1]
                             r["gateway_cpu_us"] = gw_cpu / max(r["requests"], 1) * 1e6
                             r["mlserver_cpu_us"] = ml_cpu / max(r["requests"], 1) * 1e6
                             results.setdefault((protocol, level, via), []).append(r)
-                            print(f"  round {rnd + 1} {protocol:4} c={level:<3} {via:7} {r['rps']:9.1f} req/s  "
+                            print(f"  round {rnd + 1} {protocol:4} c={level:<3} {via:12} {r['rps']:9.1f} req/s  "
                                   f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  errors {int(r['errors'])}  "
                                   f"CPU/request: MLServer {r['mlserver_cpu_us']:5.0f} us"
-                                  + (f", gateway {r['gateway_cpu_us']:4.0f} us" if via == "gateway" else ""),
+                                  + (f", gateway {r['gateway_cpu_us']:4.0f} us" if via != "direct" else ""),
                                   flush=True)
         finally:
             gateway.terminate()
@@ -255,14 +291,15 @@ def bench_main(args: argparse.Namespace) -> int:
     for protocol in protocols:
         for level in levels:
             med = {via: {k: statistics.median(r[k] for r in results[(protocol, level, via)])
-                         for k in ("rps", "p50_ms", "p99_ms", "gateway_cpu_us")} for via in ("direct", "gateway")}
-            for via in ("direct", "gateway"):
+                         for k in ("rps", "p50_ms", "p99_ms", "gateway_cpu_us")} for via in vias}
+            for via in vias:
                 m = med[via]
                 print(f"  {protocol:4} c={level:<3} {via:26}{m['rps']:10.1f}{m['p50_ms']:10.3f}{m['p99_ms']:10.3f}")
-            ratio = med["gateway"]["rps"] / med["direct"]["rps"]
-            added = med["gateway"]["p50_ms"] - med["direct"]["p50_ms"]
-            print(f"  {protocol:4} c={level:<3} gateway/direct throughput {ratio:.3f} (goal >= 0.95), added p50 "
-                  f"{added:+.3f} ms (goal <= 0.5), gateway CPU {med['gateway']['gateway_cpu_us']:.0f} us/request")
+            for via in vias[1:]:
+                ratio = med[via]["rps"] / med["direct"]["rps"]
+                added = med[via]["p50_ms"] - med["direct"]["p50_ms"]
+                print(f"  {protocol:4} c={level:<3} {via}/direct throughput {ratio:.3f} (goal >= 0.95), added p50 "
+                      f"{added:+.3f} ms (goal <= 0.5), gateway CPU {med[via]['gateway_cpu_us']:.0f} us/request")
     return 0
 
 
@@ -270,11 +307,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--concurrency", default="1,8", help="requests in flight; a comma list runs each level")
-    parser.add_argument("--rounds", type=int, default=2, help="direct/gateway pairs per protocol")
+    parser.add_argument("--rounds", type=int, default=2, help="direct/gateway(/gateway+auth) rounds per protocol")
     parser.add_argument("--protocols", default="rest,grpc")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                         help="REST load generator (auto: wrk when installed)")
+    parser.add_argument("--auth", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure a namespace that requires a token, with a valid one on every request")
     parser.add_argument("--load", choices=("rest", "grpc"), help=argparse.SUPPRESS)
+    parser.add_argument("--headers", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     return load_main(args) if args.load else bench_main(args)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.seeds import EXAMPLES
-from tests.support.servers import ControlPlane
+from berth.resources.identity import new_token
+
+# Identity for the whole test session, set before anything reads it: no test touches ~/.config/berth,
+# and every control plane the tests start (tests.support.servers.ControlPlane) knows this admin token,
+# so clients, in-process CLIs and subprocesses authenticate through BERTH_TOKEN with no change.
+os.environ["BERTH_CONFIG_DIR"] = tempfile.mkdtemp(prefix="berth-config-")
+atexit.register(shutil.rmtree, os.environ["BERTH_CONFIG_DIR"], ignore_errors=True)
+os.environ["BERTH_TOKEN"] = new_token()
+
+from tests.support.seeds import EXAMPLES  # noqa: E402
+from tests.support.servers import ControlPlane  # noqa: E402
 
 pytest_plugins = ["tests.support.s3"]  # the `s3` fixture (moto on loopback)
 

@@ -73,6 +73,20 @@ class AlreadyExists(BerthError):
     http_status = 409
 
 
+class Unauthenticated(BerthError):
+    """No valid bearer token: missing, unknown, expired or revoked.  Says nothing about what exists."""
+
+    code = "Unauthenticated"
+    http_status = 401
+
+
+class Forbidden(BerthError):
+    """A valid token that lacks the right asked for (which right, in which namespace the caller named)."""
+
+    code = "Forbidden"
+    http_status = 403
+
+
 class Conflict(BerthError):
     """A write raced another: the resourceVersion the caller had is stale."""
 

@@ -11,7 +11,7 @@ import pytest
 from berth.client.http import BerthClient
 from berth.errors import InvalidManifest, NotFound
 from berth.resources.manifest import load_paths
-from tests.support.servers import ControlPlane
+from tests.support.servers import ControlPlane, auth_headers
 
 
 def _wait_status(client: BerthClient, kind: str, ns: str, name: str, timeout: float = 10.0) -> dict:
@@ -85,9 +85,10 @@ spec: {storageUri: "s3://b/k"}
         client.apply(docs)
     assert len(exc.value.problems) == 2
     assert client.list("Model", "default") == []
-    raw = httpx.post(control.url + "/api/v1/apply", content=b"{not json", timeout=5)
+    raw = httpx.post(control.url + "/api/v1/apply", content=b"{not json", timeout=5, headers=auth_headers())
     assert raw.status_code == 400 and raw.json()["code"] == "InvalidInput"
-    raw = httpx.post(control.url + "/api/v1/apply", json={"documents": [{"kind": "Nope"}]}, timeout=5)
+    raw = httpx.post(control.url + "/api/v1/apply", json={"documents": [{"kind": "Nope"}]}, timeout=5,
+                     headers=auth_headers())
     assert raw.status_code == 422 and "unknown kind" in raw.json()["message"]
 
 
@@ -155,7 +156,7 @@ def test_metrics(control: ControlPlane, examples: Path) -> None:
     client = BerthClient(control.url)
     client.apply([d.body for d in load_paths([str(examples / "financial-ml")]).documents])
     _wait_status(client, "Model", "financial-ml", "baseline-predictor")
-    text = httpx.get(control.url + "/metrics", timeout=5).text
+    text = httpx.get(control.url + "/metrics", timeout=5, headers=auth_headers()).text
     assert 'berth_models{namespace="financial-ml",state="ScheduleFailed"} 2.0' in text
     assert 'berth_schedule_failures_total{namespace="financial-ml",reason="NoConnectedReplicas"}' in text
     assert "berth_schedule_attempts_total" in text
@@ -208,7 +209,8 @@ def test_watch_over_websocket_and_get_w(control: ControlPlane, tmp_path: Path) -
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     async def ws_first_events() -> list[dict]:
-        async with aiohttp.ClientSession() as s, s.ws_connect(control.url + "/api/v1/watch?kinds=Model") as ws:
+        async with aiohttp.ClientSession(headers=auth_headers()) as s, \
+                s.ws_connect(control.url + "/api/v1/watch?kinds=Model") as ws:
             client.apply([doc])
             seen: list[dict] = []
             while not any(e["type"] == "ADDED" and e["object"]["metadata"]["name"] == "ws1" for e in seen):

@@ -10,7 +10,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.servers import ControlPlane
+from tests.support.servers import ControlPlane, auth_headers
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -43,7 +43,8 @@ def _check(r: httpx.Response) -> None:
 
 
 def test_fuzz_control_api(tmp_path: Path) -> None:
-    with ControlPlane(tmp_path, max_body=64 * 1024) as cp, httpx.Client(base_url=cp.url, timeout=10) as http:
+    with ControlPlane(tmp_path, max_body=64 * 1024) as cp, httpx.Client(base_url=cp.url, timeout=10,
+                                                                            headers=auth_headers()) as http:
         before = http.get("/healthz").json()["revision"]
         accepted: list[dict] = []
 

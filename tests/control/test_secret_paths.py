@@ -23,7 +23,9 @@ from berth.control.reconcile import model_source
 from berth.resources.manifest import validate_document
 from berth.store import MemoryStore
 from berth.wire import agent as wire
-from tests.support.servers import ControlPlane
+from tests.support.servers import ControlPlane, auth_headers
+
+AUTH = auth_headers()  # the session's admin token
 
 NS = "tenant-a"
 NAME = "s3-creds"
@@ -65,11 +67,13 @@ def hidden(text: str, where: str, *, carries_secret: bool = True) -> None:
 
 
 def redacted_doc(doc: dict[str, Any], form: str, where: str) -> None:
-    """The Secret as shown: its keys are listed, each value replaced by the marker."""
+    """The Secret as shown: its keys are listed under ``data`` (``stringData`` is merged in, as Kubernetes
+    does), each value replaced by the one marker ``<redacted>``: no length, no hint, no sealed blob."""
     assert doc["kind"] == "Secret" and doc["metadata"]["name"] == NAME, where
-    shown = doc.get(form)
+    shown = doc.get("data")
     assert isinstance(shown, dict) and sorted(shown) == ["s3", "token"], f"{where}: keys not listed: {doc}"
-    assert all(str(v).startswith("<redacted") for v in shown.values()), f"{where}: {shown}"
+    assert all(v == "<redacted>" for v in shown.values()), f"{where}: {shown}"
+    assert "stringData" not in doc and "sealed" not in doc, f"{where}: {doc}"
     hidden(json.dumps(doc), where)
 
 
@@ -77,7 +81,7 @@ def ndjson_until(url: str, params: dict[str, str], done: Any, timeout: float = 1
     """Read NDJSON watch events until ``done(events)``; the raw text is checked as well."""
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
-    with httpx.stream("GET", url + "/api/v1/watch", params=params, timeout=timeout) as r:
+    with httpx.stream("GET", url + "/api/v1/watch", params=params, timeout=timeout, headers=AUTH) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
             hidden(line, "watch (NDJSON) line", carries_secret=bool(line.strip()))
@@ -92,7 +96,7 @@ def ndjson_until(url: str, params: dict[str, str], done: Any, timeout: float = 1
 def ws_until(url: str, query: str, done: Any, timeout: float = 15.0) -> list[dict[str, Any]]:
     async def run() -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        async with aiohttp.ClientSession() as s, s.ws_connect(url + "/api/v1/watch?" + query) as ws:
+        async with aiohttp.ClientSession(headers=AUTH) as s, s.ws_connect(url + "/api/v1/watch?" + query) as ws:
             while not done(events):
                 msg = await asyncio.wait_for(ws.receive(), timeout)
                 assert msg.type == aiohttp.WSMsgType.TEXT, msg
@@ -110,26 +114,26 @@ def has(*types: str) -> Any:
 @pytest.mark.parametrize("form", FORMS)
 def test_secret_values_never_come_back(control: ControlPlane, cli, form: str) -> None:
     api = control.url + "/api/v1"
-    rev0 = httpx.get(api + "/secrets", params={"namespace": NS}, timeout=5).json()["revision"]
+    rev0 = httpx.get(api + "/secrets", params={"namespace": NS}, timeout=5, headers=AUTH).json()["revision"]
     # apply: JSON (dry run, then for real), YAML, and a rejected set holding the Secret
     for dry in (True, False):
-        r = httpx.post(api + "/apply", json={"documents": [secret(form)], "dryRun": dry}, timeout=5)
+        r = httpx.post(api + "/apply", json={"documents": [secret(form)], "dryRun": dry}, timeout=5, headers=AUTH)
         assert r.status_code == 200, r.text
         hidden(r.text, f"apply response (dryRun={dry})", carries_secret=False)
     assert r.json()["results"][0]["action"] == "created"
     r = httpx.post(api + "/apply", content=yaml.safe_dump(secret(form, labels={"tier": "gold"})),
-                   headers={"Content-Type": "application/yaml"}, timeout=5)
+                   headers={"Content-Type": "application/yaml", **AUTH}, timeout=5)
     assert r.status_code == 200 and r.json()["results"][0]["action"] == "configured", r.text
     hidden(r.text, "apply response (YAML)", carries_secret=False)
     bad = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model", "metadata": {"name": "m", "namespace": NS},
            "spec": {"storageUri": "s3://b/k", "replicas": "two"}}
-    r = httpx.post(api + "/apply", json={"documents": [secret(form), bad]}, timeout=5)
+    r = httpx.post(api + "/apply", json={"documents": [secret(form), bad]}, timeout=5, headers=AUTH)
     assert r.status_code == 422
     hidden(r.text, "apply error answer", carries_secret=False)
     # get one, list in the namespace, list across namespaces (and by label)
-    redacted_doc(httpx.get(f"{api}/namespaces/{NS}/secrets/{NAME}", timeout=5).json(), form, "GET one")
+    redacted_doc(httpx.get(f"{api}/namespaces/{NS}/secrets/{NAME}", timeout=5, headers=AUTH).json(), form, "GET one")
     for params in ({"namespace": NS}, {}, {"selector": "tier=gold"}):
-        items = httpx.get(api + "/secrets", params=params, timeout=5).json()["items"]
+        items = httpx.get(api + "/secrets", params=params, timeout=5, headers=AUTH).json()["items"]
         assert len(items) == 1, (params, items)
         redacted_doc(items[0], form, f"LIST {params}")
     # watch without since: the current objects come first, as ADDED
@@ -151,7 +155,7 @@ def test_secret_values_never_come_back(control: ControlPlane, cli, form: str) ->
     r = cli("--server", control.url, "describe", "secret", NAME, "-n", NS)
     hidden(r.out + r.err, "berth describe secret", carries_secret=False)
     # delete answers the object as it was, redacted
-    r = httpx.delete(f"{api}/namespaces/{NS}/secrets/{NAME}", timeout=5)
+    r = httpx.delete(f"{api}/namespaces/{NS}/secrets/{NAME}", timeout=5, headers=AUTH)
     assert r.status_code == 200
     redacted_doc(r.json(), form, "DELETE answer")
     # the whole history from before the apply: ADDED, MODIFIED (label), DELETED, each redacted

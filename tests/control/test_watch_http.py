@@ -24,11 +24,13 @@ from berth.client.http import BerthClient
 from berth.control.api import ControlAPI
 from berth.control.hub import AgentHub
 from berth.control.routes import RoutesPublisher
+from berth.control.tokens import TokenRegistry
 from berth.errors import Expired
 from berth.store import MemoryStore
-from tests.support.servers import ControlPlane, LoopThread
+from tests.support.servers import ControlPlane, LoopThread, auth_headers
 
 Events = list[dict[str, Any]]
+AUTH = auth_headers()  # the session's admin token
 
 
 def model(name: str, uri: str = "file:///tmp/none", **labels: str) -> dict[str, Any]:
@@ -47,7 +49,9 @@ class SmallLogControl:
         self._up = threading.Event()
 
         async def main(stop: asyncio.Event) -> None:
-            api = ControlAPI(self.store, AgentHub(lambda ns: None), RoutesPublisher())
+            tokens = TokenRegistry(None)
+            tokens.ensure("admin", os.environ["BERTH_TOKEN"], grants={"*": "admin"})
+            api = ControlAPI(self.store, AgentHub(lambda ns: None), RoutesPublisher(), tokens=tokens)
             runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -73,7 +77,7 @@ def read_ndjson(url: str, params: dict[str, str], done: Callable[[Events], bool]
                 ) -> tuple[Events, bool]:
     """Events until ``done(events)`` (True) or the server ends the stream (False)."""
     events: Events = []
-    with httpx.stream("GET", url + "/api/v1/watch", params=params, timeout=timeout) as r:
+    with httpx.stream("GET", url + "/api/v1/watch", params=params, timeout=timeout, headers=AUTH) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
             if line.strip():
@@ -88,7 +92,7 @@ def test_a_compacted_revision_answers_410_gone() -> None:
         client = BerthClient(cp.url)
         client.apply([model(f"m{i}") for i in range(8)])  # revisions 1..8; events up to 5 dropped
         for params in ({"since": "1"}, {"since": "4", "kinds": "Model", "namespace": "default"}):
-            r = httpx.get(cp.url + "/api/v1/watch", params=params, timeout=5)
+            r = httpx.get(cp.url + "/api/v1/watch", params=params, timeout=5, headers=AUTH)
             assert r.status_code == 410, r.text
             assert r.headers["Content-Type"].startswith("application/json")
             body = r.json()
@@ -98,7 +102,7 @@ def test_a_compacted_revision_answers_410_gone() -> None:
             next(client.watch(("Model",), since=2))
 
         async def ws_status() -> int:
-            async with aiohttp.ClientSession() as s:
+            async with aiohttp.ClientSession(headers=AUTH) as s:
                 try:
                     async with s.ws_connect(cp.url + "/api/v1/watch?since=1"):
                         return 101
@@ -138,7 +142,7 @@ def test_compaction_mid_stream_sends_an_error_event_then_ends() -> None:
         client = BerthClient(cp.url)
         client.apply([model("first")])  # revision 1
         got: Events = []
-        with httpx.stream("GET", cp.url + "/api/v1/watch", params={"since": "1"}, timeout=20) as r:
+        with httpx.stream("GET", cp.url + "/api/v1/watch", params={"since": "1"}, timeout=20, headers=AUTH) as r:
             assert r.status_code == 200  # the answer has begun: the error can only come in the stream
             client.apply([model(f"burst{i}") for i in range(10)])  # one write of 10 events: 1..6 dropped
             ended, deadline = False, time.monotonic() + 10
@@ -157,7 +161,7 @@ def test_compaction_mid_stream_sends_an_error_event_then_ends() -> None:
 
         async def ws_frames() -> tuple[Events, Any]:
             frames: Events = []
-            async with aiohttp.ClientSession() as s, s.ws_connect(cp.url + "/api/v1/watch?since=11") as ws:
+            async with aiohttp.ClientSession(headers=AUTH) as s, s.ws_connect(cp.url + "/api/v1/watch?since=11") as ws:
                 client.apply([model(f"again{i}") for i in range(10)])
                 while True:
                     msg = await asyncio.wait_for(ws.receive(), 10)

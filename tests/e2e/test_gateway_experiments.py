@@ -9,6 +9,7 @@ gateway follows, REST and gRPC.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -249,7 +250,7 @@ def test_experiment_applied_to_the_control_plane_routes_rest_and_grpc(tmp_path: 
                         model_doc("iris2", str(model)), experiment])
         p.wait_model("iris")
         p.wait_model("iris2")
-        gw = Gateway(lt, grpc=True, control_url=p.control.url)
+        gw = Gateway(lt, grpc=True, control_url=p.control.url, token=os.environ["BERTH_TOKEN"])
         try:
             def split_seen() -> bool:
                 routes = {post(http, gw, "iris").headers.get("x-seldon-route") for _ in range(20)}

@@ -155,6 +155,7 @@ def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
     data = tmp_path / "data"
     cport, gport, grpc = free_ports(3)
     env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}")
+    env.pop("BERTH_TOKEN", None)  # the CLI finds the token `berth up` registered (discovery)
     berth = [sys.executable, "-m", "berth.main"]
     up = subprocess.Popen(berth + ["up", "--data-dir", str(data), "--control-port", str(cport),
                                    "--gateway-port", str(gport), "--grpc-port", str(grpc)],
@@ -184,7 +185,9 @@ def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
         assert _mlserver_pid(data.resolve(), "default", "mlserver", 0) == mls_before
         log = (data / "replicas" / "default" / "mlserver-0" / "mlserver" / "mlserver.log").read_text()
         assert log.count("Loaded model 'iris' successfully") == 1
-        st = httpx.get(f"http://127.0.0.1:{cport}/api/v1/namespaces/default/models/iris").json()["status"]
+        auth = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
+        st = httpx.get(f"http://127.0.0.1:{cport}/api/v1/namespaces/default/models/iris",
+                       headers=auth).json()["status"]
         assert st["state"] == "ModelAvailable"
     finally:
         up.send_signal(signal.SIGINT)

@@ -46,6 +46,7 @@ def test_up_serves_and_stops_clean(tmp_path: Path) -> None:
     cport, gport, grpc = free_ports(3)
     env = dict(os.environ, BERTH_ADDRESS=f"127.0.0.1:{cport}", BERTH_GATEWAY=f"127.0.0.1:{gport}",
                BERTH_GATEWAY_GRPC=f"127.0.0.1:{grpc}")
+    env.pop("BERTH_TOKEN", None)  # the CLI finds the token `berth up` registered (discovery)
     up = subprocess.Popen(BERTH + ["up", "--data-dir", str(data), "--control-port", str(cport),
                                    "--gateway-port", str(gport), "--grpc-port", str(grpc)],
                           env=env, stderr=subprocess.PIPE, text=True)

@@ -43,7 +43,8 @@ class Platform:
         self.gateway_grpc = f"127.0.0.1:{self.grpc_port}"
 
         async def gw(stop: asyncio.Event) -> None:
-            await run_gateway("127.0.0.1", self.gateway_port, self.control.url, stop, grpc_port=self.grpc_port)
+            await run_gateway("127.0.0.1", self.gateway_port, self.control.url, stop, grpc_port=self.grpc_port,
+                              token=self.control.admin_token)
 
         self._gateway = LoopThread(gw)
         self.client: BerthClient
@@ -52,7 +53,7 @@ class Platform:
     def __enter__(self) -> Platform:
         self.control.__enter__()
         self._gateway.start()
-        self.client = BerthClient(self.control.url)
+        self.client = BerthClient(self.control.url, token=self.control.admin_token)
         self.gateway = GatewayClient(self.gateway_url)
         if not wait_http(f"{self.gateway_url}/v2/health/live", 20):
             self._gateway.check()
@@ -101,12 +102,27 @@ class Platform:
 @contextmanager
 def manual_agent(platform: Platform, data: Path, *, server: str, namespace: str, http_port: int,
                  replica: int = 0) -> Iterator[subprocess.Popen[bytes]]:
-    """`berth agent` started by hand (as on another host), pointed at an inference server port."""
+    """`berth agent` started by hand (as on another host), pointed at an inference server port, enrolled as an
+    admin would: a token minted for exactly this replica in the control plane's registry, given in a file."""
+    from berth.control.tokens import TokenRegistry
+    from berth.resources.identity import AgentIdentity
+
+    registry = TokenRegistry(platform.control.opts.data_dir / "auth.db")  # the control plane's auth.db
+    try:
+        token = registry.create(f"manual.{namespace}.{server}.{replica}.{os.urandom(4).hex()}", kind="agent",
+                                agent=AgentIdentity(namespace, server, replica))
+    finally:
+        registry.close()
+    data.mkdir(parents=True, exist_ok=True)
+    token_file = data / "agent.token"
+    with os.fdopen(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(token + "\n")
     env = dict(os.environ, BERTH_DATA_DIR=str(data))
     agent = subprocess.Popen(
         [sys.executable, "-m", "berth.main", "agent", "--server", server, "--replica", str(replica),
          "--namespace", namespace, "--capabilities", "sklearn", "--memory", "1Gi",
-         "--inference-http-port", str(http_port), "--control", f"127.0.0.1:{platform.control.port}"],
+         "--inference-http-port", str(http_port), "--control", f"127.0.0.1:{platform.control.port}",
+         "--token-file", str(token_file)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield agent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -11,6 +12,7 @@ from typing import Any
 
 from berth.adapters.mlserver_proc import free_port
 from berth.control.server import ControlOptions, run_control
+from berth.resources.identity import new_token
 
 
 class LoopThread:
@@ -61,16 +63,26 @@ class LoopThread:
         self.check()
 
 
+_FROM_ENV: Any = object()
+
+
 class ControlPlane:
-    """A real control plane on a free loopback port (memory or SQLite store)."""
+    """A real control plane on a free loopback port (memory or SQLite store).
+
+    ``admin_token`` (default: ``$BERTH_TOKEN``, which tests/conftest.py sets for the session; a fresh one
+    outside pytest, e.g. in bench/) is made valid as the admin of every namespace; ``None`` starts it with no
+    admin token at all."""
 
     def __init__(self, data_dir: Path, *, store: str | None = ":memory:", provision: bool = False,
-                 replica_memory: int = 1 << 30, max_body: int = 8 << 20) -> None:
+                 replica_memory: int = 1 << 30, max_body: int = 8 << 20,
+                 admin_token: str | None = _FROM_ENV) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        token = (os.environ.get("BERTH_TOKEN") or new_token()) if admin_token is _FROM_ENV else admin_token
+        self.admin_token: str | None = token
         self.opts = ControlOptions(host="127.0.0.1", port=self.port, data_dir=data_dir,
                                    store_path=Path(store) if store else None, provision=provision,
-                                   replica_memory=replica_memory, max_body=max_body)
+                                   replica_memory=replica_memory, max_body=max_body, admin_token=token)
         self._started = threading.Event()
 
         async def main(stop: asyncio.Event) -> None:
@@ -104,3 +116,8 @@ def wait_http(url: str, timeout: float) -> bool:
         except httpx.HTTPError:
             time.sleep(0.1)
     return False
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` with ``token`` (default: the session's admin token, ``$BERTH_TOKEN``)."""
+    return {"Authorization": f"Bearer {token or os.environ['BERTH_TOKEN']}"}

@@ -38,3 +38,24 @@ def test_outcome_of_an_older_generation_is_ignored() -> None:
     assert rec.models["iris"].state == "LOADED" and rec.models["iris"].generation == 2
     hub._apply(rec, wire.ModelEvent(name="iris", generation=2, state="UNLOADED"))
     assert "iris" not in rec.models
+
+
+def test_admission_wants_an_agent_token_minted_for_exactly_the_claimed_replica() -> None:
+    from berth.resources.identity import AgentIdentity, Principal
+
+    hello = wire.Hello(namespace="tenant-a", server="mlserver", replica=1)
+    me = AgentIdentity("tenant-a", "mlserver", 1)
+
+    def code(principal: Principal | None, presented: bool = True) -> str | None:
+        refusal = AgentHub.admission(hello, principal, presented)
+        return refusal.code if refusal is not None else None
+
+    assert code(None, presented=False) == "Unauthenticated"
+    assert code(None) == "Unauthenticated"
+    assert code(Principal("alice", "user", {"*": "admin"})) == "Forbidden"
+    assert code(Principal("gw", "gateway")) == "Forbidden"
+    assert code(Principal("a", "agent", agent=None)) == "Forbidden"
+    for other in (AgentIdentity("tenant-b", "mlserver", 1), AgentIdentity("tenant-a", "other", 1),
+                  AgentIdentity("tenant-a", "mlserver", 0)):
+        assert code(Principal("a", "agent", agent=other)) == "Forbidden"
+    assert code(Principal("a", "agent", agent=me)) is None

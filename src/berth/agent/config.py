@@ -4,13 +4,17 @@ Each setting reads ``BERTH_*`` first, then the name Seldon Core v2's agent uses 
 server and replica as Seldon's StatefulSet pods are named, ``mlserver-2``), so an agent runs in a
 Seldon-shaped pod unchanged.  Explicit keyword overrides (the CLI's flags) win over both; ``None``
 overrides are ignored.
+
+The agent's credential — a token minted for exactly this (namespace, server, replica) — comes from
+``BERTH_AGENT_TOKEN_FILE`` (re-read on every connection, so a rotated file is picked up) or
+``BERTH_AGENT_TOKEN``; it is never printed (``repr`` leaves it out).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,8 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "control_port": ("BERTH_CONTROL_PORT", "SELDON_SCHEDULER_PORT"),
     "data_dir": ("BERTH_DATA_DIR",),
     "repository_dir": ("BERTH_REPOSITORY_DIR", "MLSERVER_MODEL_REPOSITORY_ROOT"),
+    "token": ("BERTH_AGENT_TOKEN",),
+    "token_file": ("BERTH_AGENT_TOKEN_FILE",),
 }
 _POD_NAME = re.compile(r"^(?P<server>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<replica>[0-9]+)$")
 
@@ -68,6 +74,9 @@ class AgentConfig:
     reconnect_min: float = 0.2
     reconnect_max: float = 5.0
     load_timeout: float = 600.0
+    refused_retry: float = 30.0  # seconds before trying again after the control plane refused this agent
+    token: str | None = field(default=None, repr=False)  # the agent token (token_file wins when both are set)
+    token_file: Path | None = None
 
     def __post_init__(self) -> None:
         for what, label in (("server", True), ("namespace", True)):
@@ -81,6 +90,8 @@ class AgentConfig:
             _check_int(port, getattr(self, port), 1, 65535)
         if self.inference_pid is not None:
             _check_int("inference_pid", self.inference_pid, 1, None)
+        if self.token_file is not None:
+            self.bearer_token()  # unreadable or empty: say so at start, not at the first refusal
         if self.reconnect_min <= 0 or self.reconnect_max < self.reconnect_min:
             raise ConfigError(f"agent reconnect backoff must satisfy 0 < min <= max, got "
                               f"{self.reconnect_min}..{self.reconnect_max}")
@@ -112,6 +123,18 @@ class AgentConfig:
     @property
     def identity(self) -> str:
         return f"{self.namespace}/{self.server}/{self.replica}"
+
+    def bearer_token(self) -> str | None:
+        """The token to present: the token file's content (read now), else ``token``, else None."""
+        if self.token_file is None:
+            return self.token.strip() if self.token and self.token.strip() else None
+        try:
+            text = Path(self.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"agent token file {self.token_file}: {exc.strerror or exc}") from exc
+        if not text:
+            raise ConfigError(f"agent token file {self.token_file} is empty")
+        return text
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> AgentConfig:
@@ -162,7 +185,9 @@ def _parse(name: str, variable: str, raw: str) -> Any:
             return parse_quantity(text, field=variable)
         except InvalidInput as exc:
             raise ConfigError(f"{where}: {exc.message.split(': ', 1)[-1]}") from exc
-    if name in ("data_dir", "repository_dir"):
+    if name == "token":
+        return text
+    if name in ("data_dir", "repository_dir", "token_file"):
         return Path(text)
     if name in ("server", "namespace"):
         problem = name_problem(text, what=where, label=True)

@@ -5,6 +5,10 @@ capacity, readiness, what is loaded); the control plane answers ``welcome`` and 
 and ``unload``.  The agent sends ``status`` when readiness changes, ``model`` for each outcome and a
 ``heartbeat`` every ``welcome.heartbeat_interval`` seconds.  When the control plane goes away the agent
 keeps its inference server as it is, queues model outcomes, and reconnects with exponential backoff.
+
+The upgrade request carries ``Authorization: Bearer <token>`` (the token minted for this replica); a
+control plane that refuses the agent (``Unauthenticated``, ``Forbidden``) is asked again only after
+``refused_retry`` seconds, one that says the replica is already connected (``Conflict``) at the usual pace.
 """
 
 from __future__ import annotations
@@ -23,12 +27,22 @@ from berth.adapters.mlserver import MLServerClient
 from berth.agent.config import AgentConfig
 from berth.agent.loader import ModelLoader
 from berth.agent.readiness import ReadinessWatcher
+from berth.errors import ConfigError
 from berth.wire import agent as wire
 
 log = logging.getLogger("berth.agent")
 
 _MAX_PENDING = 1000
 _WELCOME_TIMEOUT = 10.0
+_REFUSED = ("Unauthenticated", "Forbidden")  # retrying soon would not change the answer
+
+
+class Refused(Exception):
+    """The control plane answered hello with an error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
 
 
 class Agent:
@@ -111,6 +125,10 @@ class Agent:
             log.warning("ignoring an invalid frame from the control plane: %s", exc.errors()[0]["msg"])
             return
         if isinstance(msg, wire.Load):
+            if msg.namespace is not None and msg.namespace != self.config.namespace:
+                log.error("ignoring a load of model %s for namespace %s: this agent serves namespace %s",
+                          msg.name, msg.namespace, self.config.namespace)
+                return
             self._spawn(self._do_load(msg))
         elif isinstance(msg, wire.Unload):
             self._spawn(self._do_unload(msg))
@@ -121,7 +139,9 @@ class Agent:
     async def _session(self, session: aiohttp.ClientSession) -> bool:
         """One connection, until it drops (or the task is cancelled); True when it got as far as welcome."""
         url = self.config.control_url
-        ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024)
+        token = self.config.bearer_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024, headers=headers)
         heartbeat: asyncio.Task[Any] | None = None
         try:
             hello = self.hello()
@@ -132,8 +152,9 @@ class Agent:
                 return False
             answer = wire.parse_control(first.data)
             if isinstance(answer, wire.ErrorMsg):
-                log.error("control plane %s refused this agent (%s): %s", url, answer.code, answer.message)
-                return False
+                log.error("control plane %s refused this agent %s (%s): %s", url, self.config.identity,
+                          answer.code, answer.message)
+                raise Refused(answer.code, answer.message)
             if not isinstance(answer, wire.Welcome):
                 log.warning("control plane %s answered hello with %s, not welcome", url, answer.type)
                 return False
@@ -181,10 +202,15 @@ class Agent:
                     attempt.cancel()
                     await asyncio.gather(attempt, return_exceptions=True)
                     return
+                wait = delay
                 try:
                     welcomed = attempt.result()
                     reason = "connection closed"
-                except (aiohttp.ClientError, OSError, TimeoutError, ValidationError) as exc:
+                except Refused as exc:
+                    welcomed, reason = False, f"refused ({exc})"
+                    if exc.code in _REFUSED:
+                        wait = max(delay, cfg.refused_retry)
+                except (aiohttp.ClientError, OSError, TimeoutError, ValidationError, ConfigError) as exc:
                     welcomed, reason = False, str(exc) or type(exc).__name__
                 except Exception as exc:  # keep serving the inference server whatever went wrong
                     log.exception("control plane session failed")
@@ -193,9 +219,9 @@ class Agent:
                     delay, failures = cfg.reconnect_min, 0
                 failures += 1
                 level = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(level, "control plane %s: %s; reconnecting in %.1fs", cfg.control_url, reason, delay)
+                log.log(level, "control plane %s: %s; reconnecting in %.1fs", cfg.control_url, reason, wait)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
                 delay = min(delay * 2, cfg.reconnect_max)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -220,4 +246,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run one agent until ``stop`` is set (the ``berth agent`` command calls this)."""
     log.info("agent %s: inference server %s, control plane %s, repository %s", config.identity,
              config.inference.http, config.control_url, config.repository)
+    if config.token_file is None and not config.token:
+        log.warning("agent %s has no token (--token-file or BERTH_AGENT_TOKEN): a control plane that enrols "
+                    "agents will refuse it", config.identity)
     await Agent(config).run(stop)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import berth
-from berth.cli import describe_cmd, doctor_cmd, infer_cmd, plan_cmd, render, resources_cmd
+from berth.cli import audit_cmd, describe_cmd, doctor_cmd, infer_cmd, plan_cmd, render, resources_cmd, token_cmd
 from berth.cli.context import settings
 from berth.errors import BerthError
 
@@ -46,5 +46,7 @@ def build() -> typer.Typer:
     app.command()(plan_cmd.plan)
     app.command()(infer_cmd.infer)
     app.command()(doctor_cmd.doctor)
+    app.add_typer(token_cmd.app, name="token")
+    app.command()(audit_cmd.audit)
     app.command()(version)
     return app

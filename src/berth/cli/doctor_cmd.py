@@ -72,7 +72,13 @@ def control_row(client: BerthClient) -> tuple[Row, float]:
     if r.headers.get("date"):
         offset = parsedate_to_datetime(r.headers["date"]).timestamp() - time.time()
     revision = (r.json() if "json" in r.headers.get("content-type", "") else {}).get("revision", "?")
-    return Row("cli → control plane", addr, True, f"healthy (store revision {revision})"), \
+    try:
+        me = client.whoami()
+    except BerthError as exc:  # no token, or one it refuses: the message says how to get one
+        return Row("cli → control plane", addr, False, f"healthy, but {exc.message}"), 0.0
+    grants = ", ".join(f"{role} in {ns}" for ns, role in sorted((me.get("grants") or {}).items())) or me["kind"]
+    return Row("cli → control plane", addr, True,
+               f"healthy (store revision {revision}); token {me['name']} ({grants})"), \
         offset if abs(offset) > 2 else 0.0
 
 

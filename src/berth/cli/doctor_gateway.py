@@ -1,4 +1,8 @@
-"""`berth doctor`'s gateway rows: the CLI reaches the gateway (REST and gRPC), the gateway reaches every replica."""
+"""`berth doctor`'s gateway rows: the CLI reaches the gateway (REST and gRPC), the gateway reaches every replica.
+
+The gateway's probe answers operators only (an admin of every namespace) once its table carries auth: the CLI
+sends BERTH_TOKEN or the token `berth up` registered for the gateway; refused, it probes the replicas itself.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import httpx
 
 from berth.cli.doctor_rows import QUICK, Row, key, parallel
+from berth.client.credentials import find_token
 from berth.client.gateway import grpc_server_ready
 from berth.client.http import connect_reason
 
@@ -52,8 +57,16 @@ def _gateway_head(url: str, how: str) -> Row:
 def gateway_rows(url: str, agents: list[dict[str, Any]], in_scope: Callable[[str], bool]) -> list[Row]:
     """The gateway's own probe of its upstreams, or (older gateways) liveness plus probes from here."""
     unreachable = ("; start it with `berth up` (or `berth gateway`), or point --gateway / BERTH_GATEWAY at it")
+    token = find_token(url, gateway=True)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.get(f"{url}{PROBE}", timeout=httpx.Timeout(15.0, connect=2.0))
+        r = httpx.get(f"{url}{PROBE}", timeout=httpx.Timeout(15.0, connect=2.0), headers=auth)
+        if r.status_code in (401, 403):
+            why = ("no token was found (BERTH_TOKEN, or the one `berth up` registered for this gateway)"
+                   if not token else "the token found is not an admin of every namespace")
+            head = _gateway_head(url, f"its {PROBE} answers operators only and {why}, so the replicas were "
+                                      "probed from the CLI")
+            return [head, *parallel(_probe_replica, [a for a in agents if a["connected"]])]
         if r.status_code == 404:
             live = httpx.get(f"{url}/v2/health/live", timeout=QUICK)
             if live.status_code != 200:

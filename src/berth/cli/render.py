@@ -27,7 +27,12 @@ def age(ts: str | None, now: float | None = None) -> str:
         then = calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
         return "<unknown>"
-    secs = max(0, int((now or time.time()) - then))
+    return span((now or time.time()) - then)
+
+
+def span(seconds: float) -> str:
+    """A duration as kubectl's AGE column shows it: 45s, 12m, 5h, 3d."""
+    secs = max(0, int(seconds))
     if secs < 120:
         return f"{secs}s"
     if secs < 7200:

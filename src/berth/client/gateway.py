@@ -1,4 +1,9 @@
-"""Client of the gateway's V2 data plane (``berth infer``)."""
+"""Client of the gateway's V2 data plane (``berth infer``).
+
+It sends a token when it has one (``Authorization: Bearer`` on REST, ``authorization`` metadata on gRPC):
+the one given, else ``BERTH_TOKEN``, else the token `berth up` registered for this gateway.  Namespaces
+that do not require tokens ignore it.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ from typing import Any
 import httpx
 
 from berth import errors
+from berth.client.credentials import find_token
 from berth.client.http import DEFAULT_GATEWAY, connect_reason
 from berth.errors import Unavailable
 from berth.wire.v2proto import ProtoError, decode_infer_response, encode_infer_request
 
 DEFAULT_GATEWAY_GRPC = "127.0.0.1:9001"
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_AUTH_HINT = ("; the CLI sends BERTH_TOKEN, else the token `berth up` registered for this gateway: set BERTH_TOKEN "
+              "to a token with a role in the namespace (berth token create NAME -n NAMESPACE --role inference)")
 
 
 def gateway_from_env(explicit: str | None = None) -> str:
@@ -49,11 +57,17 @@ def grpc_server_ready(address: str, timeout: float = 2.0) -> str | None:
 
 
 class GatewayClient:
-    def __init__(self, address: str | None = None, *, timeout: float = 60.0, grpc_address: str | None = None) -> None:
+    """``token``: what to send (None: BERTH_TOKEN or the token `berth up` registered for ``address``; "": none)."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 60.0, grpc_address: str | None = None,
+                 token: str | None = None) -> None:
         self.address = gateway_from_env(address)
         self.grpc_address = grpc_gateway_from_env(grpc_address)
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.address, timeout=timeout)
+        self.token = find_token(self.address, gateway=True) if token is None else token.strip()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._grpc_auth = [("authorization", f"Bearer {self.token}")] if self.token else []
+        self._http = httpx.Client(base_url=self.address, timeout=timeout, headers=auth)
         self._channel: Any = None
         self._call: Any = None
 
@@ -72,7 +86,8 @@ class GatewayClient:
         if self._call is None:
             self._channel = grpc.insecure_channel(self.grpc_address)
             self._call = self._channel.unary_unary(_MODEL_INFER)
-        metadata = [("seldon-namespace", namespace), *((k.lower(), v) for k, v in (headers or {}).items())]
+        metadata = [("seldon-namespace", namespace), *self._grpc_auth,
+                    *((k.lower(), v) for k, v in (headers or {}).items())]
         started = time.perf_counter()
         try:
             answer, call = self._call.with_call(request, metadata=metadata, timeout=self.timeout)
@@ -92,7 +107,7 @@ class GatewayClient:
         trailing = dict(exc.trailing_metadata() or ())
         berth_code = trailing.get("berth-error-code")
         if berth_code:  # the gateway's own error: the same message as the REST JSON
-            return errors.from_dict({"code": berth_code, "message": details})
+            return _with_hint(errors.from_dict({"code": berth_code, "message": details}))
         if code.name == "UNAVAILABLE" and ("connect" in details.lower() or "refused" in details.lower()):
             return Unavailable(f"cannot reach the gateway's gRPC port at {self.grpc_address}: {details}; is "
                                "`berth up` running? point --gateway-grpc / BERTH_GATEWAY_GRPC at it")
@@ -117,8 +132,16 @@ class GatewayClient:
             body = r.text
         if r.status_code >= 400:
             if isinstance(body, dict) and "code" in body:
-                raise errors.from_dict(body, status=r.status_code)
+                raise _with_hint(errors.from_dict(body, status=r.status_code))
             detail = body.get("error") if isinstance(body, dict) else str(body)[:300]
             raise errors.BerthError(f"model {model}: HTTP {r.status_code}: {detail}",
                                     code="InferenceFailed", details=body)
         return InferResult(r.status_code, body, r.headers.get("x-seldon-route", ""), elapsed)
+
+
+def _with_hint(err: errors.BerthError) -> errors.BerthError:
+    """A refusal for want of a token says where the CLI looked for one."""
+    if err.code in ("Unauthenticated", "Forbidden"):
+        err.message += _AUTH_HINT
+        err.args = (err.message,)
+    return err

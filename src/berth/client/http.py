@@ -1,4 +1,8 @@
-"""Typed HTTP client of the control API (used by the CLI, tests and, later, the operator)."""
+"""Typed HTTP client of the control API (used by the CLI, tests and, later, the operator).
+
+Every call carries ``Authorization: Bearer <token>``: the token given, else ``BERTH_TOKEN``, else the one
+`berth up` registered for this address (:mod:`berth.client.credentials`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import httpx
 
 from berth import errors
+from berth.client.credentials import find_token
 from berth.errors import BerthError, Unavailable
 from berth.resources.kinds import ALL_KINDS
 
@@ -29,9 +34,11 @@ def _plural(kind: str) -> str:
 
 
 class BerthClient:
-    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0, token: str | None = None) -> None:
         self.address = address_from_env(address).rstrip("/")
-        self._http = httpx.Client(base_url=self.address, timeout=timeout)
+        self.token = token or find_token(self.address)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.address, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -51,7 +58,14 @@ class BerthClient:
         except httpx.TimeoutException as exc:
             raise errors.Timeout(f"the control plane at {self.address} did not answer {method} {path} "
                                  f"in time") from exc
-        return _decode(r)
+        return self._decode(r)
+
+    def _decode(self, r: httpx.Response) -> Any:
+        try:
+            return _decode(r)
+        except errors.Unauthenticated as exc:
+            raise errors.Unauthenticated(unauthenticated_text(self.address, self.token is not None),
+                                         details=exc.details) from exc
 
     def version(self) -> dict[str, Any]:
         return dict(self._request("GET", "/api/v1/version"))
@@ -89,6 +103,33 @@ class BerthClient:
     def routes(self) -> dict[str, Any]:
         return dict(self._request("GET", "/api/v1/routes"))
 
+    # --- tokens and audit (admins) ----------------------------------------------------------------------
+
+    def create_token(self, name: str, *, grants: dict[str, str] | None = None, kind: str = "user",
+                     agent: str | None = None, expires_in: str | float | None = None) -> dict[str, Any]:
+        """A new token: the answer's ``token`` is the only time it is seen."""
+        body: dict[str, Any] = {"name": name, "kind": kind, "grants": grants or {}}
+        if agent:
+            body["agent"] = agent
+        if expires_in is not None:
+            body["expiresIn"] = expires_in
+        return dict(self._request("POST", "/api/v1/tokens", json=body))
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the control plane takes this client's token for: {name, kind, grants, agent}."""
+        return dict(self._request("GET", "/api/v1/whoami"))
+
+    def tokens(self) -> builtins.list[dict[str, Any]]:
+        return list(self._request("GET", "/api/v1/tokens")["items"])
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/api/v1/tokens/{name}"))
+
+    def audit(self, namespace: str | None = None, since: str | float | None = None,
+              limit: int | None = None) -> builtins.list[dict[str, Any]]:
+        params = {k: str(v) for k, v in (("namespace", namespace), ("since", since), ("limit", limit)) if v}
+        return list(self._request("GET", "/api/v1/audit", params=params)["items"])
+
     def watch(self, kinds: tuple[str, ...] = (), namespace: str | None = None,
               since: int | None = None, *,
               idle: float | None = None) -> Generator[dict[str, Any], None, None]:
@@ -108,7 +149,7 @@ class BerthClient:
                                    timeout=httpx.Timeout(30.0, read=idle)) as r:
                 if r.status_code >= 400:
                     r.read()
-                    _decode(r)
+                    self._decode(r)
                 for line in r.iter_lines():
                     if line.strip():
                         yield json.loads(line)
@@ -161,6 +202,15 @@ class BerthClient:
                 note(f"watch: {why}; watching again from revision {since} in {delay:g}s")
             time.sleep(delay)
             delay = min(delay * 2, backoff[1])
+
+
+def unauthenticated_text(address: str, sent: bool) -> str:
+    """One line: why the control plane refused us and how to get a token."""
+    how = ("set BERTH_TOKEN to a token, run `berth up` as this user (the CLI then finds its token with no "
+           "flags), or ask an admin for one (`berth token create NAME -n NAMESPACE --role ROLE`)")
+    if sent:
+        return f"the control plane at {address} refused the token (unknown, expired or revoked): {how}"
+    return f"no token for the control plane at {address}: {how}"
 
 
 def connect_reason(exc: Exception) -> str:

@@ -7,15 +7,16 @@
     GET    /api/v1/watch?kinds=&namespace=&since= NDJSON event stream (or WebSocket on upgrade)
     GET    /api/v1/agents                         connected and lost replicas, as the hub knows them
     GET    /api/v1/routes[/watch]                 routing table for gateways
-    GET    /api/v1/agents/connect                 agent WebSocket
-    GET    /healthz, /api/v1/version
+    GET    /api/v1/agents/connect                 agent WebSocket (the hub authenticates agents)
+    POST|GET /api/v1/tokens, DELETE /api/v1/tokens/{name}, GET /api/v1/audit   (control/tokens_api.py)
+    GET    /healthz (open), /api/v1/version
 
-Errors answer ``{code, message, details}`` with the error's HTTP status; bad input changes nothing.
+Every route but /healthz needs ``Authorization: Bearer <token>`` (control/auth.py says which right each
+needs).  Errors answer ``{code, message, details}`` with the error's HTTP status; bad input changes nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,16 +27,19 @@ from aiohttp import web
 
 import berth
 from berth.control import checks
+from berth.control.auth import Auth, failure, principal_of
 from berth.control.hub import AgentHub
 from berth.control.metrics import ControlMetrics
 from berth.control.routes import RoutesPublisher
-from berth.control.secrets import redact
 from berth.control.tokens import TokenRegistry
-from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge
-from berth.resources.kinds import ALL_KINDS, APPLY_ORDER, kind_from_alias
+from berth.control.tokens_api import TokensAPI
+from berth.control.watch_api import Watches, shown, visibility
+from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge, Unauthenticated
+from berth.resources.identity import Principal, right_for
+from berth.resources.kinds import APPLY_ORDER, kind_from_alias
 from berth.resources.manifest import unacted_warnings, validate_document
 from berth.resources.names import check_name
-from berth.store.base import Event, Store
+from berth.store.base import Store
 from berth.wire.agent import AGENT_PATH
 from berth.wire.routes import ROUTES_PATH, ROUTES_WATCH_PATH
 
@@ -53,7 +57,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except BerthError as err:
-        return error_response(err)
+        response = error_response(err)
+        if isinstance(err, Unauthenticated):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="berth"'
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(PayloadTooLarge(f"request body too large: {exc.text}"))
     except web.HTTPException as exc:
@@ -69,10 +76,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                                  status=500)
 
 
-def shown(doc: dict[str, Any]) -> dict[str, Any]:
-    return redact(doc) if doc.get("kind") == "Secret" else doc
-
-
 class ControlAPI:
     def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
                  metrics: ControlMetrics | None = None, tokens: TokenRegistry | None = None) -> None:
@@ -81,33 +84,30 @@ class ControlAPI:
         self.metrics = metrics
         self.hub = hub
         self.routes = routes
-        self._watches: set[asyncio.Event] = set()  # one wake-up per open watch
-        self.closing = False
-        store.add_listener(self._on_event)
+        self.auth = Auth(self.tokens)
+        self.watches = Watches(store, self.auth)
 
     def close(self) -> None:
         """End every open watch (on shutdown)."""
-        self.closing = True
-        self._on_event(None)
+        self.watches.close()
         self.routes.close()
-
-    def _on_event(self, ev: Event | None) -> None:
-        for wake in self._watches:
-            wake.set()
+        self.auth.close()
 
     def app(self, *, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=max_body)
+        self.auth.install(app)  # after the errors middleware: its 401/403 answer as JSON
         r = app.router
         r.add_get("/healthz", self.healthz)
         if self.metrics is not None:
             r.add_get("/metrics", self.metrics.handler)
         r.add_get("/api/v1/version", self.version)
         r.add_post("/api/v1/apply", self.apply)
-        r.add_get("/api/v1/watch", self.watch)
+        r.add_get("/api/v1/watch", self.watches.handle)
         r.add_get(AGENT_PATH, self.hub.handle)
         r.add_get("/api/v1/agents", self.agents)
         r.add_get(ROUTES_PATH, self.routes.get)
         r.add_get(ROUTES_WATCH_PATH, self.routes.watch)
+        TokensAPI(self.tokens, self.auth).add_routes(r)
         r.add_get("/api/v1/namespaces/{ns}/models/{name}/storage", checks.storage_handler(self.store))
         r.add_get("/api/v1/namespaces/{ns}/{kind}/{name}", self.get)
         r.add_delete("/api/v1/namespaces/{ns}/{kind}/{name}", self.delete)
@@ -121,8 +121,11 @@ class ControlAPI:
         return web.json_response({"version": berth.__version__, "api": "v1"})
 
     async def agents(self, request: web.Request) -> web.Response:
-        ns = request.query.get("namespace")
-        rows = [r.summary() for k, r in sorted(self.hub.replicas.items()) if ns in (None, "", k[0])]
+        ns = request.query.get("namespace") or None
+        if ns is not None:
+            self.auth.require(request, "read", ns, action="list", kind="Agent")
+        seen = self.auth.readable(request) if ns is None else frozenset({ns})
+        rows = [r.summary() for k, r in sorted(self.hub.replicas.items()) if seen is None or k[0] in seen]
         return web.json_response({"items": rows})
 
     async def apply(self, request: web.Request) -> web.Response:
@@ -156,15 +159,40 @@ class ControlAPI:
             raise InvalidManifest(problems)
         warnings.extend(w for b in bodies for w in unacted_warnings(b))  # kept, but not acted on here
         bodies.sort(key=lambda b: APPLY_ORDER.get(b["kind"], 99))
+        principal = self._authorize_apply(request, bodies)  # all or nothing: 403 before anything is written
         if dry_run:
             results = [{"kind": b["kind"], "namespace": b["metadata"]["namespace"],
                         "name": b["metadata"]["name"], "action": "validated"} for b in bodies]
             return web.json_response({"results": results, "warnings": warnings, "dryRun": True})
-        applied = self.store.apply_many(bodies)
+        try:
+            applied = self.store.apply_many(bodies)
+        except BerthError as err:
+            self.auth.record_many(request, [{"principal": principal.name, "verb": "apply", "kind": b["kind"],
+                                             "namespace": b["metadata"]["namespace"], "name": b["metadata"]["name"],
+                                             "outcome": "failed", "reason": failure(err)} for b in bodies])
+            raise
         results = [{"kind": obj["kind"], "namespace": obj["metadata"]["namespace"],
                     "name": obj["metadata"]["name"], "action": action,
                     "generation": obj["metadata"]["generation"]} for obj, action in applied]
+        self.auth.record_many(request, [{"principal": principal.name, "verb": "apply", "kind": res["kind"],
+                                         "namespace": res["namespace"], "name": res["name"], "outcome": "ok",
+                                         "reason": str(res["action"])} for res in results])
         return web.json_response({"results": results, "warnings": warnings})
+
+    def _authorize_apply(self, request: web.Request, bodies: list[dict[str, Any]]) -> Principal:
+        """The caller, if it may write every document (Secrets: admin); else 403 naming the first namespace
+        it may not write in, each refused document recorded."""
+        principal = principal_of(request)
+        refused = [b for b in bodies if not principal.can(right_for(b["kind"], "write"), b["metadata"]["namespace"])]
+        self.auth.record_many(request, [  # the first one is recorded by require(), which answers the 403
+            {"principal": principal.name, "verb": "apply", "kind": b["kind"], "namespace": b["metadata"]["namespace"],
+             "name": b["metadata"]["name"], "outcome": "forbidden",
+             "reason": f"no {right_for(b['kind'], 'write')} right"} for b in refused[1:]])
+        if refused:
+            meta = refused[0]["metadata"]
+            self.auth.require(request, "write", meta["namespace"], action="apply", kind=refused[0]["kind"],
+                              name=meta["name"])
+        return principal
 
     def _kind(self, text: str) -> str:
         return kind_from_alias(text)
@@ -174,92 +202,30 @@ class ControlAPI:
         ns = request.query.get("namespace") or None
         selector = _selector(request.query.get("selector", ""))
         kinds = ("Model", "Server", "Experiment", "Pipeline") if text == "all" else (self._kind(text),)
-        if ns is not None:
-            check_name(ns, what="namespace", label=True)
-        items = [shown(d) for k in kinds for d in self.store.list(k, ns, selector)]
+        visible = visibility(self.auth, request, ns, kinds, "list")
+        items = [shown(d) for k in kinds for d in self.store.list(k, ns, selector) if visible(d)]
         return web.json_response({"items": items, "revision": self.store.revision()})
 
     async def get(self, request: web.Request) -> web.Response:
-        kind, ns, name = self._ref(request)
+        kind, ns, name = self._ref(request)  # the caller's right in ns was checked first (control/auth.py)
         return web.json_response(shown(self.store.get(kind, ns, name)))
 
     async def delete(self, request: web.Request) -> web.Response:
         kind, ns, name = self._ref(request)
-        return web.json_response(shown(self.store.delete(kind, ns, name)))
+        principal = principal_of(request)
+        try:
+            doc = self.store.delete(kind, ns, name)
+        except BerthError as err:
+            self.auth.record(request, principal.name, "delete", kind, ns, name, outcome="failed", reason=failure(err))
+            raise
+        self.auth.record(request, principal.name, "delete", kind, ns, name, outcome="ok", reason="deleted")
+        return web.json_response(shown(doc))
 
     def _ref(self, request: web.Request) -> tuple[str, str, str]:
         kind = self._kind(request.match_info["kind"])
         ns = check_name(request.match_info["ns"], what="namespace", label=True)
         name = check_name(request.match_info["name"], what="name")
         return kind, ns, name
-
-    async def watch(self, request: web.Request) -> web.StreamResponse:
-        kinds_q = request.query.get("kinds", "")
-        kinds = tuple(self._kind(k) for k in kinds_q.split(",") if k) or None
-        ns = request.query.get("namespace") or None
-        since_q = request.query.get("since")
-        if since_q is not None and not since_q.isdigit():
-            raise InvalidInput(f"since: expected a resourceVersion (integer), got {since_q!r}")
-        since = int(since_q) if since_q is not None else None
-        if since is not None:
-            self.store.events_since(since, kinds=kinds, namespace=ns, limit=1)  # Expired → 410 now
-        ws = web.WebSocketResponse(heartbeat=20.0)
-        use_ws = ws.can_prepare(request).ok
-        if use_ws:
-            await ws.prepare(request)
-            resp: web.StreamResponse = ws
-        else:
-            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-            await resp.prepare(request)
-
-        async def send(payload: dict[str, Any]) -> None:
-            line = json.dumps(payload)
-            if use_ws:
-                await ws.send_str(line)
-            else:
-                await resp.write(line.encode() + b"\n")
-
-        wake = asyncio.Event()
-        self._watches.add(wake)
-        reader: asyncio.Task[None] | None = None
-        if use_ws:  # read the client's frames, so a close is answered at once and ends the watch
-            async def drain() -> None:
-                async for _ in ws:
-                    pass
-                wake.set()
-
-            reader = asyncio.create_task(drain())
-        try:
-            if since is None:
-                since = self.store.revision()
-                for k in kinds or ALL_KINDS:
-                    for doc in self.store.list(k, ns):
-                        await send({"type": "ADDED", "revision": since, "object": shown(doc)})
-            while not self.closing and not (use_ws and ws.closed):
-                wake.clear()
-                head = self.store.revision()
-                events = self.store.events_since(since, kinds=kinds, namespace=ns)
-                for ev in events:
-                    since = ev.revision
-                    await send({"type": ev.type, "revision": ev.revision, "object": shown(ev.object)})
-                if events:
-                    continue
-                since = max(since, head)  # nothing matched up to head: never fall behind compaction
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=15.0)
-                except TimeoutError:
-                    if not use_ws:
-                        await resp.write(b"\n")  # keep-alive
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        except BerthError as err:  # e.g. Expired while streaming
-            await send({"type": "ERROR", "object": err.to_dict()})
-        finally:
-            self._watches.discard(wake)
-            if reader is not None:
-                reader.cancel()
-        return resp
-
 
 def _selector(text: str) -> dict[str, str] | None:
     if not text:

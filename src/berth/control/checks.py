@@ -24,6 +24,7 @@ from aiohttp import web
 
 from berth.adapters import secrets as s3secrets
 from berth.adapters.storage import split_uri
+from berth.control.auth import auth_of
 from berth.control.secrets import resolve
 from berth.errors import StorageError
 from berth.resources.names import check_name
@@ -47,14 +48,19 @@ def storage_handler(store: Store) -> Handler:
     async def storage_check(request: web.Request) -> web.Response:
         ns = check_name(request.match_info["ns"], what="namespace", label=True)
         name = check_name(request.match_info["name"], what="name")
+        # read in ns, checked before the store is asked (a 403 says nothing of what exists); the middleware
+        # checked it already, this keeps the handler safe wherever it is mounted
+        principal = auth_of(request).require(request, "read", ns, action="check", kind="Model", name=name)
         doc = store.get("Model", ns, name)  # NotFound answers 404 through the API's middleware
-        return web.json_response(await check_model_storage(store, doc))
+        return web.json_response(await check_model_storage(store, doc,
+                                                           secret_keys=principal.can("admin", ns)))
 
     return storage_check
 
 
-async def check_model_storage(store: Store, doc: dict[str, Any]) -> dict[str, Any]:
-    """Secret, credentials and object checks of one stored Model document."""
+async def check_model_storage(store: Store, doc: dict[str, Any], *, secret_keys: bool = True) -> dict[str, Any]:
+    """Secret, credentials and object checks of one stored Model document (``secret_keys``: name the
+    secret's keys, for callers who may read Secrets)."""
     spec = doc.get("spec") or {}
     ns = doc["metadata"]["namespace"]
     uri = str(spec.get("storageUri") or "").strip()
@@ -65,8 +71,8 @@ async def check_model_storage(store: Store, doc: dict[str, Any]) -> dict[str, An
     elif data is None:
         secret = _check("secret", False, why or f"secret {secret_name!r} not found in namespace {ns}")
     else:
-        keys = ", ".join(sorted(data)) or "none"
-        secret = _check("secret", True, f"secret {secret_name} found in namespace {ns} (keys: {keys})")
+        keys = f" (keys: {', '.join(sorted(data)) or 'none'})" if secret_keys else ""
+        secret = _check("secret", True, f"secret {secret_name} found in namespace {ns}{keys}")
     source = ModelSource(storage_uri=uri, secret_name=secret_name, secret=data, secret_error=why)
     rest = await _target_checks(uri, source, secret)
     checks = [secret, *rest]

@@ -3,6 +3,12 @@
 The hub keeps what each agent last said (identity, capacity, readiness, per-model states) and what the
 control plane last asked of it, so the reconciler can diff plans against reality.  It remembers replicas
 whose agent went away (with when and why), so a model's status can name them.
+
+Agents are enrolled, not trusted: the upgrade request carries ``Authorization: Bearer <token>``, and the
+``hello`` is accepted only when that token is a valid agent token minted for exactly the (namespace,
+server, replica) it claims, and no live connection holds that replica already.  Every refusal and every
+enrolment is audited.  A Load carrying a Secret's values is sent only to a connection enrolled in the
+model's namespace whose token is still valid.
 """
 
 from __future__ import annotations
@@ -13,15 +19,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from pydantic import ValidationError
 
 from berth.control.tokens import TokenRegistry
+from berth.resources.identity import AgentIdentity, Principal, bearer
 from berth.wire import agent as wire
 
 log = logging.getLogger("berth.control.hub")
 
 ReplicaKey = tuple[str, str, int]  # (namespace, server, replica index)
+
+MAX_FRAME = 8 * 1024 * 1024  # an enrolled agent's frames (a hello lists every loaded model)
+MAX_FRAME_UNAUTHENTICATED = 64 * 1024  # enough for any hello; all a caller without an agent token may send
+HELLO_TIMEOUT = 30.0
+HELLO_TIMEOUT_UNAUTHENTICATED = 10.0
+STALE_HEARTBEATS = 3  # a connection silent this many heartbeat intervals no longer holds its replica
+MAX_UNENROLLED = 128  # connections waiting for their hello at once; more are answered 503 before the upgrade
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who opened an agent connection, as far as its token says."""
+
+    principal: Principal | None
+    name: str  # the token's name, "anonymous" (no token) or "invalid-token" (unknown, revoked or expired)
+    peer: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a hello is not accepted: ``message`` goes to the caller, ``reason`` to the audit log."""
+
+    code: str  # Unauthenticated, Forbidden, Conflict, InvalidInput
+    message: str
+    reason: str
 
 
 @dataclass
@@ -52,6 +84,14 @@ class ReplicaRecord:
     models: dict[str, ReplicaModel] = field(default_factory=dict)
     ws: web.WebSocketResponse | None = None
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    principal: Principal | None = None  # the agent token this connection enrolled with
+    peer: str = ""  # the address it connected from
+
+    @property
+    def enrolled(self) -> bool:
+        """Whether this connection proved it is exactly this replica (an agent token minted for it)."""
+        p = self.principal
+        return p is not None and p.kind == "agent" and p.agent == AgentIdentity(*self.key)
 
     @property
     def namespace(self) -> str:
@@ -68,7 +108,7 @@ class ReplicaRecord:
     def summary(self) -> dict[str, object]:
         return {
             "namespace": self.namespace, "server": self.server, "replica": self.index,
-            "connected": self.connected, "connectedAt": self.connected_at,
+            "connected": self.connected, "connectedAt": self.connected_at, "peer": self.peer,
             "disconnectedAt": self.disconnected_at, "disconnectReason": self.disconnect_reason,
             "lastHeartbeat": self.last_heartbeat, "ready": self.readiness.ready,
             "address": self.readiness.address, "error": self.readiness.error,
@@ -89,6 +129,7 @@ class AgentHub:
         self.on_model_event: Callable[[str, str], None] | None = None  # (namespace, state)
         self._on_change = on_change
         self.heartbeat_interval = 5.0
+        self._unenrolled = 0  # connections upgraded whose hello is not yet judged
 
     def in_namespace(self, namespace: str) -> list[ReplicaRecord]:
         return [r for k, r in sorted(self.replicas.items()) if k[0] == namespace]
@@ -103,6 +144,17 @@ class AgentHub:
         ws = rec.ws
         if ws is None or ws.closed or not rec.connected:
             return False
+        if isinstance(msg, wire.Load) and msg.source.secret is not None:
+            problem = self._secret_problem(rec, msg)
+            if problem is not None:
+                log.error("not sending model %s (with the values of Secret %s) to replica %s/%s/%d: %s",
+                          msg.name, msg.source.secret_name, *rec.key, problem)
+                self._audit(rec.principal, rec.peer, "agent-load", rec.namespace, f"{rec.server}/{rec.index}",
+                            "refused", f"Secret {msg.source.secret_name} for model {msg.name} withheld: {problem}")
+                if not rec.enrolled or not self._still_valid(rec):
+                    await self._close(ws, "Unauthenticated", "this agent's token is no longer valid; reconnecting "
+                                      "needs a valid agent token")
+                return False
         try:
             async with rec.send_lock:
                 await ws.send_str(wire.dump(msg))
@@ -111,26 +163,54 @@ class AgentHub:
             log.warning("send to agent %s failed: %s", rec.key, exc)
             return False
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=8 * 1024 * 1024)
-        await ws.prepare(request)
+    def _secret_problem(self, rec: ReplicaRecord, msg: wire.Load) -> str | None:
+        """Why a Secret's values may not go to this connection, or None: it must be enrolled as this very
+        replica, in the model's namespace, with a token still valid."""
+        if not rec.enrolled:
+            return "the connection is not enrolled with an agent token for this replica"
+        if msg.namespace != rec.namespace:
+            return f"the model's namespace ({msg.namespace or 'not given'}) is not the agent's ({rec.namespace})"
+        if not self._still_valid(rec):
+            return "the agent's token was revoked or has expired"
+        return None
+
+    def _still_valid(self, rec: ReplicaRecord) -> bool:
+        return rec.principal is not None and self.tokens.valid(rec.principal.name)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         peer = request.remote or "?"
+        if self._unenrolled >= MAX_UNENROLLED:
+            log.warning("refused an agent connection from %s: %d connections are already waiting for their hello",
+                        peer, self._unenrolled)
+            return web.json_response({"code": "Unavailable", "details": None,
+                                      "message": "too many agent connections waiting to enrol; try again"},
+                                     status=503)
+        token = bearer(request.headers.get("Authorization"))
+        principal = self.tokens.verify(token)
+        agent = principal is not None and principal.kind == "agent"
+        # A caller without an agent token only gets as far as its hello, in one small frame.
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_FRAME if agent else MAX_FRAME_UNAUTHENTICATED)
+        await ws.prepare(request)
+        caller = Caller(principal, principal.name if principal else "invalid-token" if token else "anonymous", peer)
         rec: ReplicaRecord | None = None
         reason = "agent closed the connection"
+        self._unenrolled += 1
         try:
-            first = await ws.receive(timeout=30)
-            if first.type != WSMsgType.TEXT:
-                await self._refuse(ws, "first frame must be a hello message")
-                return ws
             try:
-                hello = wire.parse_agent(first.data)
-            except ValidationError as exc:
-                await self._refuse(ws, f"invalid hello: {exc.errors()[0]['msg']}")
+                first = await ws.receive(timeout=HELLO_TIMEOUT if agent else HELLO_TIMEOUT_UNAUTHENTICATED)
+            finally:
+                self._unenrolled -= 1
+            hello = self._hello(first)
+            if isinstance(hello, Refusal):
+                await self._refuse(ws, None, caller, hello)
                 return ws
-            if not isinstance(hello, wire.Hello):
-                await self._refuse(ws, "first frame must be a hello message")
+            refusal = self.admission(hello, principal, token is not None) or self._taken(hello, peer)
+            if refusal is not None:
+                await self._refuse(ws, hello, caller, refusal)
                 return ws
-            rec = self._register(hello, ws)
+            rec = self._register(hello, ws, principal, peer)
+            self._audit(principal, peer, "agent-connect", rec.namespace, f"{rec.server}/{rec.index}", "ok",
+                        f"enrolled as {rec.namespace}/{rec.server}/{rec.index}")
             log.info("agent %s/%s/%d connected from %s (ready=%s)", *rec.key, peer, hello.readiness.ready)
             await ws.send_str(wire.dump(wire.Welcome(heartbeat_interval=self.heartbeat_interval)))
             self._on_change(rec.namespace)
@@ -142,11 +222,19 @@ class AgentHub:
                 except ValidationError as exc:
                     log.warning("agent %s sent an invalid frame: %s", rec.key, exc.errors()[0]["msg"])
                     continue
+                if isinstance(parsed, wire.Heartbeat) and not self._still_valid(rec):
+                    reason = "its token was revoked or has expired"
+                    self._audit(principal, peer, "agent-connect", rec.namespace, f"{rec.server}/{rec.index}",
+                                "refused", "disconnected: the agent token was revoked or has expired")
+                    await self._close(ws, "Unauthenticated", "this agent's token was revoked or has expired")
+                    break
                 self._apply(rec, parsed)
             if ws.exception() is not None:
                 reason = f"connection lost: {ws.exception()}"
         except TimeoutError:
-            reason = "no hello within 30s"
+            reason = "no hello within the time allowed"
+            if rec is None:
+                await self._refuse(ws, None, caller, Refusal("InvalidInput", reason, reason))
         finally:
             if rec is not None and rec.ws is ws:
                 rec.connected = False
@@ -157,16 +245,107 @@ class AgentHub:
                 self._on_change(rec.namespace)
         return ws
 
-    async def _refuse(self, ws: web.WebSocketResponse, message: str) -> None:
-        await ws.send_str(wire.dump(wire.ErrorMsg(code="InvalidInput", message=message)))
-        await ws.close()
+    @staticmethod
+    def _hello(first: WSMessage) -> wire.Hello | Refusal:
+        """The hello of the first frame, or why it is none."""
+        if first.type != WSMsgType.TEXT:
+            return Refusal("InvalidInput", "first frame must be a hello message", "no hello frame")
+        try:
+            parsed = wire.parse_agent(first.data)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"]
+            return Refusal("InvalidInput", f"invalid hello: {problem}", f"invalid hello: {problem}")
+        if not isinstance(parsed, wire.Hello):
+            return Refusal("InvalidInput", "first frame must be a hello message",
+                           f"first frame was {parsed.type}, not hello")
+        return parsed
 
-    def _register(self, hello: wire.Hello, ws: web.WebSocketResponse) -> ReplicaRecord:
+    async def _refuse(self, ws: web.WebSocketResponse, hello: wire.Hello | None, caller: Caller,
+                      refusal: Refusal) -> None:
+        self._audit_refusal(hello, caller, refusal)
+        log.warning("refused agent from %s%s: %s", caller.peer,
+                    f" claiming {hello.namespace}/{hello.server}/{hello.replica}" if hello else "", refusal.reason)
+        await self._close(ws, refusal.code, refusal.message)
+
+    @staticmethod
+    def admission(hello: wire.Hello, principal: Principal | None, presented: bool) -> Refusal | None:
+        """Whether ``principal`` (from the token presented, if any) may be the replica ``hello`` claims."""
+        claim = AgentIdentity(hello.namespace, hello.server, hello.replica)
+        how = (f"start the agent with the token minted for replica {claim} (--token-file FILE or "
+               f"BERTH_AGENT_TOKEN; an admin creates one with: berth token create NAME --agent {claim})")
+        if principal is None and not presented:
+            return Refusal("Unauthenticated", f"no agent token: the connection must carry Authorization: Bearer "
+                           f"<token>; {how}", "no token")
+        if principal is None:
+            return Refusal("Unauthenticated", f"the agent token is not valid (unknown, revoked or expired); {how}",
+                           "token not valid (unknown, revoked or expired)")
+        if principal.kind != "agent" or principal.agent is None:
+            return Refusal("Forbidden", f"a {principal.kind} token cannot enrol an agent; {how}",
+                           f"a {principal.kind} token, not an agent token")
+        if principal.agent != claim:
+            return Refusal("Forbidden", f"this token was not minted for replica {claim}; {how}",
+                           "the agent token was minted for another replica")
+        return None
+
+    def _taken(self, hello: wire.Hello, peer: str) -> Refusal | None:
+        """A live connection holding the replica ``hello`` claims refuses a second one; a connection gone
+        silent for ``STALE_HEARTBEATS`` heartbeats is closed and gives way."""
         key: ReplicaKey = (hello.namespace, hello.server, hello.replica)
         old = self.replicas.get(key)
-        if old is not None and old.ws is not None and not old.ws.closed:
-            asyncio.ensure_future(old.ws.close(message=b"replaced by a newer connection"))
-        rec = ReplicaRecord(key=key, hello=hello, readiness=hello.readiness, ws=ws)
+        if old is None or old.ws is None or old.ws.closed or not old.connected:
+            return None
+        silent = time.time() - old.last_heartbeat
+        if silent > STALE_HEARTBEATS * self.heartbeat_interval:
+            log.warning("agent %s/%s/%d from %s silent for %.0fs; %s takes the replica over", *key, old.peer,
+                        silent, peer)
+            asyncio.ensure_future(old.ws.close(message=b"replaced: no heartbeat"))
+            return None
+        since = time.strftime("%H:%M:%S", time.localtime(old.connected_at))
+        return Refusal("Conflict", f"replica {hello.namespace}/{hello.server}/{hello.replica} is already connected "
+                       "(a live agent holds it); a second agent may not claim it until that connection is gone",
+                       f"replica {hello.namespace}/{hello.server}/{hello.replica} is already connected from "
+                       f"{old.peer or '?'} (since {since})")
+
+    def _audit(self, principal: Principal | None, peer: str, verb: str, namespace: str, name: str,
+               outcome: str, reason: str) -> None:
+        self.tokens.audit(principal=principal.name if principal else "anonymous", source=peer, verb=verb,
+                          kind="Agent", namespace=namespace, name=name, outcome=outcome, reason=reason)
+
+    def _audit_refusal(self, hello: wire.Hello | None, caller: Caller, refusal: Refusal) -> None:
+        """Record a refused hello under the namespace it claimed.  A record names only what belongs to its
+        namespace: a token of another namespace is recorded there too, without the claim it was used for."""
+        principal = caller.principal
+        if hello is None:
+            self.tokens.audit(principal=caller.name, source=caller.peer, verb="agent-hello", kind="Agent",
+                              outcome="refused", reason=refusal.reason)
+            return
+        ns = hello.namespace
+        own = principal is None or (principal.agent.namespace == ns if principal.agent is not None
+                                    else principal.role_in(ns) is not None)
+        self.tokens.audit(principal=caller.name if own else "(a token of another namespace)", source=caller.peer,
+                          verb="agent-hello", kind="Agent", namespace=ns, name=f"{hello.server}/{hello.replica}",
+                          outcome="refused", reason=refusal.reason)
+        if principal is not None and principal.agent is not None and not own:
+            mine = principal.agent
+            self.tokens.audit(principal=principal.name, source=caller.peer, verb="agent-hello", kind="Agent",
+                              namespace=mine.namespace, name=f"{mine.server}/{mine.replica}", outcome="refused",
+                              reason="this agent token was presented for a replica it was not minted for")
+
+    async def _close(self, ws: web.WebSocketResponse, code: str, message: str) -> None:
+        """Say why (an ``error`` frame) and close; a peer that is already gone is no error."""
+        try:
+            if not ws.closed:
+                await ws.send_str(wire.dump(wire.ErrorMsg(code=code, message=message)))
+            await ws.close()
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("closing an agent connection: %s", exc)
+
+    def _register(self, hello: wire.Hello, ws: web.WebSocketResponse, principal: Principal | None = None,
+                  peer: str = "") -> ReplicaRecord:
+        key: ReplicaKey = (hello.namespace, hello.server, hello.replica)
+        old = self.replicas.get(key)
+        rec = ReplicaRecord(key=key, hello=hello, readiness=hello.readiness, ws=ws, principal=principal,
+                            peer=peer)
         # What the agent holds is the truth; keep failure history for models it does not hold.
         for lm in hello.loaded:
             rec.models[lm.name] = ReplicaModel("LOADED", lm.generation, lm.memory)

@@ -6,11 +6,18 @@ true when the Server is scaled, changed or deleted.  A replica whose process die
 backoff; one that keeps crashing is reported in the log and left stopped.  Replicas outlive a killed
 control plane: their pids are kept in ``<data dir>/replicas/state.json`` and the next control plane
 adopts the ones still running instead of starting duplicates.
+
+Each agent enrols with a token minted for its replica alone (named ``agent.<namespace>.<server>.<index>``),
+handed over in its environment (``BERTH_AGENT_TOKEN``), never on its command line.  The token is kept in
+``auth.db`` (hashed), so an adopted agent still enrols after a control-plane restart; one whose token is
+no longer valid (revoked, or kept only in memory by the previous control plane) gets a new agent with a new
+token.  A replica that is removed has its token revoked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +31,8 @@ from typing import Any
 from berth.adapters.mlserver_proc import MLServerProcess
 from berth.control.localproc import Handle
 from berth.control.tokens import TokenRegistry
-from berth.errors import InvalidInput
+from berth.errors import InvalidInput, NotFound
+from berth.resources.identity import AgentIdentity, new_token
 from berth.resources.kinds import server_spec
 from berth.resources.podspec import RUNS, inference_server, replica_shape, server_config_for, unsupported_message
 from berth.scheduler.build import server_info
@@ -35,6 +43,20 @@ MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up and report
 RESTART_WINDOW = 120.0
 
 Key = tuple[str, str, int]
+TOKEN_ENV = "BERTH_AGENT_TOKEN"
+# Credentials of the control plane's own user that an agent must not inherit.
+NOT_INHERITED = ("BERTH_TOKEN", TOKEN_ENV, "BERTH_AGENT_TOKEN_FILE")
+
+
+def token_name(key: Key) -> str:
+    """The name of the token minted for local replica ``key``: dots cannot occur in a namespace or an index,
+    so no two replicas share one.  A server name too long for that (names are at most 253 characters) is
+    replaced by its digest."""
+    ns, server, index = key
+    name = f"agent.{ns}.{server}.{index}"
+    if len(name) > 253:
+        name = f"agent.{ns}.sha256-{hashlib.sha256(server.encode()).hexdigest()}.{index}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,8 @@ class LocalProvisioner:
         self.replicas: dict[Key, LocalReplica] = {}
         self._noted: set[str] = set()  # notes (bad podSpec values, servers not run) already logged
         self._wake = asyncio.Event()
+        self._tokens_changed = False  # set (from any thread) when a token was created or revoked
+        self.tokens.on_change.append(self._on_tokens_changed)
         self._adopt()
 
     @property
@@ -113,6 +137,9 @@ class LocalProvisioner:
 
     def changed(self) -> None:
         self._wake.set()
+
+    def _on_tokens_changed(self) -> None:
+        self._tokens_changed = True
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -149,7 +176,11 @@ class LocalProvisioner:
         for key in sorted(set(self.replicas) - set(want), reverse=True):
             log.info("stopping replica %s/%s/%d (server scaled down or deleted)", *key)
             self._stop(self.replicas.pop(key))
+            self._revoke(key)
             dirty = True
+        if self._tokens_changed:
+            self._tokens_changed = False
+            dirty = self._renew_revoked() or dirty
         now = time.monotonic()
         for key, shape in sorted(want.items()):
             rep = self.replicas.get(key)
@@ -171,20 +202,31 @@ class LocalProvisioner:
             self._save()
 
     def _start(self, rep: LocalReplica) -> None:
-        ns, name, index = rep.key
         mls = MLServerProcess(rep.workdir / "mlserver")
         proc = mls.start()
         rep.mlserver = Handle.of(proc)
         rep.http_port, rep.grpc_port = mls.http_port, mls.grpc_port
-        env = dict(os.environ)
+        self._start_agent(rep)
+        log.info("started replica %s/%s/%d: mlserver pid %d on %s, agent pid %d", *rep.key, proc.pid,
+                 mls.http_address, rep.agent.pid if rep.agent else 0)
+
+    def _start_agent(self, rep: LocalReplica) -> None:
+        """Start the agent beside the replica's MLServer, with a token minted for this replica now."""
+        ns, name, index = rep.key
+        mls = MLServerProcess(rep.workdir / "mlserver", http_port=rep.http_port, grpc_port=rep.grpc_port)
+        token = new_token()
+        self.tokens.ensure(token_name(rep.key), token, grants={}, kind="agent",
+                           agent=AgentIdentity(ns, name, index))
+        env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
         env.update({
+            TOKEN_ENV: token,
             "BERTH_NAMESPACE": ns, "BERTH_SERVER": name, "BERTH_REPLICA": str(index),
             "BERTH_CAPABILITIES": ",".join(rep.capabilities), "BERTH_MEMORY": str(rep.memory),
             "BERTH_OVERCOMMIT_PERCENT": str(rep.overcommit),
             "BERTH_INFERENCE_HOST": mls.host,
-            "BERTH_INFERENCE_HTTP_PORT": str(mls.http_port),
-            "BERTH_INFERENCE_GRPC_PORT": str(mls.grpc_port),
-            "BERTH_INFERENCE_PID": str(proc.pid),
+            "BERTH_INFERENCE_HTTP_PORT": str(rep.http_port),
+            "BERTH_INFERENCE_GRPC_PORT": str(rep.grpc_port),
+            "BERTH_INFERENCE_PID": str(rep.mlserver.pid if rep.mlserver else ""),
             "BERTH_REPOSITORY_DIR": str(mls.repository),
             "BERTH_DATA_DIR": str(rep.workdir / "agent"),
             "BERTH_CONTROL_HOST": self.control_host, "BERTH_CONTROL_PORT": str(self.control_port),
@@ -195,8 +237,26 @@ class LocalProvisioner:
                                  start_new_session=True)
         log_file.close()
         rep.agent = Handle.of(agent)
-        log.info("started replica %s/%s/%d: mlserver pid %d on %s, agent pid %d", ns, name, index,
-                 proc.pid, mls.http_address, agent.pid)
+
+    def _renew_revoked(self) -> bool:
+        """A running replica whose token was revoked (or expired) gets a new agent with a new token; its
+        MLServer and the models it holds stay.  True when one did."""
+        renewed = False
+        for key, rep in sorted(self.replicas.items()):
+            if rep.agent is None or not rep.agent.alive() or self.tokens.valid(token_name(key)):
+                continue
+            log.warning("replica %s/%s/%d: its agent token was revoked or has expired; restarting its agent "
+                        "with a new one", *key)
+            rep.agent.stop()
+            self._start_agent(rep)
+            renewed = True
+        return renewed
+
+    def _revoke(self, key: Key) -> None:
+        try:
+            self.tokens.revoke(token_name(key))
+        except NotFound:
+            pass
 
     def _restart(self, rep: LocalReplica, now: float) -> None:
         what = [f"{label} {h.exit_text()}" for label, h in (("mlserver", rep.mlserver), ("agent", rep.agent))
@@ -250,6 +310,11 @@ class LocalProvisioner:
                         h.stop()
                 continue
             key = (ns, name, int(index))
+            if not self.tokens.valid(token_name(key)):
+                log.info("replica %s/%s/%s: its agent token is no longer valid; starting it afresh", *key)
+                for h in (agent, mls):
+                    h.stop()
+                continue
             self.replicas[key] = LocalReplica(
                 key, Path(rec["workdir"]), tuple(rec["capabilities"]), int(rec["memory"]),
                 int(rec.get("overcommit", self.overcommit_percent)), mlserver=mls, agent=agent,

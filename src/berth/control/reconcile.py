@@ -193,7 +193,7 @@ class Reconciler:
         self._write_statuses(ns, docs, statuses)
         fresh_models = self.store.list("Model", ns)  # with the statuses just written
         self._configuring_kinds(ns, docs, fresh_models, now)
-        self.routes.publish_namespace(ns, fresh_models, records, self.store.list("Experiment", ns))
+        self.routes.publish_namespace(ns, fresh_models, records, self.store.list("Experiment", ns), runtime)
         self._start_drains(ns)
 
     def _start_drains(self, ns: str) -> None:
@@ -232,7 +232,7 @@ class Reconciler:
                 attempts = m.attempts
             if source is None:
                 source = model_source(self.store, ns, doc)
-            if await self.hub.send(rec, wire.Load(name=name, generation=gen, source=source)):
+            if await self.hub.send(rec, wire.Load(namespace=ns, name=name, generation=gen, source=source)):
                 rec.models[name] = ReplicaModel("LOADING", gen, attempts=attempts,
                                                 retry_at=m.retry_at if m else 0.0)
 

@@ -16,6 +16,7 @@ from berth.control.metrics import ControlMetrics
 from berth.control.provisioner import LocalProvisioner
 from berth.control.reconcile import Reconciler
 from berth.control.routes import RoutesPublisher
+from berth.control.sealing import Keyring, SealingStore
 from berth.control.tokens import TokenRegistry
 from berth.errors import ConfigError
 from berth.resources.identity import ALL, new_token
@@ -38,14 +39,16 @@ class ControlOptions:
     admin_token: str | None = None  # made valid as the admin of every namespace (tests, berth up)
     admin_token_file: Path | None = None  # berth up: created 0600 with a new admin token if absent
     gateway_token: str | None = None  # berth up: the token its gateway watches routes with
+    gateway_token_file: Path | None = None  # ... or the file holding it (never on a command line)
+    secrets_key_file: Path | None = None  # master key of sealed Secrets; default <data_dir>/secrets.key (0600)
 
 
 async def run_control(opts: ControlOptions, stop: asyncio.Event,
                       started: asyncio.Event | None = None) -> None:
-    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(opts.data_dir)
     path = opts.store_path or opts.data_dir / "berth.db"
     in_memory = str(path) == ":memory:"
-    store = open_store(None if in_memory else path)
+    store = open_sealed_store(opts, path, in_memory)
     tokens = open_tokens(opts, in_memory)
     reconciler: Reconciler | None = None
     hub = AgentHub(lambda ns: reconciler.mark(ns) if reconciler is not None else None, tokens=tokens)
@@ -92,21 +95,54 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
         log.info("control plane stopped")
 
 
+def open_sealed_store(opts: ControlOptions, path: Path, in_memory: bool) -> SealingStore:
+    """The store, with Secrets sealed at rest (one keyring per store folder, beside the store file)."""
+    keyring = (Keyring.ephemeral() if in_memory else
+               Keyring.open(opts.secrets_key_file or opts.data_dir / "secrets.key",
+                            keys_file=Path(path).parent / "secrets.keys"))
+    inner = open_store(None if in_memory else path)
+    try:
+        return SealingStore(inner, keyring)
+    except BaseException:
+        inner.close()
+        raise
+
+
 def open_tokens(opts: ControlOptions, in_memory: bool) -> TokenRegistry:
     """The token registry, with the tokens Berth hands its own processes made valid."""
     tokens = TokenRegistry(None if in_memory else opts.data_dir / "auth.db")
     if opts.admin_token:
         tokens.ensure("admin", opts.admin_token, grants={ALL: "admin"})
     elif opts.admin_token_file is not None:
-        if opts.admin_token_file.exists():
-            tokens.ensure("admin", opts.admin_token_file.read_text().strip(), grants={ALL: "admin"})
+        existing = _read_token(opts.admin_token_file, "--admin-token-file") if opts.admin_token_file.exists() else None
+        if existing:
+            tokens.ensure("admin", existing, grants={ALL: "admin"})
         else:
             secret = new_token()
             tokens.ensure("admin", secret, grants={ALL: "admin"})
             write_private(opts.admin_token_file, secret + "\n")
-    if opts.gateway_token:
-        tokens.ensure("gateway", opts.gateway_token, grants={}, kind="gateway")
+    gateway_token = opts.gateway_token or _read_token(opts.gateway_token_file, "--gateway-token-file")
+    if gateway_token:
+        tokens.ensure("gateway", gateway_token, grants={}, kind="gateway")
     return tokens
+
+
+def _read_token(path: Path | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) readable only by this user; an existing one is narrowed to 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except OSError as exc:  # not ours (a shared folder): say so in the log, keep going
+        log.warning("could not make the data dir %s private (0700): %s", path, exc)
 
 
 def write_private(path: Path, text: str) -> None:

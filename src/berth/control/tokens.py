@@ -19,6 +19,7 @@ from typing import Any
 
 from berth.errors import Conflict, InvalidInput, NotFound
 from berth.resources.identity import (
+    ALL,
     AgentIdentity,
     Principal,
     PrincipalKind,
@@ -58,6 +59,14 @@ class TokenInfo:
         return {"name": self.name, "kind": self.kind, "grants": self.grants, "agent": self.agent,
                 "created": self.created, "expires": self.expires, "revoked": self.revoked,
                 "createdBy": self.created_by}
+
+    def namespaces(self) -> frozenset[str]:
+        """Where this token acts ("*": everywhere): an admin of all of them may list and revoke it."""
+        if self.kind == "agent" and self.agent:
+            return frozenset({self.agent.split("/")[0]})
+        if self.kind != "user":
+            return frozenset({ALL})
+        return frozenset(self.grants)
 
     def principal(self) -> Principal:
         kind: PrincipalKind = self.kind  # type: ignore[assignment]
@@ -197,26 +206,44 @@ class TokenRegistry:
     def audit(self, *, principal: str, source: str, verb: str, kind: str = "", namespace: str = "",
               name: str = "", outcome: str, reason: str = "") -> None:
         """Append one record (committed before this returns)."""
+        self.audit_many([{"principal": principal, "source": source, "verb": verb, "kind": kind,
+                          "namespace": namespace, "name": name, "outcome": outcome, "reason": reason}])
+
+    def audit_many(self, records: list[Mapping[str, str]]) -> None:
+        """Append several records in one commit (an apply of many documents: one fsync, not one each)."""
+        if not records:
+            return
+        now = self._clock()
+        rows = [(now, r["principal"], r["source"], r["verb"], r.get("kind", ""), r.get("namespace", ""),
+                 r.get("name", ""), r["outcome"], r.get("reason", "")[:1000]) for r in records]
         with self._lock:
-            self._db.execute("INSERT INTO audit (time, principal, source, verb, kind, namespace, name, outcome, "
-                             "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (self._clock(), principal, source, verb, kind, namespace, name, outcome,
-                              reason[:1000]))
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO audit (time, principal, source, verb, kind, namespace, name, "
+                                     "outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def audit_records(self, *, namespaces: frozenset[str] | None, since: float = 0.0,
                       limit: int = 1000) -> list[dict[str, Any]]:
-        """Records newer than ``since``, oldest first; ``namespaces`` None means every namespace."""
+        """The newest ``limit`` records at or after ``since``, oldest first; ``namespaces`` None means every
+        namespace (records with no namespace included), else only records of those namespaces."""
         limit = max(1, min(limit, MAX_AUDIT_READ))
+        where = "time >= ?"
+        args: list[Any] = [since]
+        if namespaces is not None:
+            if not namespaces:
+                return []
+            where += f" AND namespace IN ({', '.join('?' * len(namespaces))})"
+            args.extend(sorted(namespaces))
         with self._lock:
             rows = self._db.execute(
                 "SELECT time, principal, source, verb, kind, namespace, name, outcome, reason FROM audit "
-                "WHERE time >= ? ORDER BY id DESC LIMIT ?", (since, limit if namespaces is None else MAX_AUDIT_READ)
-            ).fetchall()
+                f"WHERE {where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         keys = ("time", "principal", "source", "verb", "kind", "namespace", "name", "outcome", "reason")
-        out = [dict(zip(keys, r, strict=True)) for r in rows]
-        if namespaces is not None:
-            out = [r for r in out if r["namespace"] in namespaces][:limit]
-        return list(reversed(out))
+        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
 
 def _info(row: tuple[Any, ...]) -> TokenInfo:

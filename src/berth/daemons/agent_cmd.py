@@ -33,9 +33,17 @@ def agent(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Where artifacts are downloaded"),
     control: str | None = typer.Option(None, "--control",
                                        help="Control plane HOST:PORT (env SELDON_SCHEDULER_HOST/PORT)"),
+    token_file: Path | None = typer.Option(
+        None, "--token-file",
+        help="File holding this replica's agent token (env BERTH_AGENT_TOKEN_FILE, or the token itself in "
+             "BERTH_AGENT_TOKEN); create one with: berth token create NAME --agent NS/SERVER/REPLICA"),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
-    """Run an agent beside an MLServer: report capacity and readiness, load and unload models."""
+    """Run an agent beside an MLServer: report capacity and readiness, load and unload models.
+
+    The agent enrols with the control plane using a token minted for exactly its namespace, server and
+    replica; without one it is refused."""
+    os.umask(0o077)  # downloaded artifacts and model settings are private to this user
     setup_logging(log_level)
     control_host = control_port = None
     if control:
@@ -49,7 +57,9 @@ def agent(
         memory=parse_quantity(memory, field="--memory") if memory else None,
         overcommit_percent=overcommit, inference_host=inference_host,
         inference_http_port=inference_http_port, inference_grpc_port=inference_grpc_port,
-        repository_dir=repository_dir, data_dir=data_dir, control_host=control_host, control_port=control_port)
+        repository_dir=repository_dir, data_dir=data_dir, control_host=control_host, control_port=control_port,
+        token_file=token_file)
+    os.environ.pop("BERTH_AGENT_TOKEN", None)  # read: nothing this process starts inherits it
 
     async def main(stop: asyncio.Event) -> None:
         await run_agent(config, stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import typer
@@ -22,15 +23,27 @@ def control(
     replica_memory: str = typer.Option("2Gi", "--replica-memory", help="Memory each local replica offers"),
     overcommit: int = typer.Option(10, "--overcommit", help="Overcommit percent of local replicas"),
     max_body: str = typer.Option("8Mi", "--max-body", help="Largest request body accepted"),
+    admin_token_file: Path | None = typer.Option(
+        None, "--admin-token-file", envvar="BERTH_ADMIN_TOKEN_FILE",
+        help="File holding the admin token of every namespace; created 0600 with a new token if absent"),
+    gateway_token_file: Path | None = typer.Option(
+        None, "--gateway-token-file", envvar="BERTH_GATEWAY_TOKEN_FILE",
+        help="File holding the token a gateway watches routes with (made valid as a gateway token)"),
+    secrets_key: Path | None = typer.Option(
+        None, "--secrets-key", envvar="BERTH_SECRETS_KEY_FILE",
+        help="Master key file of sealed Secrets (default DATA_DIR/secrets.key, created 0600)"),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Run the control plane: API, store, scheduler, agent hub (and, with --provision, local replicas)."""
+    os.umask(0o077)  # every file and folder it (and the replicas it starts) writes is private to this user
     setup_logging(log_level)
     opts = ControlOptions(host=host, port=port, data_dir=data_dir,
                           store_path=Path(store) if store else None, provision=provision,
                           replica_memory=parse_quantity(replica_memory, field="--replica-memory"),
                           overcommit_percent=overcommit,
-                          max_body=parse_quantity(max_body, field="--max-body"))
+                          max_body=parse_quantity(max_body, field="--max-body"),
+                          admin_token_file=admin_token_file, gateway_token_file=gateway_token_file,
+                          secrets_key_file=secrets_key)
 
     async def main(stop: asyncio.Event) -> None:
         await run_control(opts, stop)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import typer
 
 from berth.daemons.runtime import run_until_signalled, setup_logging
+from berth.errors import ConfigError
 from berth.gateway.app import MAX_REQUEST_BYTES, run_gateway
 from berth.gateway.table import load_routes
 
@@ -26,15 +28,29 @@ def gateway(
                                           help="Largest request body accepted (413 / RESOURCE_EXHAUSTED above)"),
     check_inputs: bool = typer.Option(True, "--check-inputs/--no-check-inputs",
                                       help="Check that JSON bodies parse and data fills each input's shape"),
+    token_file: Path | None = typer.Option(None, "--token-file",
+                                           help="File holding the token to watch routes with (else BERTH_TOKEN)"),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Run the gateway: one V2 endpoint routing to the replicas that hold each model."""
     setup_logging(log_level)
     table = load_routes(routes) if routes is not None else None
+    token = _token(token_file)
 
     async def main(stop: asyncio.Event) -> None:
         await run_gateway(host, port, control or None, stop, routes=table, grpc_port=grpc_port if grpc_port >= 0
                           else None, upstream_timeout=upstream_timeout, connect_timeout=connect_timeout,
-                          max_request_bytes=max_request_bytes, check_inputs=check_inputs)
+                          max_request_bytes=max_request_bytes, check_inputs=check_inputs, token=token)
 
     run_until_signalled(main)
+
+
+def _token(path: Path | None) -> str | None:
+    """The gateway's token for the control plane: ``--token-file``, else ``BERTH_TOKEN`` (never a flag's value,
+    which any user could read in ``ps``)."""
+    if path is not None:
+        try:
+            return path.read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"--token-file {path}: cannot read it ({exc.strerror or exc})") from exc
+    return os.environ.get("BERTH_TOKEN", "").strip() or None

@@ -3,11 +3,18 @@
 Starts the control plane (with the local provisioner) and the gateway as supervised children, ensures
 a default Server ``mlserver`` in namespace ``default``, shows a live status line until it is ready,
 prints the addresses, and on Ctrl-C/SIGTERM stops every process it started (replicas included).
+
+Identity: the data dir is private (0700).  The control plane creates ``admin.token`` there (0600) on first
+start: the admin of every namespace, for this user; ``berth up`` registers it for the control plane's and
+gateway's addresses so the CLI finds it with no flags (``BERTH_TOKEN`` overrides).  Each start mints a gateway
+token (``gateway.token``, 0600) that the control plane accepts for the routes watch and the gateway presents;
+tokens travel in files, never on a command line that ``ps`` shows.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 import sys
@@ -21,9 +28,11 @@ import typer
 from rich.console import Console
 
 from berth.adapters.mlserver_proc import mlserver_executable
+from berth.client import credentials
 from berth.client.http import BerthClient
 from berth.daemons.supervisor import Child, Supervisor, sweep
 from berth.errors import BerthError, ConfigError, NotFound, Unavailable
+from berth.resources.identity import new_token
 
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
 RUNTIMES = {"mlserver_sklearn": ["sklearn", "scikit-learn"], "mlserver_mlflow": ["mlflow"],
@@ -81,11 +90,14 @@ def up(
 ) -> None:
     """Start control plane, gateway and local MLServer replicas on loopback; Ctrl-C stops them all."""
     mlserver_executable()  # a clear ConfigError when MLServer is missing
+    os.umask(0o077)  # the data dir, logs and every replica's files are private to this user
     _check_port(host, control_port, "control plane", "--control-port")
     _check_port(host, gateway_port, "gateway", "--gateway-port")
     _check_port(host, grpc_port, "gateway's gRPC endpoint", "--grpc-port")
     data_dir = data_dir.resolve()
     logs = data_dir / "logs"
+    admin_file, gateway_file = prepare_identity(data_dir)
+    child_env = {k: v for k, v in os.environ.items() if k != "BERTH_TOKEN"}  # children get their own tokens
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -97,11 +109,14 @@ def up(
         with console.status("starting control plane…") as status:
             sup.add(Child("control plane", py + ["control", "--provision", "--host", host, "--port",
                                                  str(control_port), "--data-dir", str(data_dir),
-                                                 "--replica-memory", replica_memory],
-                          logs / "control.log"))
+                                                 "--replica-memory", replica_memory,
+                                                 "--admin-token-file", str(admin_file),
+                                                 "--gateway-token-file", str(gateway_file)],
+                          logs / "control.log", env=child_env))
             _wait(lambda: httpx.get(f"{control_url}/healthz", timeout=1).status_code == 200, 30,
                   f"control plane at {control_url} (log {logs / 'control.log'})")
-            client = BerthClient(control_url)
+            credentials.register(control_url, admin_file, [gateway_url, f"{host}:{grpc_port}"])
+            client = BerthClient(control_url, token=admin_file.read_text().strip())
             if not no_default_server:
                 try:
                     client.get("Server", "default", "mlserver")
@@ -109,15 +124,17 @@ def up(
                     client.apply([default_server()])
             status.update("starting gateway…")
             sup.add(Child("gateway", py + ["gateway", "--host", host, "--port", str(gateway_port),
-                                           "--grpc-port", str(grpc_port), "--control", control_url],
-                          logs / "gateway.log"))
+                                           "--grpc-port", str(grpc_port), "--control", control_url,
+                                           "--token-file", str(gateway_file)],
+                          logs / "gateway.log", env=child_env))
             _wait(lambda: httpx.get(f"{gateway_url}/v2/health/live", timeout=1).status_code == 200, 30,
                   f"gateway at {gateway_url} (log {logs / 'gateway.log'})")
             if not no_default_server:
                 _wait_server(client, status, wait_timeout, stop)
         console.print(f"[green]berth is up[/green]\n  control plane    {control_url}\n"
                       f"  gateway gRPC     {host}:{grpc_port}\n"
-                      f"  gateway (V2)     {gateway_url}\n  data and logs    {data_dir}")
+                      f"  gateway (V2)     {gateway_url}\n  data and logs    {data_dir}\n"
+                      f"  admin token      {admin_file} (the CLI finds it; BERTH_TOKEN overrides)")
         console.print("apply models with `berth apply -f FILE`; Ctrl-C stops everything")
         sys.stdout.flush()
         while not stop.is_set():
@@ -130,6 +147,19 @@ def up(
         if left:
             console.print(f"stopped {len(left)} leftover process(es): {left}")
         console.print("stopped")
+
+
+def prepare_identity(data_dir: Path) -> tuple[Path, Path]:
+    """A private data dir, and a fresh gateway token in it: (admin token file, gateway token file).  The admin
+    token file is created by the control plane on its first start and kept across restarts."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    gateway_file = data_dir / "gateway.token"
+    fd = os.open(gateway_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_token() + "\n")
+    os.chmod(gateway_file, 0o600)
+    return data_dir / "admin.token", gateway_file
 
 
 def _wait_server(client: BerthClient, status: Any, timeout: float, stop: threading.Event) -> None:

@@ -7,6 +7,11 @@ model by its plain name.  Answers pass MLServer's status and body through untouc
 ``x-seldon-route``; the gateway's own failures are JSON ``{code, message, details}``.  A JSON infer body
 is checked (it parses; each input's data fills its shape) before it is forwarded as received.
 ``GET /metrics`` serves the Prometheus metrics of REST and gRPC together.
+
+A namespace the table guards (its SeldonRuntime says ``berth.io/inference-auth: "required"``) answers only
+callers whose ``Authorization: Bearer <token>`` has a role there: 401/403 otherwise, decided before the model
+is looked up (:mod:`berth.gateway.auth`).  ``/metrics`` and the probe answer only operators once the table
+carries auth; the health endpoints and ``GET /v2`` stay open.
 """
 
 from __future__ import annotations
@@ -49,9 +54,10 @@ class _Handlers:
 
     def _decide(self, request: web.Request) -> tuple[str, Decision]:
         headers = request.headers
+        namespace = headers.get("seldon-namespace") or "default"
+        self.router.admit(namespace, headers.get("Authorization"))  # first: a refused caller learns nothing
         name = headers.get("seldon-model") or request.match_info["name"]
-        return name, self.router.decide(headers.get("seldon-namespace") or "default", name,
-                                        headers.get("x-seldon-route"))
+        return name, self.router.decide(namespace, name, headers.get("x-seldon-route"))
 
     def _fail(self, err: BerthError, started: float, decision: Decision | None = None) -> web.Response:
         resp = error_response(err)
@@ -125,6 +131,10 @@ class _Handlers:
             details={"method": request.method, "path": request.path}))
 
     async def prometheus(self, request: web.Request) -> web.Response:
+        try:
+            self.router.admit_operator(request.headers.get("Authorization"))
+        except BerthError as err:
+            return error_response(err)
         resp = web.Response(body=self.metrics.exposition())
         resp.headers["Content-Type"] = CONTENT_TYPE
         return resp
@@ -170,13 +180,14 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                       upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
                       max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
                       watch_backoff_max: float = 5.0, on_started: Callable[[int], None] | None = None,
-                      on_grpc_started: Callable[[int], None] | None = None) -> None:
+                      on_grpc_started: Callable[[int], None] | None = None, token: str | None = None) -> None:
     """Serve the gateway (REST on ``host:port``, gRPC on ``host:grpc_port`` when given) until ``stop`` is set.
 
     The table comes from the control plane at ``control_url`` (followed, with reconnects), from
     ``routes`` (a static table), or both (``routes`` serves until the control plane answers).
     ``on_started`` gets the bound REST port and ``on_grpc_started`` the gRPC one (useful with port 0);
-    both servers listen before either is called.
+    both servers listen before either is called.  ``token`` is sent (``Authorization: Bearer``) on the
+    routes watch: a gateway token, or an admin's of every namespace.
     """
     if control_url is None and routes is None:
         raise ConfigError("the gateway needs a control plane URL (--control URL) or a static routing "
@@ -210,7 +221,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
             grpc_side.gateway, grpc_side.address = grpc_gateway, f"{host}:{grpc_bound}"
         if control_url is not None:
             watcher = TableWatcher(control_url, router, backoff_max=watch_backoff_max,
-                                   connect_timeout=connect_timeout)
+                                   connect_timeout=connect_timeout, token=token)
             watcher_task = asyncio.create_task(watcher.run(stop))
         log.info("gateway serving V2 REST on http://%s:%d%s (routes from %s)", host, bound,
                  f" and gRPC on {host}:{grpc_bound}" if grpc_bound else "", control_url or "a static table")

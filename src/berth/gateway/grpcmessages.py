@@ -7,7 +7,16 @@ import gzip
 import zlib
 from urllib.parse import quote, unquote
 
-from berth.errors import BerthError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
+from berth.errors import (
+    BerthError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+)
 from berth.gateway.headerblock import Field
 
 SERVICE = "inference.GRPCInferenceService"
@@ -15,7 +24,7 @@ STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCE
                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
                 "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4, 5, 8
-UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
+PERMISSION_DENIED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 7, 12, 13, 14, 16
 STATUS_TEXT = tuple(str(i).encode() for i in range(len(STATUS_NAMES)))
 _TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
 _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
@@ -25,6 +34,10 @@ def status_of(err: BerthError) -> int:
     """The gRPC status code for a gateway error (the REST answer's HTTP status, in gRPC terms)."""
     if isinstance(err, NotFound):
         return NOT_FOUND
+    if isinstance(err, Unauthenticated):
+        return UNAUTHENTICATED
+    if isinstance(err, Forbidden):
+        return PERMISSION_DENIED
     if isinstance(err, PayloadTooLarge):
         return RESOURCE_EXHAUSTED
     if isinstance(err, InvalidInput):

@@ -16,6 +16,10 @@ errors, and the error's code (``NotFound``, ``ModelNotReady``, ...) in the trail
 ``berth-error-code``.  ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the
 gateway itself, as is ``grpc.health.v1.Health/Check``; ``ModelStreamInfer`` is routed by its first
 message and then forwarded message by message; other methods answer UNIMPLEMENTED.
+
+In a namespace that requires inference tokens, the ``authorization`` metadata (``Bearer <token>``) is
+checked before anything else of a routed call (UNAUTHENTICATED / PERMISSION_DENIED otherwise, naming no
+model).  The ``authorization`` key is never forwarded to the inference server.
 """
 
 from __future__ import annotations
@@ -66,8 +70,9 @@ _HEAD_OK: list[Field] = [(b":status", b"200"), (b"content-type", b"application/g
 _TRAILERS_OK: list[Field] = [(b"grpc-status", b"0")]
 # Not passed upstream: set by the gateway (content-type, te), enforced by it (grpc-timeout), undone by it
 # (grpc-encoding), or connection-specific.
+# Nor is the caller's token (``authorization``): it is for the gateway, never for the inference server.
 _DROPPED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"host", b"connection",
-                      b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+                      b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"authorization"))
 
 
 class GrpcGateway:
@@ -112,7 +117,7 @@ class GrpcGateway:
     async def serve(self, conn: ServerConnection, stream: Stream) -> None:
         started = time.perf_counter()
         path = method = b""
-        model = namespace = route = encoding = None
+        model = namespace = route = encoding = authorization = None
         timeout = self.upstream_timeout
         extra: list[Field] = []
         for name, value in stream.headers:
@@ -131,10 +136,18 @@ class GrpcGateway:
                     timeout = max(asked, 0.001)
             elif name == b"grpc-encoding":
                 encoding = value
+            elif name == b"authorization":
+                authorization = value
             if name not in _DROPPED and name[0] != 58:
                 extra.append((name, value))
         if path.startswith(_PREFIX):
             method = path[len(_PREFIX):]
+        if stream.inbox is not None or method in ROUTED:
+            try:  # first: a refused caller learns nothing of the namespace
+                self.router.admit(namespace or "default", authorization)
+            except BerthError as err:
+                self._fail(conn, stream, err, started)
+                return
         if stream.inbox is not None:
             await self._stream(conn, stream, path, model, namespace, route, encoding, extra, timeout, started)
             return

@@ -1,7 +1,9 @@
 """``GET /berth/v1/probe``: the gateway's own view of every replica in its routing table.
 
 Probes each inference server's ``/v2/health/ready`` from the gateway (what `berth doctor` shows as
-"gateway → replica"), concurrently, with a short timeout.  Not on the request path.
+"gateway → replica"), concurrently, with a short timeout.  Not on the request path.  It names every
+replica and model of every namespace, so it answers only operators once the table carries auth
+(:meth:`Router.admit_operator`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from berth.errors import BerthError
 from berth.gateway.grpcserver import GrpcGateway
+from berth.gateway.proxy import error_response
 from berth.gateway.routing import Router
 
 PROBE_PATH = "/berth/v1/probe"
@@ -52,6 +56,10 @@ def probe_handler(router: Router, grpc: GrpcSide | None = None, *, timeout: floa
     side = grpc or GrpcSide()
 
     async def handle(request: web.Request) -> web.Response:
+        try:
+            router.admit_operator(request.headers.get("Authorization"))
+        except BerthError as err:
+            return error_response(err)
         namespace = request.query.get("namespace") or None
         models: dict[str, list[str]] = {}
         grpc_of: dict[str, str] = {}

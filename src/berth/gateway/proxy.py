@@ -26,14 +26,16 @@ from berth.gateway.upstream import ConnectFailed, Cut, Disconnected, Pool, Vanis
 # one dead replica in the table does not cost every request a failed connect before its retry.
 EJECT_S = 2.0
 _BAD_GATEWAY = 502
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="berth"'}
 _FORWARDED = (("Content-Type", b"Content-Type: "), ("Content-Encoding", b"Content-Encoding: "),
               ("x-request-id", b"x-request-id: "))
 
 
 def error_response(err: BerthError, status: int | None = None) -> web.Response:
-    """The JSON answer ``{code, message, details}`` for ``err``."""
-    return web.Response(status=status or err.http_status, body=json.dumps(err.to_dict()).encode(),
-                        content_type="application/json")
+    """The JSON answer ``{code, message, details}`` for ``err`` (with ``WWW-Authenticate`` on a 401)."""
+    code = status or err.http_status
+    return web.Response(status=code, body=json.dumps(err.to_dict()).encode(), content_type="application/json",
+                        headers=_CHALLENGE if code == 401 else None)
 
 
 def _head(line: bytes, headers: Mapping[str, str], length: int) -> bytes:

@@ -11,6 +11,9 @@ itself).  Candidates share traffic by weight ÷ sum of weights.  The route of an
 ``:<experiment>.experiment:<candidate>:``; a request whose ``x-seldon-route`` names one of the
 experiment's candidates (any ``:``-separated part equal to the candidate's name) goes to that candidate
 (sticky sessions).  A direct model answers ``:<model>:``.
+
+Before any of that, :meth:`Router.admit` checks the caller's token when the namespace requires one (see
+:mod:`berth.gateway.auth`); a 404 in such a namespace names only what was asked for, never what exists.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from berth.errors import ExperimentNotReady, NotFound, Unavailable
+from berth.gateway.auth import NOT_OPERATOR, OPERATORS_ONLY, Guard, TokenHashes, denied, no_table_yet, unauthenticated
 from berth.gateway.table import Target, compile_route
 from berth.wire.routes import ExperimentRoute, RoutingTable
 
@@ -136,6 +140,9 @@ class Router:
         self._experiments: dict[str, tuple[str, ...]] = {}
         self.grpc_addresses: frozenset[str] = frozenset()
         self.listeners: list[Callable[[], object]] = []  # called after each new table is in place
+        self.hashes = TokenHashes()
+        self._guarded: dict[str, frozenset[str]] = {}  # namespace requiring a token -> hashes allowed there
+        self._operators: frozenset[str] | None = None  # None: the table carries no auth (metrics, probe open)
         if table is not None:
             self.set(table)
 
@@ -164,9 +171,39 @@ class Router:
         self._models = _names_by_namespace(targets)
         self._experiments = _names_by_namespace({(e.namespace, e.name): e for e in table.experiments})
         self.grpc_addresses = frozenset(a for t in targets.values() for a in t.grpc.values())
+        guard = Guard(table.auth)
+        self._guarded = guard.namespaces
+        self._operators = guard.operators
         self.table = table
         for listener in self.listeners:
             listener()
+
+    def admit(self, namespace: str, authorization: str | bytes | None) -> None:
+        """Nothing when ``namespace`` is open or the ``Authorization`` value carries a token allowed there;
+        else Unauthenticated (no token, or not a bearer one) or Forbidden (a token without a role there)."""
+        allowed = self._guarded.get(namespace)
+        if allowed is None:
+            return
+        digest = self.hashes.of(authorization)
+        if digest in allowed:
+            return
+        raise denied() if digest else unauthenticated()
+
+    def guarded(self, namespace: str) -> bool:
+        """Whether ``namespace`` requires an inference token."""
+        return namespace in self._guarded
+
+    def admit_operator(self, authorization: str | bytes | None) -> None:
+        """For metrics and the probe: nothing when the table has no auth or the token is an operator's."""
+        if self.table is None:
+            raise no_table_yet(self.problem)
+        operators = self._operators
+        if operators is None:
+            return
+        digest = self.hashes.of(authorization)
+        if digest in operators:
+            return
+        raise denied(NOT_OPERATOR) if digest else unauthenticated(OPERATORS_ONLY)
 
     def decide(self, namespace: str, name: str, route_header: str | None = None) -> Decision:
         """Where a request for ``name`` in ``namespace`` goes; NotFound or Unavailable (and subclasses)."""
@@ -187,6 +224,11 @@ class Router:
             return Unavailable(f"the gateway has no routing table yet ({self.problem}); it cannot route "
                                f"model {name} until the control plane answers",
                                details={"model": name, "namespace": namespace})
+        if namespace in self._guarded:  # name nothing but what was asked for
+            what = "experiment" if name.endswith(EXPERIMENT_SUFFIX) else "model"
+            asked = name[: -len(EXPERIMENT_SUFFIX)] if what == "experiment" else name
+            return NotFound(f"{what} {asked} not found in namespace {namespace}",
+                            details={what: asked, "namespace": namespace})
         if name.endswith(EXPERIMENT_SUFFIX):
             experiment = name[: -len(EXPERIMENT_SUFFIX)]
             listed = _listing(self._experiments.get(namespace, ()))

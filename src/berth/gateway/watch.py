@@ -1,7 +1,9 @@
 """Follow the control plane's routing table: ``routes/watch`` NDJSON, one whole table per line.
 
 Each line replaces the router's table; when the control plane is away the watcher retries with
-backoff and the gateway keeps serving from the last table it had.
+backoff and the gateway keeps serving from the last table it had.  The gateway's token (a gateway token,
+or an admin's of every namespace) goes with the request as ``Authorization: Bearer``; a control plane that
+refuses it (401/403) is retried like one that is away, and the log says which token to give.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class TableWatcher:
 
     def __init__(self, control_url: str, holder: Router | None = None, *,
                  backoff_initial: float = 0.2, backoff_max: float = 5.0,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, token: str | None = None) -> None:
         self.control_url = control_url.rstrip("/")
         self.url = self.control_url + ROUTES_WATCH_PATH
         self.holder = holder if holder is not None else Router()
@@ -33,6 +35,9 @@ class TableWatcher:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self.connected = False
+        self._headers = {"Accept": "application/x-ndjson"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token.strip()}"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the stream until ``stop`` is set."""
@@ -74,9 +79,14 @@ class TableWatcher:
     async def _follow(self, session: aiohttp.ClientSession) -> int:
         """Read one stream to its end; returns how many tables it carried."""
         received = 0
-        async with session.get(self.url, headers={"Accept": "application/x-ndjson"}) as resp:
+        async with session.get(self.url, headers=self._headers) as resp:
             if resp.status != 200:
                 text = (await resp.text(errors="replace"))[:300]
+                if resp.status in (401, 403):
+                    given = "the token given was refused" if "Authorization" in self._headers else "no token given"
+                    raise Unavailable(f"control plane refused the gateway's routes watch (HTTP {resp.status}, "
+                                      f"{given}): {text}; give the gateway a gateway token (or an admin token of "
+                                      "every namespace) with --token-file or BERTH_TOKEN")
                 raise Unavailable(f"control plane answered HTTP {resp.status}: {text}")
             self.connected = True
             log.info("following routes from %s", self.url)

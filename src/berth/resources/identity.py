@@ -39,6 +39,10 @@ ROLE_VERBS: dict[str, frozenset[str]] = {
 ALL = "*"
 TOKEN_PREFIX = "berth_"
 _TOKEN = re.compile(r"^berth_[A-Za-z0-9_-]{20,100}$")
+NEEDED_ROLE: dict[str, str] = {"read": "viewer", "write": "editor", "admin": "admin", "infer": "inference"}
+SECRET_KINDS = frozenset({"Secret"})  # reading or changing these is the "secrets" right: admin
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
 def new_token() -> str:
@@ -49,6 +53,25 @@ def new_token() -> str:
 def hash_token(token: str) -> str:
     """What is stored and compared: SHA-256 of the token, hex."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def right_for(kind: str, verb: Verb) -> Verb:
+    """The right an action on ``kind`` needs: Secrets are read and written with ``admin``."""
+    return "admin" if kind in SECRET_KINDS and verb in ("read", "write") else verb
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a bare number of seconds (ValueError if not)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if m is None:
+            raise ValueError(f"{text!r}: expected a duration such as 30d, 12h, 90m or 45s")
+        seconds = float(m.group(1)) * _UNIT[m.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return seconds
 
 
 def looks_like_token(text: str) -> bool:

@@ -114,8 +114,9 @@ def snapshot_for(namespace: str, docs: Iterable[Mapping[str, Any]], replicas: It
                  policy: Policy = "binpack") -> Snapshot:
     """The Snapshot of one namespace: its Models and Servers from ``docs`` (each Server with its ServerConfig
     when ``docs`` hold it; other kinds are skipped), its replicas; Servers of other namespaces only go into
-    ``foreign_servers``.  Replicas claiming a server whose inference server Berth does not run are left
-    out: such a server never takes a model."""
+    ``foreign_servers``.  Only replicas of a Server declared in ``namespace`` whose inference server Berth
+    runs are kept: a server no resource declares (an agent that connected for a name nothing declares), or
+    one Berth does not run, is never a placement candidate."""
     docs = list(docs)
     configs = [d for d in docs if d.get("kind") == "ServerConfig"]
     models: list[ModelWant] = []
@@ -131,12 +132,12 @@ def snapshot_for(namespace: str, docs: Iterable[Mapping[str, Any]], replicas: It
         elif kind == "Server":
             name, _, _ = _meta(doc)
             foreign.setdefault(ns, []).append(name)
-    unsupported = {s.name for s in servers if s.inference_server != RUNS}
+    runs = {s.name for s in servers if s.inference_server == RUNS}
     return Snapshot(
         namespace=namespace,
         models=tuple(models),
         servers=tuple(servers),
-        replicas=tuple(r for r in replicas if r.namespace == namespace and r.server not in unsupported),
+        replicas=tuple(r for r in replicas if r.namespace == namespace and r.server in runs),
         assignments=dict(assignments or {}),
         policy=policy,
         foreign_servers={ns: tuple(sorted(names)) for ns, names in sorted(foreign.items())},

@@ -5,7 +5,8 @@ Semantics (shared by every implementation and checked by one contract test suite
 * ``resourceVersion`` is a global, strictly increasing revision (as in etcd), stored as a string in
   ``metadata.resourceVersion``.  Every write of any object takes the next revision.
 * ``apply`` creates or updates.  ``metadata.generation`` starts at 1 and bumps only when the spec
-  changes (for ``Secret``: ``data``/``stringData``/``type``).  Labels/annotations changes do not bump it.
+  changes (for ``Secret``: ``data``/``stringData``/``type``, and ``sealed``, the ciphertext a
+  sealing wrapper stores instead of the values).  Labels/annotations changes do not bump it.
   Status given to ``apply`` is ignored; the stored status is kept.
 * Compare-and-swap: when ``expect_version`` is given (or the body carries ``metadata.resourceVersion``)
   and differs from the stored one, the write raises :class:`berth.errors.Conflict` and changes nothing.

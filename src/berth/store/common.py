@@ -28,7 +28,9 @@ T = TypeVar("T")
 DEFAULT_MAX_EVENTS = 10_000
 SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp",
                  "managedFields")
-SECRET_SPEC_FIELDS = ("data", "stringData", "type")
+# A Secret's "spec": its values and type.  ``sealed`` is the ciphertext a sealing wrapper stores in place of
+# the values (berth.control.sealing); the wrapper re-uses it unchanged when the values do not change.
+SECRET_SPEC_FIELDS = ("data", "stringData", "type", "sealed")
 
 
 def now_rfc3339() -> str:
@@ -66,7 +68,7 @@ def key_of(body: dict[str, Any]) -> Key:
 
 
 def spec_of(obj: dict[str, Any]) -> Any:
-    """What bumps ``generation`` when it changes: ``spec``, or a Secret's data/stringData/type."""
+    """What bumps ``generation`` when it changes: ``spec``, or a Secret's data/stringData/type/sealed."""
     if obj.get("kind") == "Secret":
         return {k: obj[k] for k in SECRET_SPEC_FIELDS if k in obj}
     return obj.get("spec")
@@ -212,6 +214,10 @@ class BaseStore(ABC):
                      limit: int) -> builtins.list[Event]: ...
 
     @abstractmethod
+    def _rewrite_events(self, kind: str, rewrite: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        """Replace the body of every kept event of ``kind`` for which ``rewrite`` answers a new one."""
+
+    @abstractmethod
     def _close(self) -> None: ...
 
     @contextmanager
@@ -278,6 +284,17 @@ class BaseStore(ABC):
                               details={"revision": revision, "compacted": compacted})
             return self._read_events(revision, tuple(kinds) if kinds is not None else None,
                                      namespace, limit)
+
+    def rewrite_history(self, kind: str, rewrite: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        """Rewrite the kept events of ``kind`` in place (same revisions and types); returns how many changed.
+
+        Not part of the Store protocol: history is otherwise append-only.  It exists to scrub what must not
+        stay readable (a Secret's plain values written before sealing), and leaves no copy of the old
+        bodies in the backend's files (see :class:`berth.store.sqlite.SQLiteStore`).  ``rewrite`` answers
+        the new object, or None to keep an event as it is; the object's kind, namespace and name must stay.
+        """
+        with self._guard():
+            return self._rewrite_events(kind, rewrite)
 
     def add_listener(self, listener: Listener) -> None:
         with self._lock:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import builtins
 import json
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
 from berth.store.base import Event, EventType
-from berth.store.common import DEFAULT_MAX_EVENTS, BaseStore, Key, Transaction, event_matches
+from berth.store.common import DEFAULT_MAX_EVENTS, BaseStore, Key, Transaction, encode, event_matches
 
 _Logged = tuple[int, EventType, Key, str]  # (revision, type, key, object JSON)
 
@@ -97,6 +98,17 @@ class MemoryStore(BaseStore):
                 if len(out) >= limit:
                     break
         return out
+
+    def _rewrite_events(self, kind: str, rewrite: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        changed = 0
+        for i, (revision, event_type, key, text) in enumerate(self._events):
+            if key[0] != kind:
+                continue
+            new = rewrite(json.loads(text))
+            if new is not None:
+                self._events[i] = (revision, event_type, key, encode(new))
+                changed += 1
+        return changed
 
     def _close(self) -> None:
         self._objects.clear()

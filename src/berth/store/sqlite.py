@@ -4,6 +4,11 @@ A write is acknowledged only after its transaction is committed to the WAL and s
 SIGKILL mid-stream) never loses an acknowledged write.  The revision counter lives in the file, so a
 reopened store continues the sequence; revisions never go backwards.  One connection serves every
 thread of the process, behind the store's lock.
+
+The file and its ``-wal``/``-shm`` companions are mode 0600 (created so; narrowed when found wider), a
+directory the store creates is 0700, and ``secure_delete`` is on: content that a write replaces or
+removes is overwritten with zeros, not left in free pages.  :meth:`rewrite_history` also vacuums the file
+and truncates the WAL, so a rewritten body leaves no old copy in either.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from berth.errors import ConfigError, Unavailable
 from berth.store.base import Event, EventType
-from berth.store.common import DEFAULT_MAX_EVENTS, BaseStore, Key, Transaction, log
+from berth.store.common import DEFAULT_MAX_EVENTS, BaseStore, Key, Transaction, encode, log
+from berth.store.files import SQLITE_SIDE_FILES, narrow, private_dir, private_file
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -99,12 +105,19 @@ class SQLiteStore(BaseStore):
         super().__init__(max_events=max_events)
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.exists():
+                private_dir(self.path.parent)  # made 0700; an existing directory is the caller's to judge
         except OSError as exc:
             raise ConfigError(f"cannot create the directory {self.path.parent} for the store: {exc}; "
                               "choose a writable data directory") from exc
         try:
+            private_file(self.path)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the store file {self.path}: {exc}; choose a writable data "
+                              "directory", details={"path": str(self.path), "error": str(exc)}) from exc
+        try:
             self._conn = self._open()
+            self._narrow()
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the store {self.path}: {type(exc).__name__}: {exc}; if the file "
                               "is damaged, move it aside (Berth starts with an empty store) or restore a "
@@ -120,6 +133,7 @@ class SQLiteStore(BaseStore):
             if str(mode).lower() != "wal":
                 log.warning("store %s: the filesystem refused WAL mode (journal_mode=%s)", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")
@@ -138,6 +152,12 @@ class SQLiteStore(BaseStore):
             conn.close()
             raise
         return conn
+
+    def _narrow(self) -> None:
+        """The store file and its companions: 0600 (SQLite creates them with the file's mode; this makes sure)."""
+        narrow(self.path)
+        for suffix in SQLITE_SIDE_FILES:
+            narrow(self.path.with_name(self.path.name + suffix))
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -189,6 +209,30 @@ class SQLiteStore(BaseStore):
             clauses.append("namespace = ?")
             args.append(namespace)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+    def _rewrite_events(self, kind: str, rewrite: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            changed = 0
+            rows = conn.execute("SELECT revision, body FROM events WHERE kind = ?", (kind,)).fetchall()
+            for revision, body in rows:
+                new = rewrite(json.loads(body))
+                if new is not None:
+                    conn.execute("UPDATE events SET body = ? WHERE revision = ?", (encode(new), revision))
+                    changed += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if changed:
+            # Pages freed before secure_delete was on may still hold old bodies: rebuild the file from what is
+            # live, then fold the WAL (which holds page images) into it and truncate it to nothing.
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._narrow()
+        return changed
 
     def _close(self) -> None:
         self._conn.close()

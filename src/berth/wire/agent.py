@@ -4,14 +4,19 @@ Every frame is an object with a ``type`` field.  Agent → control: ``hello`` (f
 ``status`` (inference-server readiness changed), ``model`` (a load/unload outcome), ``heartbeat``.
 Control → agent: ``welcome`` (answer to hello), ``load``, ``unload``, ``error`` (then close).
 
-The WebSocket endpoint is ``GET /api/v1/agents/connect`` on the control plane.
+The WebSocket endpoint is ``GET /api/v1/agents/connect`` on the control plane.  The upgrade request carries
+``Authorization: Bearer <token>``: an agent token minted for exactly the (namespace, server, replica) the
+``hello`` then claims.  Nothing is accepted before that check; a refusal is an ``error`` frame
+(``Unauthenticated``, ``Forbidden``, ``Conflict`` or ``InvalidInput``) and then the close.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from berth.resources.names import name_problem
 
 AGENT_PATH = "/api/v1/agents/connect"
 PROTOCOL_VERSION = 1
@@ -55,7 +60,7 @@ class Hello(_Msg):
     protocol: int = PROTOCOL_VERSION
     namespace: str = "default"
     server: str
-    replica: int
+    replica: int = Field(ge=0)
     capabilities: list[str] = Field(default_factory=list)
     memory: int = 0  # bytes offered
     overcommit_percent: int = 10
@@ -63,6 +68,22 @@ class Hello(_Msg):
     readiness: Readiness = Field(default_factory=Readiness)
     loaded: list[LoadedModel] = Field(default_factory=list)
     pid: int | None = None  # of the inference server, when the agent knows it
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        problem = name_problem(value, what="namespace", label=True)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        problem = name_problem(value, what="server")
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Status(_Msg):
@@ -112,6 +133,7 @@ class ModelSource(_Msg):
 
 class Load(_Msg):
     type: Literal["load"] = "load"
+    namespace: str | None = None  # the model's; a load carrying a secret goes only to an agent enrolled there
     name: str
     generation: int
     source: ModelSource

@@ -3,6 +3,10 @@
 ``GET /api/v1/routes`` answers the whole table as JSON; ``GET /api/v1/routes/watch`` is a chunked
 stream of newline-delimited JSON tables (the whole table each time it changes; the first line is the
 current table).  Tables are small (one entry per model), so whole-table pushes keep gateways simple.
+
+``auth`` says who may call what (None: the table comes from no identity-aware control plane, e.g. a static
+``--routes`` file: every namespace is open and so are the gateway's metrics and probe).  It carries only
+SHA-256 hashes of tokens (:func:`berth.resources.identity.hash_token`), never a token.
 """
 
 from __future__ import annotations
@@ -50,7 +54,22 @@ class ExperimentRoute(_Msg):
     reason: str = ""  # why not ready (a candidate missing, not Ready, another namespace, ...)
 
 
+class NamespaceAuth(_Msg):
+    """A namespace whose SeldonRuntime says ``berth.io/inference-auth: "required"``."""
+
+    namespace: str
+    # hashes of the tokens with a role in this namespace itself (tokens with a role in "*" are in `everywhere`)
+    tokens: list[str] = Field(default_factory=list)
+
+
+class TableAuth(_Msg):
+    namespaces: list[NamespaceAuth] = Field(default_factory=list)  # the namespaces requiring a token; others open
+    everywhere: list[str] = Field(default_factory=list)  # hashes of tokens with a role in every namespace ("*")
+    operators: list[str] = Field(default_factory=list)  # hashes of tokens that may read metrics and the probe
+
+
 class RoutingTable(_Msg):
     revision: int = 0
     models: list[ModelRoute] = Field(default_factory=list)
     experiments: list[ExperimentRoute] = Field(default_factory=list)
+    auth: TableAuth | None = None
