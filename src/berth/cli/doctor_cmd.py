@@ -91,8 +91,9 @@ def agent_rows(agents: list[dict[str, Any]], servers: list[dict[str, Any]], now:
         desired = (doc.get("status") or {}).get("replicas", server_info(doc).desired_replicas)
         rows += [Row("control plane → agent", f"{ns}/{name}/{i}", False,
                      f"no agent connected for replica {i} of server {name} (declares {desired}); `berth up` "
-                     f"provisions replicas, or start one: `berth agent --server {name} --replica {i} "
-                     f"--namespace {ns} --control ...`") for i in range(desired) if (ns, name, i) not in known]
+                     f"provisions replicas, or enrol one: `berth token create agent-{name}-{i} --agent "
+                     f"{ns}/{name}/{i} > F` then `berth agent --server {name} --replica {i} --namespace {ns} "
+                     f"--token-file F --control ...`") for i in range(desired) if (ns, name, i) not in known]
     for a in agents:
         if not a["connected"]:
             since = _clock(a["disconnectedAt"]) if a.get("disconnectedAt") else "?"
