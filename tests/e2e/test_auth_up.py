@@ -124,3 +124,39 @@ def test_audit_survives_a_kill_of_the_control_plane(up: Up) -> None:
     assert r.returncode == 0 and "before-kill" in r.stdout
     r = up.berth("get", "model", "before-kill", "-n", "team-a")  # the same token still holds after the restart
     assert r.returncode == 0, r.stderr
+
+
+SECRET = ("apiVersion: v1\nkind: Secret\nmetadata: {name: vault, namespace: team-a,\n"
+          "  annotations: {kubectl.kubernetes.io/last-applied-configuration: '{\"stringData\": {\"s3\": \"%s\"}}'}}\n"
+          "stringData: {s3: '%s'}\n")
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_the_data_dir_is_private_and_holds_no_plaintext_secret(up: Up) -> None:
+    import base64
+
+    value = "access_key_id: AKIA-SEALED-CHECK\nsecret_access_key: PLAINTEXT-MUST-NOT-BE-ON-DISK-42"
+    r = up.berth("apply", "-f", "-", stdin=SECRET % ("PLAINTEXT-MUST-NOT-BE-ON-DISK-42", value.replace("\n", "\\n")))
+    assert r.returncode == 0, r.stderr
+    shown = up.berth("get", "secret", "vault", "-n", "team-a", "-o", "json")
+    assert shown.returncode == 0 and "PLAINTEXT-MUST-NOT-BE-ON-DISK" not in shown.stdout
+    assert "last-applied-configuration" not in shown.stdout
+    needles = [b"PLAINTEXT-MUST-NOT-BE-ON-DISK-42", base64.b64encode(value.encode())[:24],
+               base64.b64encode(b"PLAINTEXT-MUST-NOT-BE-ON-DISK-42")[:24]]
+
+    def leaks() -> list[str]:
+        return [f"{p}: {n!r}" for p in _files(up.data) for n in needles if n in p.read_bytes()]
+
+    assert leaks() == []
+    assert up.berth("delete", "secret", "vault", "-n", "team-a").returncode == 0
+    assert leaks() == []
+    # berth up's files are private to its user: folders 0700, files 0600 (logs, tokens, store, keys)
+    files = _files(up.data)
+    assert any(p.name == "control.log" for p in files) and any(p.name == "secrets.key" for p in files)
+    wide = [f"{p} {oct(p.stat().st_mode & 0o777)}" for p in files if p.stat().st_mode & 0o077]
+    wide += [f"{d} {oct(d.stat().st_mode & 0o777)}" for d in [up.data, *(p for p in up.data.rglob("*") if p.is_dir())]
+             if d.stat().st_mode & 0o077]
+    assert wide == [], wide
