@@ -83,3 +83,23 @@ def test_direct_construction_validates() -> None:
         AgentConfig(server="A")
     with pytest.raises(ConfigError, match="reconnect backoff"):
         AgentConfig(reconnect_min=2.0, reconnect_max=1.0)
+
+
+def test_one_declaration_gives_variables_ranges_help_and_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    from berth.agent.config import ENV_NAMES, cli_help, main, settings_markdown
+
+    assert ENV_NAMES["memory"] == ("BERTH_MEMORY", "MEMORY_REQUEST")
+    assert ENV_NAMES["overcommit_percent"] == ("BERTH_OVERCOMMIT_PERCENT", "SELDON_OVERCOMMIT_PERCENTAGE")
+    assert AgentConfig.from_env({"SELDON_SERVER_HOST": "10.1.2.3"}).inference_host == "10.1.2.3"
+    assert "MEMORY_REQUEST" in cli_help("memory") and "SELDON_SERVER_HTTP_PORT" in cli_help("inference_http_port")
+    doc = Path(__file__).resolve().parents[2] / "docs" / "agent-settings.md"
+    assert doc.read_text() == settings_markdown(), "regenerate: python -m berth.agent.config --markdown"
+    assert main(["--markdown"]) == 0 and capsys.readouterr().out == settings_markdown()
+    assert "| `overcommit_percent` |" in settings_markdown() and "integer 0–1000" in settings_markdown()
+
+
+def test_direct_construction_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BERTH_SERVER", "from-env")
+    monkeypatch.setenv("MEMORY_REQUEST", "lots")
+    assert AgentConfig().server == "mlserver"
+    assert AgentConfig(replica=3).replica == 3

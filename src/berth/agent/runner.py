@@ -27,6 +27,7 @@ from berth.adapters.mlserver import MLServerClient
 from berth.agent.config import AgentConfig
 from berth.agent.loader import ModelLoader
 from berth.agent.readiness import ReadinessWatcher
+from berth.aiotasks import GuardedTask, guarded
 from berth.errors import ConfigError
 from berth.wire import agent as wire
 
@@ -98,11 +99,12 @@ class Agent:
     async def _on_readiness(self, new: wire.Readiness, old: wire.Readiness) -> None:
         await self._send(wire.Status(readiness=new))
         if new.ready and not old.ready:
-            self._resync = self._spawn(self.loader.resync())
+            self._resync = self._spawn(self.loader.resync(), "resync")
 
     # -- incoming ------------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A one-shot task (a load, an unload, a resync): kept until done, its failure logged with its name."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -110,7 +112,7 @@ class Agent:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("agent task failed", exc_info=task.exception())
+            log.error("agent task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _do_load(self, msg: wire.Load) -> None:
         await self.emit(await self.loader.load(msg))
@@ -129,9 +131,9 @@ class Agent:
                 log.error("ignoring a load of model %s for namespace %s: this agent serves namespace %s",
                           msg.name, msg.namespace, self.config.namespace)
                 return
-            self._spawn(self._do_load(msg))
+            self._spawn(self._do_load(msg), f"load {msg.name}")
         elif isinstance(msg, wire.Unload):
-            self._spawn(self._do_unload(msg))
+            self._spawn(self._do_unload(msg), f"unload {msg.name}")
         elif isinstance(msg, wire.ErrorMsg):
             log.error("control plane error %s: %s", msg.code, msg.message)
 
@@ -142,7 +144,7 @@ class Agent:
         token = self.config.bearer_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024, headers=headers)
-        heartbeat: asyncio.Task[Any] | None = None
+        heartbeat: GuardedTask | None = None
         try:
             hello = self.hello()
             await ws.send_str(wire.dump(hello))
@@ -167,7 +169,9 @@ class Agent:
                 self._ws = ws
             self.connected.set()
             log.info("connected to control plane %s as %s", url, self.config.identity)
-            heartbeat = asyncio.ensure_future(self._heartbeat(max(0.1, answer.heartbeat_interval)))
+            interval = max(0.1, answer.heartbeat_interval)
+            heartbeat = guarded("agent-heartbeat", lambda: self._heartbeat(interval), restart=True,
+                                backoff=(interval, max(interval, 30.0)))
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self._dispatch(msg.data)
@@ -226,19 +230,24 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; the inference server is left as it is."""
-        watcher = asyncio.ensure_future(self.readiness.run(stop))
+        watcher = guarded("agent-readiness", lambda: self.readiness.run(stop), restart=True, stop=stop)
+        connection: GuardedTask | None = None
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.readiness.probed.wait(), timeout=self.config.probe_timeout + 1)
             if self._resync is not None:  # adopt what a previous agent loaded before saying hello
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._resync), timeout=10)
-            await self._connect_loop(stop)
+            connection = guarded("agent-connection", lambda: self._connect_loop(stop), restart=True, stop=stop)
+            await connection.wait()
         finally:
+            if connection is not None:
+                connection.cancel()
             watcher.cancel()
             for task in list(self._tasks):
                 task.cancel()
-            await asyncio.gather(watcher, *self._tasks, return_exceptions=True)
+            await asyncio.gather(watcher.task, *(() if connection is None else (connection.task,)), *self._tasks,
+                                 return_exceptions=True)
             await self.client.aclose()
 
 

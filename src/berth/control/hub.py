@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSMessage, WSMsgType, web
 from pydantic import ValidationError
 
+from berth.aiotasks import log_failure
 from berth.control.tokens import TokenRegistry
 from berth.resources.identity import AgentIdentity, Principal, bearer
 from berth.wire import agent as wire
@@ -298,7 +299,7 @@ class AgentHub:
         if silent > STALE_HEARTBEATS * self.heartbeat_interval:
             log.warning("agent %s/%s/%d from %s silent for %.0fs; %s takes the replica over", *key, old.peer,
                         silent, peer)
-            asyncio.ensure_future(old.ws.close(message=b"replaced: no heartbeat"))
+            log_failure(asyncio.ensure_future(old.ws.close(message=b"replaced: no heartbeat")), "close stale agent")
             return None
         since = time.strftime("%H:%M:%S", time.localtime(old.connected_at))
         return Refusal("Conflict", f"replica {hello.namespace}/{hello.server}/{hello.replica} is already connected "

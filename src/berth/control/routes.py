@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from berth.aiotasks import log_failure
 from berth.control.auth import auth_of
 from berth.control.hub import ReplicaRecord
 from berth.control.tokens import TokenRegistry
@@ -71,7 +72,7 @@ class RoutesPublisher:
         self._remember_loop()
         if not self.warm.is_set():
             self.warm.set()
-            asyncio.ensure_future(self._notify())
+            log_failure(asyncio.ensure_future(self._notify()), "routes notify")
 
     def close(self) -> None:
         self.closing = True
@@ -81,7 +82,7 @@ class RoutesPublisher:
             self._expiry.cancel()
             self._expiry = None
         self.warm.set()  # wakes watches still waiting for the start-up table; they see `closing` and end
-        asyncio.ensure_future(self._notify())
+        log_failure(asyncio.ensure_future(self._notify()), "routes notify")
 
     def table(self) -> RoutingTable:
         return RoutingTable.model_validate_json(self._encoded)
@@ -144,7 +145,7 @@ class RoutesPublisher:
                              auth=self._auth)
         self._encoded = table.model_dump_json()
         if notify:
-            asyncio.ensure_future(self._notify())
+            log_failure(asyncio.ensure_future(self._notify()), "routes notify")
 
     # --- who may call what ---------------------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
 
+from berth.aiotasks import GuardedTask, guarded
 from berth.control.api import DEFAULT_MAX_BODY, ControlAPI
 from berth.control.hub import AgentHub
 from berth.control.metrics import ControlMetrics
@@ -73,9 +75,12 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
         raise ConfigError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}; "
                           "is another control plane running? choose another port with --port") from exc
     log.info("control plane listening on %s (store %s)", control_url, path)
-    tasks = [asyncio.create_task(reconciler.run(stop), name="reconcile")]
+    # Root tasks: a failure is logged at once and the loop restarted with backoff (both resume from the store).
+    # The routes publisher has no task of its own (the reconciler drives it); the hub's per-agent work runs
+    # inside aiohttp's WebSocket handlers.
+    tasks: list[GuardedTask] = [guarded("reconcile", partial(reconciler.run, stop), restart=True, stop=stop)]
     if provisioner is not None:
-        tasks.append(asyncio.create_task(provisioner.run(stop), name="provisioner"))
+        tasks.append(guarded("provisioner", partial(provisioner.run, stop), restart=True, stop=stop))
     if started is not None:
         started.set()
     try:
@@ -88,7 +93,7 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
         for ws_rec in list(hub.replicas.values()):
             if ws_rec.ws is not None and not ws_rec.ws.closed:
                 await ws_rec.ws.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(t.wait() for t in tasks))
         await runner.cleanup()
         store.close()
         tokens.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from berth.agent.config import AgentConfig
+from berth.agent.config import AgentConfig, cli_help
 from berth.agent.runner import run_agent
 from berth.daemons.runtime import run_until_signalled, setup_logging
 from berth.errors import ConfigError
@@ -16,27 +16,26 @@ from berth.resources.quantity import parse_quantity
 
 
 def agent(
-    server: str | None = typer.Option(None, "--server", help="Server name (env BERTH_SERVER, POD_NAME)"),
-    replica: int | None = typer.Option(None, "--replica", help="Replica index (env BERTH_REPLICA, POD_NAME)"),
-    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace (env BERTH_NAMESPACE)"),
-    capabilities: str | None = typer.Option(None, "--capabilities",
-                                            help="Comma-separated (env SELDON_SERVER_CAPABILITIES)"),
-    memory: str | None = typer.Option(None, "--memory", help="Memory offered, e.g. 2Gi (env MEMORY_REQUEST)"),
-    overcommit: int | None = typer.Option(None, "--overcommit", help="Percent (SELDON_OVERCOMMIT_PERCENTAGE)"),
-    inference_host: str | None = typer.Option(None, "--inference-host"),
+    server: str | None = typer.Option(None, "--server", help=cli_help("server")),
+    replica: int | None = typer.Option(None, "--replica", help=cli_help("replica")),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help=cli_help("namespace")),
+    capabilities: str | None = typer.Option(None, "--capabilities", help=cli_help("capabilities", ", comma-separated")),
+    memory: str | None = typer.Option(None, "--memory", help=cli_help("memory", ", e.g. 2Gi")),
+    overcommit: int | None = typer.Option(None, "--overcommit", help=cli_help("overcommit_percent")),
+    inference_host: str | None = typer.Option(None, "--inference-host", help=cli_help("inference_host")),
     inference_http_port: int | None = typer.Option(None, "--inference-http-port",
-                                                   help="MLServer REST port (SELDON_SERVER_HTTP_PORT)"),
+                                                   help=cli_help("inference_http_port")),
     inference_grpc_port: int | None = typer.Option(None, "--inference-grpc-port",
-                                                   help="MLServer gRPC port (SELDON_SERVER_GRPC_PORT)"),
-    repository_dir: Path | None = typer.Option(None, "--repository-dir",
-                                               help="MLServer's model_repository_root, where models are placed"),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where artifacts are downloaded"),
-    control: str | None = typer.Option(None, "--control",
-                                       help="Control plane HOST:PORT (env SELDON_SCHEDULER_HOST/PORT)"),
+                                                   help=cli_help("inference_grpc_port")),
+    repository_dir: Path | None = typer.Option(None, "--repository-dir", help=cli_help("repository_dir")),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=cli_help("data_dir")),
+    control: str | None = typer.Option(
+        None, "--control", help="Control plane HOST:PORT (env BERTH_CONTROL_HOST/SELDON_SCHEDULER_HOST and "
+                                 "BERTH_CONTROL_PORT/SELDON_SCHEDULER_PORT)"),
     token_file: Path | None = typer.Option(
         None, "--token-file",
-        help="File holding this replica's agent token (env BERTH_AGENT_TOKEN_FILE, or the token itself in "
-             "BERTH_AGENT_TOKEN); create one with: berth token create NAME --agent NS/SERVER/REPLICA"),
+        help=cli_help("token_file", "; or the token itself in BERTH_AGENT_TOKEN; create one with: "
+                                    "berth token create NAME --agent NS/SERVER/REPLICA")),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Run an agent beside an MLServer: report capacity and readiness, load and unload models.

@@ -20,10 +20,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from aiohttp import web
 
 import berth
+from berth.aiotasks import GuardedTask, guarded
 from berth.errors import BerthError, ConfigError, NotFound, PayloadTooLarge, Unavailable
 from berth.gateway.checks import check_infer_body, is_plain_json
 from berth.gateway.grpcserver import GrpcGateway, GrpcListener, start_grpc
@@ -201,7 +203,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                    check_inputs=check_inputs, grpc=grpc_side)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=min(upstream_timeout, 10.0))
     await runner.setup()
-    watcher_task: asyncio.Task[None] | None = None
+    watcher_task: GuardedTask | None = None
     grpc_server: GrpcListener | None = None
     grpc_gateway: GrpcGateway | None = None
     try:
@@ -222,7 +224,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
         if control_url is not None:
             watcher = TableWatcher(control_url, router, backoff_max=watch_backoff_max,
                                    connect_timeout=connect_timeout, token=token)
-            watcher_task = asyncio.create_task(watcher.run(stop))
+            watcher_task = guarded("routes-watch", partial(watcher.run, stop), restart=True, stop=stop)
         log.info("gateway serving V2 REST on http://%s:%d%s (routes from %s)", host, bound,
                  f" and gRPC on {host}:{grpc_bound}" if grpc_bound else "", control_url or "a static table")
         if on_started is not None:
@@ -232,8 +234,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
         await stop.wait()
     finally:
         if watcher_task is not None:
-            watcher_task.cancel()
-            await asyncio.gather(watcher_task, return_exceptions=True)
+            await watcher_task.stop()
         if grpc_server is not None:
             await grpc_server.stop(min(upstream_timeout, 5.0))
         if grpc_gateway is not None:
