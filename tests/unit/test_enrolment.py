@@ -514,3 +514,35 @@ def test_a_replica_whose_token_is_gone_is_not_adopted(tmp_path: Path, monkeypatc
     finally:
         again.stop_all()
         prov.stop_all()
+
+
+def test_a_crashed_provisioner_pass_leaves_the_replicas_running(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure inside the provisioner's loop ends it for the guarded restart, not the replicas with it;
+    stopping it (shutdown) stops them."""
+    import asyncio
+
+    Spawned.calls = []
+    prov = _provisioner(tmp_path, TokenRegistry(None), monkeypatch)
+    try:
+        prov.converge()
+        rep = prov.replicas[("tenant-a", "mlserver", 0)]
+        real = prov.converge
+        monkeypatch.setattr(prov, "converge", lambda: (_ for _ in ()).throw(RuntimeError("injected")))
+        with pytest.raises(RuntimeError, match="injected"):
+            asyncio.run(prov.run(asyncio.Event()))
+        assert rep.agent.alive() and rep.mlserver.alive(), "a crash stopped the replicas"
+        monkeypatch.setattr(prov, "converge", real)
+
+        async def shutdown() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(prov.run(stop))
+            await asyncio.sleep(0.2)
+            stop.set()
+            prov.changed()
+            await asyncio.wait_for(task, 30)
+
+        asyncio.run(shutdown())
+        assert not rep.agent.alive() and not rep.mlserver.alive()
+    finally:
+        prov.stop_all()

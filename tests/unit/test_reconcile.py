@@ -20,6 +20,7 @@ from berth.control.reconcile import Reconciler
 from berth.control.routes import RoutesPublisher
 from berth.errors import Conflict
 from berth.scheduler.build import MLSERVER_CAPABILITIES
+from berth.store.base import StatusUpdate
 from berth.store.memory import MemoryStore
 from berth.wire import agent as wire
 
@@ -330,20 +331,18 @@ def test_a_status_write_never_lands_on_a_newer_object() -> None:
         p.store.apply(server(1))
         p.store.apply(model())
         connect(p.hub, 0)
-        real = p.store.update_status
+        real = p.store.update_statuses
         conflicts: list[Conflict] = []
 
-        def racing_update(kind: str, ns: str, name: str, st: dict[str, Any], **kw: Any) -> dict[str, Any]:
-            if kind == "Model" and not conflicts:
+        def racing_update(updates: list[StatusUpdate]) -> list[Any]:
+            if any(u.kind == "Model" for u in updates) and not conflicts:
                 p.store.apply(model(uri="gs://bucket/iris-v2"))  # a user's apply lands mid-pass
-                try:
-                    return real(kind, ns, name, st, **kw)
-                except Conflict as exc:
-                    conflicts.append(exc)
-                    raise
-            return real(kind, ns, name, st, **kw)
+                results = real(updates)
+                conflicts.extend(r for r in results if isinstance(r, Conflict))
+                return results
+            return real(updates)
 
-        p.store.update_status = racing_update  # type: ignore[method-assign]
+        p.store.update_statuses = racing_update  # type: ignore[method-assign]
         p.rc._dirty.clear()
         await p.pass_()
         assert conflicts, "the status write did not compare the resourceVersion"

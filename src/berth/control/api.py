@@ -39,7 +39,8 @@ from berth.resources.identity import Principal, right_for
 from berth.resources.kinds import APPLY_ORDER, kind_from_alias
 from berth.resources.manifest import unacted_warnings, validate_document
 from berth.resources.names import check_name
-from berth.store.base import Store
+from berth.store.base import Event, Store
+from berth.store.offloop import off_loop
 from berth.wire.agent import AGENT_PATH
 from berth.wire.routes import ROUTES_PATH, ROUTES_WATCH_PATH
 
@@ -86,6 +87,13 @@ class ControlAPI:
         self.routes = routes
         self.auth = Auth(self.tokens)
         self.watches = Watches(store, self.auth)
+        # /healthz answers the last revision written without taking the store's lock (a long write in the
+        # store thread must not hold a probe up): a listener keeps it (an int assignment, from any thread).
+        self._revision = store.revision()
+        store.add_listener(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:
+        self._revision = max(self._revision, ev.revision)
 
     def close(self) -> None:
         """End every open watch (on shutdown)."""
@@ -115,7 +123,7 @@ class ControlAPI:
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "revision": self.store.revision()})
+        return web.json_response({"ok": True, "revision": self._revision})
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": berth.__version__, "api": "v1"})
@@ -165,7 +173,7 @@ class ControlAPI:
                         "name": b["metadata"]["name"], "action": "validated"} for b in bodies]
             return web.json_response({"results": results, "warnings": warnings, "dryRun": True})
         try:
-            applied = self.store.apply_many(bodies)
+            applied = await off_loop(self.store.apply_many, bodies)
         except BerthError as err:
             self.auth.record_many(request, [{"principal": principal.name, "verb": "apply", "kind": b["kind"],
                                              "namespace": b["metadata"]["namespace"], "name": b["metadata"]["name"],
@@ -203,18 +211,21 @@ class ControlAPI:
         selector = _selector(request.query.get("selector", ""))
         kinds = ("Model", "Server", "Experiment", "Pipeline") if text == "all" else (self._kind(text),)
         visible = visibility(self.auth, request, ns, kinds, "list")
-        items = [shown(d) for k in kinds for d in self.store.list(k, ns, selector) if visible(d)]
-        return web.json_response({"items": items, "revision": self.store.revision()})
+        def read() -> tuple[list[dict[str, Any]], int]:
+            return [d for k in kinds for d in self.store.list(k, ns, selector)], self.store.revision()
+
+        docs, revision = await off_loop(read)
+        return web.json_response({"items": [shown(d) for d in docs if visible(d)], "revision": revision})
 
     async def get(self, request: web.Request) -> web.Response:
         kind, ns, name = self._ref(request)  # the caller's right in ns was checked first (control/auth.py)
-        return web.json_response(shown(self.store.get(kind, ns, name)))
+        return web.json_response(shown(await off_loop(self.store.get, kind, ns, name)))
 
     async def delete(self, request: web.Request) -> web.Response:
         kind, ns, name = self._ref(request)
         principal = principal_of(request)
         try:
-            doc = self.store.delete(kind, ns, name)
+            doc = await off_loop(self.store.delete, kind, ns, name)
         except BerthError as err:
             self.auth.record(request, principal.name, "delete", kind, ns, name, outcome="failed", reason=failure(err))
             raise

@@ -23,6 +23,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,7 @@ class LocalProvisioner:
         self._noted: set[str] = set()  # notes (bad podSpec values, servers not run) already logged
         self._wake = asyncio.Event()
         self._tokens_changed = False  # set (from any thread) when a token was created or revoked
+        self._converging = threading.Lock()  # converge and stop_all run in worker threads: one at a time
         self.tokens.on_change.append(self._on_tokens_changed)
         self._adopt()
 
@@ -142,16 +144,25 @@ class LocalProvisioner:
         self._tokens_changed = True
 
     async def run(self, stop: asyncio.Event) -> None:
+        crashed = False
         try:
             while not stop.is_set():
-                self.converge()
                 self._wake.clear()
+                # In a worker thread: process starts (fork, ports) and stops (SIGTERM, then up to 10 s of
+                # waiting, then SIGKILL) never hold up the event loop that serves the API and the agents.
+                await asyncio.to_thread(self.converge)
+                if self._wake.is_set():
+                    continue  # changed while converging: once more
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                 except TimeoutError:
                     pass
+        except Exception:
+            crashed = True  # the guarded restart carries on with the replicas still running
+            raise
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, self.stop_all)
+            if not crashed:  # stopped or cancelled: the replicas stop with the control plane
+                await asyncio.get_running_loop().run_in_executor(None, self.stop_all)
 
     def desired(self) -> dict[Key, Shape]:
         """Every replica the Servers ask for that Berth runs, with what it should offer."""
@@ -171,6 +182,10 @@ class LocalProvisioner:
         return out
 
     def converge(self) -> None:
+        with self._converging:
+            self._converge()
+
+    def _converge(self) -> None:
         want = self.desired()
         dirty = False
         for key in sorted(set(self.replicas) - set(want), reverse=True):
@@ -280,6 +295,10 @@ class LocalProvisioner:
                 handle.stop()
 
     def stop_all(self) -> None:
+        with self._converging:
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         for key in sorted(self.replicas, reverse=True):
             self._stop(self.replicas.pop(key))
         self._save()

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,8 @@ from berth.resources.podspec import RUNS, inference_server, server_config_for
 from berth.scheduler import plan
 from berth.scheduler.build import model_want, snapshot_for
 from berth.scheduler.snapshot import ModelPlan, Plan, ReplicaInfo, ReplicaRef
-from berth.store.base import Event, Store
+from berth.store.base import Event, StatusUpdate, Store
+from berth.store.offloop import off_loop, on_loop
 from berth.wire import agent as wire
 
 log = logging.getLogger("berth.control.reconcile")
@@ -72,7 +74,8 @@ class Reconciler:
         self.routes = routes
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._writing = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on: events are handled there
+        self._local = threading.local()  # .writing: this thread is writing our own statuses
         self._on_servers_changed = on_servers_changed
         self.plans: dict[str, Plan] = {}  # last plan per namespace: the next one re-plans incrementally
         self._draining: list[ReplicaModel] = []  # marked DRAINING in the pass under way
@@ -87,8 +90,12 @@ class Reconciler:
         self._wake.set()
 
     def _on_event(self, ev: Event) -> None:
-        if self._writing:
+        """The store's listener, called in the writer's thread (often the store thread)."""
+        if getattr(self._local, "writing", False):
             return  # our own status writes
+        on_loop(self._loop, self._handle_event, ev)
+
+    def _handle_event(self, ev: Event) -> None:
         if ev.kind == "Server" and self._on_servers_changed is not None:
             self._on_servers_changed()
         if ev.kind == "Server":
@@ -97,6 +104,11 @@ class Reconciler:
 
     def _namespaces(self) -> set[str]:
         return {d["metadata"]["namespace"] for d in self.store.list()} | {k[0] for k in self.hub.replicas}
+
+    async def _all_namespaces(self) -> set[str]:
+        """:meth:`_namespaces`, the store read in the store thread (the hub is the loop's)."""
+        docs = await off_loop(self.store.list)
+        return {d["metadata"]["namespace"] for d in docs} | {k[0] for k in self.hub.replicas}
 
     def _replicas_back(self) -> bool:
         """Every replica a Server declares has an agent connected (after a restart: has reconnected).
@@ -113,7 +125,8 @@ class Reconciler:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._dirty.update(self._namespaces())
+        self._loop = asyncio.get_running_loop()
+        self._dirty.update(await self._all_namespaces())
         started = last_timer = time.monotonic()
         while not stop.is_set():
             try:
@@ -123,7 +136,7 @@ class Reconciler:
             self._wake.clear()
             if time.monotonic() - last_timer >= RETRY_INTERVAL:
                 last_timer = time.monotonic()
-                self._dirty.update(self._unsettled())
+                self._dirty.update(await off_loop(self._unsettled))
             todo, self._dirty = sorted(self._dirty), set()
             for ns in todo:
                 try:
@@ -133,7 +146,7 @@ class Reconciler:
                     self._dirty.add(ns)
             if not self.routes.warm.is_set() and (
                     self._replicas_back() or time.monotonic() - started > WARMUP_LIMIT):
-                self._dirty.update(self._namespaces())  # publish every namespace's routes, then open
+                self._dirty.update(await self._all_namespaces())  # publish every namespace's routes, then open
                 for ns in sorted(self._dirty):
                     await self.reconcile(ns)
                 self._dirty.clear()
@@ -149,9 +162,7 @@ class Reconciler:
     async def reconcile(self, ns: str) -> None:
         self.passes += 1
         now = time.time()
-        docs = self.store.list(namespace=ns)
-        all_servers = [d for d in self.store.list("Server") if d["metadata"]["namespace"] != ns]
-        configs = [d for d in self.store.list("ServerConfig") if d["metadata"]["namespace"] != ns]
+        docs, all_servers, configs = await off_loop(self._read, ns)
         configs += [d for d in docs if d["kind"] == "ServerConfig"]  # a Server's config may live elsewhere
         models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Model"}
         self._forget_departed(ns, docs)
@@ -190,11 +201,29 @@ class Reconciler:
                 recs = [r for r in records.values() if r.server == doc["metadata"]["name"]]
                 statuses.append(("Server", doc["metadata"]["name"],
                                  status.server_status(doc, desired, recs, now, server_config_for(doc, configs))))
-        self._write_statuses(ns, docs, statuses)
-        fresh_models = self.store.list("Model", ns)  # with the statuses just written
-        self._configuring_kinds(ns, docs, fresh_models, now)
-        self.routes.publish_namespace(ns, fresh_models, records, self.store.list("Experiment", ns), runtime)
+        # Experiments', Pipelines'... statuses follow from the models' new ones: all go in ONE transaction.
+        statuses += self._configuring_kinds(ns, docs, self._with_statuses(docs, statuses, "Model"), now)
+        fresh_models, experiments, changed_under_us = await off_loop(self._write_and_read, ns, docs, statuses)
+        if changed_under_us:
+            self._dirty.add(ns)  # next pass sees the new spec
+        self.routes.publish_namespace(ns, fresh_models, records, experiments, runtime)
         self._start_drains(ns)
+
+    def _read(self, ns: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """What a pass over ``ns`` reads (in the store thread): its documents, other namespaces' Servers
+        and ServerConfigs."""
+        docs = self.store.list(namespace=ns)
+        all_servers = [d for d in self.store.list("Server") if d["metadata"]["namespace"] != ns]
+        configs = [d for d in self.store.list("ServerConfig") if d["metadata"]["namespace"] != ns]
+        return docs, all_servers, configs
+
+    @staticmethod
+    def _with_statuses(docs: list[dict[str, Any]], statuses: list[tuple[str, str, dict[str, Any]]],
+                       kind: str) -> list[dict[str, Any]]:
+        """The documents of ``kind`` as they will be once ``statuses`` are written."""
+        new = {name: st for k, name, st in statuses if k == kind}
+        return [{**d, "status": new[d["metadata"]["name"]]} if d["metadata"]["name"] in new else d
+                for d in docs if d["kind"] == kind]
 
     def _start_drains(self, ns: str) -> None:
         """Models marked DRAINING this pass left the routes just published: unload them DRAIN_SECONDS from now."""
@@ -263,25 +292,30 @@ class Reconciler:
                 if await self.hub.send(rec, wire.Unload(name=name)):
                     rec.models[name] = ReplicaModel("UNLOADING", m.generation, m.memory)
 
+    def _write_and_read(self, ns: str, docs: list[dict[str, Any]], statuses: list[tuple[str, str, dict[str, Any]]]
+                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        """In the store thread: write the pass's statuses, then read the Models and Experiments as stored."""
+        changed = bool(self._write_statuses(ns, docs, statuses))
+        return self.store.list("Model", ns), self.store.list("Experiment", ns), changed
+
     def _write_statuses(self, ns: str, docs: list[dict[str, Any]],
-                        statuses: list[tuple[str, str, dict[str, Any]]]) -> None:
+                        statuses: list[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Write the statuses that changed in ONE transaction, each compared-and-swapped against the version
+        this pass read (runs in the store thread).  True when one was skipped: its object changed or went."""
         current = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-        self._writing = True
+        updates = [StatusUpdate(kind, ns, name, st, current[(kind, name)]["metadata"]["resourceVersion"])
+                   for kind, name, st in statuses if current[(kind, name)].get("status") != st]
+        if not updates:
+            return False
+        self._local.writing = True  # the listener, called in this thread, knows these events are ours
         try:
-            for kind, name, st in statuses:
-                doc = current[(kind, name)]
-                if doc.get("status") == st:
-                    continue
-                try:
-                    self.store.update_status(kind, ns, name, st,
-                                             expect_version=doc["metadata"]["resourceVersion"])
-                except (Conflict, NotFound):
-                    self._dirty.add(ns)  # changed under us: next pass sees the new spec
+            results = self.store.update_statuses(updates)
         finally:
-            self._writing = False
+            self._local.writing = False
+        return any(isinstance(r, (Conflict, NotFound)) for r in results)
 
     def _configuring_kinds(self, ns: str, docs: list[dict[str, Any]], fresh_models: list[dict[str, Any]],
-                           now: float) -> None:
+                           now: float) -> list[tuple[str, str, dict[str, Any]]]:
         """Statuses of Experiments, Pipelines, SeldonRuntimes and ServerConfigs.  ``docs`` is what this
         pass read at its start (these kinds are unchanged since); ``fresh_models`` carry new statuses."""
         models = {d["metadata"]["name"]: d for d in fresh_models}
@@ -312,7 +346,7 @@ class Reconciler:
         statuses += [("ServerConfig", c["metadata"]["name"], server_config_status(
             c, [d["metadata"]["name"] for d in servers
                 if (d.get("spec") or {}).get("serverConfig") == c["metadata"]["name"]], now)) for c in configs]
-        self._write_statuses(ns, experiments + pipelines + runtimes + configs, statuses)
+        return statuses
 
 def model_source(store: Store, ns: str, doc: dict[str, Any]) -> wire.ModelSource:
     spec = model_spec(doc)

@@ -46,8 +46,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from berth.control.secrets import REDACTED, SEALED_FIELD, redact, scrub_metadata, secret_data
-from berth.errors import BerthError, ConfigError, InvalidInput, NotFound, Unavailable
-from berth.store.base import ApplyAction, Event, Listener, Store
+from berth.errors import BerthError, ConfigError, Conflict, InvalidInput, NotFound, Unavailable
+from berth.store.base import ApplyAction, Event, Listener, StatusUpdate, Store
 from berth.store.common import Key, key_of
 from berth.store.files import create_private_exclusive, narrow, private_dir, write_private_atomic
 
@@ -425,6 +425,10 @@ class SealingStore:
     def update_status(self, kind: str, namespace: str, name: str, status: dict[str, Any], *,
                       expect_version: str | None = None) -> dict[str, Any]:
         return shown(self.inner.update_status(kind, namespace, name, status, expect_version=expect_version))
+
+    def update_statuses(self, updates: builtins.list[StatusUpdate]
+                        ) -> builtins.list[dict[str, Any] | Conflict | NotFound]:
+        return [r if isinstance(r, BaseException) else shown(r) for r in self.inner.update_statuses(updates)]
 
     def delete(self, kind: str, namespace: str, name: str, *,
                expect_version: str | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from berth.resources.identity import SECRET_KINDS
 from berth.resources.kinds import ALL_KINDS, kind_from_alias
 from berth.resources.names import check_name
 from berth.store.base import Event, Store
+from berth.store.offloop import on_loop
 
 Visible = Callable[[dict[str, Any]], bool]
 
@@ -56,6 +57,7 @@ class Watches:
         self.store = store
         self.auth = auth
         self._wakes: set[asyncio.Event] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the watches run on
         self.closing = False
         store.add_listener(self._on_event)
 
@@ -65,7 +67,11 @@ class Watches:
         self._on_event(None)
 
     def _on_event(self, ev: Event | None) -> None:
-        for wake in self._wakes:
+        """The store's listener, called in the writer's thread: the wake-ups are set on the watches' loop."""
+        on_loop(self._loop, self._wake_all)
+
+    def _wake_all(self) -> None:
+        for wake in list(self._wakes):
             wake.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -95,6 +101,7 @@ class Watches:
                 await resp.write(line.encode() + b"\n")
 
         wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._wakes.add(wake)
         reader: asyncio.Task[None] | None = None
         if use_ws:  # read the client's frames, so a close is answered at once and ends the watch

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from berth.store.base import ApplyAction, Event, EventType, Listener, Store
+from berth.store.base import ApplyAction, Event, EventType, Listener, StatusUpdate, Store
 from berth.store.common import DEFAULT_MAX_EVENTS
 from berth.store.memory import MemoryStore
 from berth.store.sqlite import SQLiteStore
 
-__all__ = ["ApplyAction", "Event", "EventType", "Listener", "MemoryStore", "SQLiteStore", "Store",
+__all__ = ["ApplyAction", "Event", "EventType", "Listener", "MemoryStore", "SQLiteStore", "StatusUpdate", "Store",
            "open_store"]
 
 

@@ -10,7 +10,9 @@ Semantics (shared by every implementation and checked by one contract test suite
   Status given to ``apply`` is ignored; the stored status is kept.
 * Compare-and-swap: when ``expect_version`` is given (or the body carries ``metadata.resourceVersion``)
   and differs from the stored one, the write raises :class:`berth.errors.Conflict` and changes nothing.
-* ``update_status`` replaces ``status`` only; it never bumps ``generation``.
+* ``update_status`` replaces ``status`` only; it never bumps ``generation``.  ``update_statuses`` writes
+  many in one transaction (one commit), each item with its own compare-and-swap: an item that conflicts or
+  is gone is skipped and answered as the error, the others are written.
 * ``watch``: every write appends an event (ADDED / MODIFIED / DELETED with the object as written);
   ``events_since(rv)`` returns the events with revision > rv, oldest first.  Old events may be compacted;
   asking for a revision older than what is kept raises :class:`berth.errors.Expired` (HTTP 410),
@@ -25,6 +27,8 @@ import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from berth.errors import Conflict, NotFound
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 ApplyAction = Literal["created", "configured", "unchanged"]
@@ -55,6 +59,17 @@ class Event:
 Listener = Callable[[Event], None]
 
 
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One item of :meth:`Store.update_statuses`: replace this object's status (CAS on ``expect_version``)."""
+
+    kind: str
+    namespace: str
+    name: str
+    status: dict[str, Any]
+    expect_version: str | None = None
+
+
 class Store(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """The stored object; raises NotFound naming kind, namespace and name."""
@@ -74,6 +89,11 @@ class Store(Protocol):
     def update_status(self, kind: str, namespace: str, name: str, status: dict[str, Any], *,
                       expect_version: str | None = None) -> dict[str, Any]:
         """Replace the status; raises NotFound / Conflict."""
+
+    def update_statuses(self, updates: builtins.list[StatusUpdate]
+                        ) -> builtins.list[dict[str, Any] | Conflict | NotFound]:
+        """Replace several statuses in one transaction; per item the stored object, or the Conflict /
+        NotFound that skipped it (the others are written)."""
 
     def delete(self, kind: str, namespace: str, name: str, *,
                expect_version: str | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from berth.errors import Conflict, Expired, InvalidInput, NotFound, Unavailable
-from berth.store.base import ApplyAction, Event, EventType, Listener
+from berth.store.base import ApplyAction, Event, EventType, Listener, StatusUpdate
 
 log = logging.getLogger("berth.store")
 
@@ -252,13 +252,35 @@ class BaseStore(ABC):
                                f"got {type(status).__name__}")
         key = (kind, namespace, name)
 
-        def run(tx: Transaction) -> dict[str, Any]:
-            current = self._existing(tx, key, expect_version)
-            if canonical(current.get("status")) == canonical(status):
-                return current
-            current["status"] = status
-            return tx.write("MODIFIED", key, current)
-        return self._write(run)
+        return self._write(lambda tx: self._status_one(tx, key, status, expect_version))
+
+    def update_statuses(self, updates: builtins.list[StatusUpdate]
+                        ) -> builtins.list[dict[str, Any] | Conflict | NotFound]:
+        """Write several statuses in ONE transaction (one commit); each keeps its own compare-and-swap: an
+        item whose object changed (Conflict) or is gone (NotFound) is skipped and answered as that error,
+        the others are written.  Answers, per item, the stored object or the error."""
+        for u in updates:
+            if not isinstance(u.status, dict):
+                raise InvalidInput(f"status of {u.kind} {u.namespace}/{u.name} must be an object, "
+                                   f"got {type(u.status).__name__}")
+
+        def run(tx: Transaction) -> builtins.list[dict[str, Any] | Conflict | NotFound]:
+            out: builtins.list[dict[str, Any] | Conflict | NotFound] = []
+            for u in updates:
+                try:
+                    out.append(self._status_one(tx, (u.kind, u.namespace, u.name), u.status, u.expect_version))
+                except (Conflict, NotFound) as err:  # checked before anything of this item was written
+                    out.append(err)
+            return out
+        return self._write(run) if updates else []
+
+    def _status_one(self, tx: Transaction, key: Key, status: dict[str, Any], expect_version: str | None
+                    ) -> dict[str, Any]:
+        current = self._existing(tx, key, expect_version)
+        if canonical(current.get("status")) == canonical(status):
+            return current
+        current["status"] = status
+        return tx.write("MODIFIED", key, current)
 
     def delete(self, kind: str, namespace: str, name: str, *,
                expect_version: str | None = None) -> dict[str, Any]:
