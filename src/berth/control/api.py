@@ -37,7 +37,7 @@ from berth.control.watch_api import Watches, shown, visibility
 from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge, Unauthenticated
 from berth.resources.identity import Principal, right_for
 from berth.resources.kinds import APPLY_ORDER, kind_from_alias
-from berth.resources.manifest import unacted_warnings, validate_document
+from berth.resources.manifest import count_problem, read_yaml, unacted_warnings, validate_document
 from berth.resources.names import check_name
 from berth.store.base import Event, Store
 from berth.store.offloop import off_loop
@@ -142,7 +142,7 @@ class ControlAPI:
         ctype = request.content_type
         try:
             if ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/plain"):
-                documents = [d for d in yaml.safe_load_all(raw.decode("utf-8")) if d is not None]
+                documents = read_yaml(raw.decode("utf-8"), "request body")  # with the manifests' limits
             else:
                 body = json.loads(raw or b"null")
                 if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
@@ -152,6 +152,9 @@ class ControlAPI:
         except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
             raise InvalidInput(f"request body is not valid {'YAML' if 'yaml' in ctype else 'JSON'}: "
                                f"{str(exc).splitlines()[0]}") from exc
+        too_many = count_problem(len(documents), "request body")
+        if too_many:
+            raise InvalidManifest([too_many])
         default_ns = request.query.get("namespace") or "default"
         problems: list[str] = []
         warnings: list[str] = []

@@ -17,6 +17,13 @@ from berth.resources.quantity import parse_quantity
 SELDON_API = "mlops.seldon.io/v1alpha1"
 CORE_API = "v1"
 
+# Manifest limits, all in one place (docs/limits.md lists them).  A manifest over any of them is refused whole
+# with a line naming the field or document and the limit; change them here.
+MAX_REPLICAS = 1000  # spec.replicas / minReplicas / maxReplicas of a Model, Server or SeldonRuntime override
+MAX_DOCUMENT_BYTES = 1 << 20  # one YAML/JSON document (between two ---)
+MAX_INPUT_BYTES = 10 << 20  # one file, stdin, or one apply request body
+MAX_DOCUMENTS = 1000  # documents (List items counted one by one) in one load or one apply request
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
@@ -48,9 +55,9 @@ class ModelSpec(_Spec):
     memory: Quantity | None = None
     secretName: StrictStr | None = None
     server: StrictStr | None = None
-    replicas: StrictInt | None = Field(default=None, ge=0)
-    minReplicas: StrictInt | None = Field(default=None, ge=0)
-    maxReplicas: StrictInt | None = Field(default=None, ge=0)
+    replicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
+    minReplicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
+    maxReplicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     parameters: list[Parameter] | None = None
     preloaded: StrictBool | None = None
     dedicated: StrictBool | None = None
@@ -76,9 +83,9 @@ class ServerSpec(_Spec):
     serverConfig: StrictStr
     capabilities: list[StrictStr] | None = None
     extraCapabilities: list[StrictStr] | None = None
-    replicas: StrictInt | None = Field(default=None, ge=0)
-    minReplicas: StrictInt | None = Field(default=None, ge=0)
-    maxReplicas: StrictInt | None = Field(default=None, ge=0)
+    replicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
+    minReplicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
+    maxReplicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     podSpec: dict[str, Any] | None = None
     scaling: dict[str, Any] | None = None
     disableAutoUpdate: StrictBool | None = None
@@ -138,7 +145,7 @@ class PipelineSpec(_Spec):
 
 class RuntimeOverride(_Spec):
     name: StrictStr
-    replicas: StrictInt | None = Field(default=None, ge=0)
+    replicas: StrictInt | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     disable: StrictBool | None = None
     serviceType: StrictStr | None = None
     podSpec: dict[str, Any] | None = None

@@ -23,6 +23,9 @@ from berth.resources import podspec
 from berth.resources.kinds import (
     ALL_KINDS,
     ANNOTATIONS,
+    MAX_DOCUMENT_BYTES,
+    MAX_DOCUMENTS,
+    MAX_INPUT_BYTES,
     RUNTIME_COMPONENTS,
     SPEC_SCHEMAS,
     UNACTED_FIELDS,
@@ -62,6 +65,89 @@ class Document:
 class LoadResult:
     documents: list[Document] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    counted: int = 0  # documents seen so far (valid or not), against MAX_DOCUMENTS
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+class _Refused(yaml.YAMLError):
+    """A manifest limit hit while reading YAML; ``str()`` is the whole problem line but for the source."""
+
+    def __init__(self, line: int, text: str) -> None:
+        super().__init__(f"line {line}: {text}")
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing while the text is composed, before anything is built or expanded:
+    every alias (``*name``; an anchor alone is harmless and accepted), a document over MAX_DOCUMENT_BYTES
+    and a stream of more than MAX_DOCUMENTS documents.  Refusing aliases outright (instead of counting
+    their expansion) keeps "billion laughs" at the cost of reading up to its first alias."""
+
+    documents = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _Refused(event.start_mark.line + 1,
+                           f"YAML aliases (*{event.anchor}) are not accepted in manifests; write the value out")
+        return super().compose_node(parent, index)
+
+    def compose_document(self) -> yaml.Node | None:
+        start = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        self.documents += 1
+        if self.documents > MAX_DOCUMENTS:
+            raise _Refused(start.line + 1, f"more than {MAX_DOCUMENTS} documents; the limit is {MAX_DOCUMENTS} "
+                                           "per input (split the set)")
+        node: yaml.Node | None = super().compose_document()
+        end = self.peek_event().start_mark.index  # type: ignore[no-untyped-call]  # the next document's start, or the stream's end
+        if end - start.index > MAX_DOCUMENT_BYTES:
+            raise _Refused(start.line + 1, f"document {self.documents} is {end - start.index} characters, above "
+                                           f"the limit of {_size(MAX_DOCUMENT_BYTES)} per document")
+        return node
+
+
+def read_yaml(text: str, source: str) -> list[Any]:
+    """The documents of a YAML (or JSON) text, empty ones dropped.  Raises InvalidManifest naming the limit
+    for a text over MAX_INPUT_BYTES, a document over MAX_DOCUMENT_BYTES, more than MAX_DOCUMENTS documents or
+    any alias, and yaml.YAMLError for text that is not YAML.  The one YAML reader of manifests: files, stdin
+    (through :func:`load_yaml`) and the control API's apply."""
+    if len(text) > MAX_INPUT_BYTES:
+        raise InvalidManifest([f"{source}: {len(text)} characters, above the limit of {_size(MAX_INPUT_BYTES)} "
+                               "per input (split the set)"])
+    loader = _ManifestLoader(text)
+    raws: list[Any] = []
+    try:
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            raw = loader.get_data()
+            if raw is not None:  # empty document (e.g. trailing ---)
+                raws.append(raw)
+    except _Refused as exc:
+        raise InvalidManifest([f"{source}: {exc}"]) from None
+    finally:
+        loader.dispose()
+    return raws
+
+
+def load_yaml(text: str, source: str) -> tuple[list[Any], list[str]]:
+    """:func:`read_yaml`, answering (documents, []) or ([], the problems) instead of raising."""
+    try:
+        return read_yaml(text, source), []
+    except InvalidManifest as exc:
+        return [], exc.problems
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return [], [f"{source}:{where}: invalid YAML: {problem}"]
+
+
+def count_problem(count: int, source: str) -> str | None:
+    """The problem line when ``count`` documents are more than one load or apply accepts, else None."""
+    if count <= MAX_DOCUMENTS:
+        return None
+    return f"{source}: {count} documents, above the limit of {MAX_DOCUMENTS} per apply (split the set)"
 
 
 def _describe(value: Any) -> str:
@@ -98,6 +184,7 @@ def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
         path = _loc(tuple(err["loc"]))
         where = f"{prefix}.{path}" if path else prefix
         kind = err["type"]
+        ctx = err.get("ctx") or {}
         if kind == "missing":
             text = f"{where}: required field missing"
         elif kind in _TYPE_WORDS:
@@ -106,6 +193,10 @@ def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
                 prev = lines[where].split("expected ", 1)[1].split(",", 1)[0]
                 want = f"{prev} or {want}"
             text = f"{where}: expected {want}, got {_describe(err.get('input'))}"
+        elif kind == "less_than_equal" and "le" in ctx:
+            text = f"{where}: {_describe(err.get('input'))} is above the limit of {ctx['le']}"
+        elif kind == "greater_than_equal" and "ge" in ctx:
+            text = f"{where}: {_describe(err.get('input'))} is below the minimum of {ctx['ge']}"
         else:
             msg = str(err["msg"])
             if msg.startswith("Value error, "):
@@ -282,29 +373,40 @@ def parse_text(text: str, source: str, *, default_namespace: str = "default") ->
 
 def _parse_into(text: str, source: str, default_namespace: str, result: LoadResult,
                 problems: list[str], seen_unknown: set[str]) -> None:
-    try:
-        raws = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problems.append(f"{source}:{where}: invalid YAML: {problem}")
+    raws, errs = load_yaml(text, source)
+    if errs:
+        problems.extend(errs)
         return
-    index = 0
-    for raw in raws:
-        if raw is None:  # empty document (e.g. trailing ---)
-            continue
-        index += 1
+    for index, raw in enumerate(raws, start=1):
         if isinstance(raw, dict) and raw.get("kind") == "List" and isinstance(raw.get("items"), list):
             docs = raw["items"]
         else:
             docs = [raw]
+        result.counted += len(docs)
+        if result.counted > MAX_DOCUMENTS:
+            problems.append(f"{source}#{index}: more than {MAX_DOCUMENTS} documents in this load (List items "
+                            f"count one by one); the limit is {MAX_DOCUMENTS} (split the set)")
+            return
         for doc in docs:
             body, errs = validate_document(doc, f"{source}#{index}", default_namespace=default_namespace,
                                            warnings=result.warnings, seen_unknown=seen_unknown)
             problems.extend(errs)
             if body is not None:
                 result.documents.append(Document(f"{source}#{index}", body))
+
+
+def _read_bounded(path: Path) -> bytes | None:
+    """The file's bytes, or None when it holds more than MAX_INPUT_BYTES; never reads (nor allocates) much
+    more than the limit, whatever the file (``/dev/zero``)."""
+    chunks: list[bytes] = []
+    size = 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 16):
+            size += len(chunk)
+            if size > MAX_INPUT_BYTES:
+                return None
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -332,7 +434,12 @@ def load_paths(paths: list[str], *, stdin_text: str | None = None,
             problems.append(f"{p}: no manifest files (*.yaml, *.yml, *.json) in this folder")
         for f in files:
             try:
-                text = f.read_text(encoding="utf-8")
+                data = _read_bounded(f)
+                if data is None:
+                    problems.append(f"{f}: more than {_size(MAX_INPUT_BYTES)}, above the limit of "
+                                    f"{_size(MAX_INPUT_BYTES)} per input (split the set)")
+                    continue
+                text = data.decode("utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 problems.append(f"{f}: cannot read: {exc}")
                 continue
