@@ -23,6 +23,7 @@ from berth.control.tokens import TokenRegistry
 from berth.errors import ConfigError
 from berth.resources.identity import ALL, new_token
 from berth.store import open_store
+from berth.store.files import write_private_atomic
 
 log = logging.getLogger("berth.control")
 
@@ -125,7 +126,8 @@ def open_tokens(opts: ControlOptions, in_memory: bool) -> TokenRegistry:
         else:
             secret = new_token()
             tokens.ensure("admin", secret, grants={ALL: "admin"})
-            write_private(opts.admin_token_file, secret + "\n")
+            opts.admin_token_file.parent.mkdir(parents=True, exist_ok=True)
+            write_private_atomic(opts.admin_token_file, (secret + "\n").encode())
     gateway_token = opts.gateway_token or _read_token(opts.gateway_token_file, "--gateway-token-file")
     if gateway_token:
         tokens.ensure("gateway", gateway_token, grants={}, kind="gateway")
@@ -148,12 +150,3 @@ def private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
     except OSError as exc:  # not ours (a shared folder): say so in the log, keep going
         log.warning("could not make the data dir %s private (0700): %s", path, exc)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a file only this user can read (created 0600, never through a wider mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)

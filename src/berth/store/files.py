@@ -95,18 +95,7 @@ def fsync_dir(path: Path) -> None:
 def write_private_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` (mode 0600), atomically and durably."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    _fill(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE), tmp, data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -117,6 +106,13 @@ def create_private_exclusive(path: Path, data: bytes) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileExistsError:
         return False
+    _fill(fd, path, data)
+    fsync_dir(path.parent)
+    return True
+
+
+def _fill(fd: int, path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``fd`` (mode 0600) durably and close it; on failure remove ``path``."""
     try:
         os.fchmod(fd, PRIVATE_FILE_MODE)
         view = memoryview(data)
@@ -128,5 +124,3 @@ def create_private_exclusive(path: Path, data: bytes) -> bool:
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    fsync_dir(path.parent)
-    return True
