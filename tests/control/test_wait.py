@@ -43,30 +43,50 @@ def until(client: BerthClient, what: Callable[[dict[str, Any]], bool], timeout: 
         time.sleep(0.05)
 
 
+class Gate(threading.Event):
+    """Set: passes run.  :meth:`hold` clears it and returns once no pass is under way, so nothing written
+    after it is observed until it is set again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+
+    def hold(self, timeout: float = 10.0) -> None:
+        self.clear()
+        deadline = time.monotonic() + timeout
+        while self.running:
+            assert time.monotonic() < deadline, "a reconcile pass did not finish"
+            time.sleep(0.01)
+
+
 @pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """Holds the control plane's reconciler while cleared: every pass waits, before it reads anything, until
     the event is set again, so statuses stay at the generation they observed.  (Request it after `control`:
     it is opened before the control plane stops.)"""
-    gate = threading.Event()
+    gate = Gate()
     gate.set()
     original = Reconciler.reconcile
 
     async def held(self: Reconciler, ns: str) -> None:
         while not gate.is_set():
             await asyncio.sleep(0.01)
-        await original(self, ns)
+        gate.running += 1
+        try:
+            await original(self, ns)
+        finally:
+            gate.running -= 1
 
     monkeypatch.setattr(Reconciler, "reconcile", held)
     yield gate
     gate.set()
 
 
-def stale_but_satisfying(client: BerthClient, gate: threading.Event, *changes: str) -> dict[str, Any]:
+def stale_but_satisfying(client: BerthClient, gate: Gate, *changes: str) -> dict[str, Any]:
     """cfg observed at generation 1 as Ready=True, then changed (``changes``) with the reconciler held."""
     client.apply([server_config("mlserver")])
     until(client, lambda d: ready(d) == "True" and d["status"]["observedGeneration"] == 1)
-    gate.clear()
+    gate.hold()  # a pass already under way could otherwise observe the change
     for server_type in changes:
         client.apply([server_config(server_type)])
     doc = client.get("ServerConfig", NS, "cfg")
@@ -75,7 +95,7 @@ def stale_but_satisfying(client: BerthClient, gate: threading.Event, *changes: s
     return doc
 
 
-def test_wait_never_judges_a_status_of_an_older_generation(control: ControlPlane, gate: threading.Event,
+def test_wait_never_judges_a_status_of_an_older_generation(control: ControlPlane, gate: Gate,
                                                            cli) -> None:
     client = BerthClient(control.url)
     stale_but_satisfying(client, gate, "triton")  # generation 2 will be Ready=False
@@ -98,7 +118,7 @@ def test_wait_never_judges_a_status_of_an_older_generation(control: ControlPlane
 
 
 def test_wait_follows_the_watch_and_returns_when_the_status_catches_up(
-        control: ControlPlane, gate: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+        control: ControlPlane, gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
     from berth.main import main
 
     client = BerthClient(control.url)

@@ -356,3 +356,4 @@ def test_a_status_write_never_lands_on_a_newer_object() -> None:
         assert st["observedGeneration"] == 2 and st["artifactGeneration"] == 2
 
     run(body)
+

@@ -146,10 +146,10 @@ class Reconciler:
                     self._dirty.add(ns)
             if not self.routes.warm.is_set() and (
                     self._replicas_back() or time.monotonic() - started > WARMUP_LIMIT):
-                self._dirty.update(await self._all_namespaces())  # publish every namespace's routes, then open
-                for ns in sorted(self._dirty):
+                # publish every namespace's routes, then open; what is marked meanwhile stays marked
+                todo, self._dirty = sorted(self._dirty | await self._all_namespaces()), set()
+                for ns in todo:
                     await self.reconcile(ns)
-                self._dirty.clear()
                 self.routes.set_warm()
 
     def _unsettled(self) -> set[str]:
