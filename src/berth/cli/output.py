@@ -99,9 +99,10 @@ class _Range:
     body: list[Any] = field(default_factory=list)
 
 
-def _bracket_end(text: str, start: int) -> int:
-    """Index of the `]` closing the `[` at ``start`` (quotes and nested brackets respected)."""
-    depth, quote, i = 0, "", start
+def _scan(text: str, i: int, brace: bool) -> int:
+    """Index of the closer of the `[` at ``i`` (``brace`` False) or of the `{` before ``i`` (``brace`` True),
+    quoted strings and nested brackets respected; -1 when there is none."""
+    depth, quote = 0, ""
     while i < len(text):
         c = text[i]
         if quote:
@@ -115,10 +116,20 @@ def _bracket_end(text: str, start: int) -> int:
             depth += 1
         elif c in "])":
             depth -= 1
-            if depth == 0:
+            if depth == 0 and not brace:
                 return i
+        elif c == "}" and brace and depth <= 0:
+            return i
         i += 1
-    raise InvalidInput(f"unclosed [ in {text!r}")
+    return -1
+
+
+def _bracket_end(text: str, start: int) -> int:
+    """Index of the `]` closing the `[` at ``start`` (quotes and nested brackets respected)."""
+    end = _scan(text, start, brace=False)
+    if end < 0:
+        raise InvalidInput(f"unclosed [ in {text!r}")
+    return end
 
 
 def to_jsonpath_ng(expr: str) -> tuple[str, bool]:
@@ -173,24 +184,10 @@ def compile_expr(expr: str) -> _Expr:
 
 def _action_end(text: str, start: int) -> int:
     """Index of the `}` closing the `{` at ``start`` (quoted strings and brackets respected)."""
-    quote, depth, i = "", 0, start + 1
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c in "[(":
-            depth += 1
-        elif c in "])":
-            depth -= 1
-        elif c == "}" and depth <= 0:
-            return i
-        i += 1
-    raise InvalidInput(f"unclosed {{ at position {start + 1}")
+    end = _scan(text, start + 1, brace=True)
+    if end < 0:
+        raise InvalidInput(f"unclosed {{ at position {start + 1}")
+    return end
 
 
 def parse_template(text: str) -> list[Any]:
