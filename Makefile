@@ -11,7 +11,8 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[serve,dev]'
+	$(PY) -m pip install -q 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[serve,pytorch,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -63,6 +63,19 @@ class PayloadTooLarge(InvalidInput):
     http_status = 413
 
 
+class QuotaExceeded(InvalidManifest):
+    """An apply would take a namespace over its quota (models, servers, replicas); nothing was applied."""
+
+    code = "QuotaExceeded"
+
+
+class RequestTimeout(InvalidInput):
+    """A client did not send its request head or body within the listener's time (slowloris)."""
+
+    code = "RequestTimeout"
+    http_status = 408
+
+
 class NotFound(BerthError):
     code = "NotFound"
     http_status = 404
@@ -159,9 +172,9 @@ def from_dict(data: dict[str, Any], *, status: int | None = None) -> BerthError:
     code = str(data.get("code") or "Internal")
     message = str(data.get("message") or "unknown error")
     cls = _BY_CODE.get(code, BerthError)
-    if cls is InvalidManifest:
+    if issubclass(cls, InvalidManifest):
         problems = (data.get("details") or {}).get("problems") or [message]
-        err: BerthError = InvalidManifest(list(problems), message=message.split(":\n")[0])
+        err: BerthError = cls(list(problems), message=message.split(":\n")[0])
     else:
         err = cls.__new__(cls)
         BerthError.__init__(err, message, details=data.get("details"), code=code)

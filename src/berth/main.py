@@ -16,6 +16,7 @@ except ImportError:  # older typer runs on click itself (where typer.Abort and t
     from click.exceptions import ClickException  # type: ignore[assignment]
 
 from berth.cli.app import build as build_cli
+from berth.cli.context import hoist_globals
 from berth.daemons.app import register as register_daemons
 from berth.errors import BerthError
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     app = build()
     try:
+        args = hoist_globals(typer.main.get_command(app), args)  # kubectl-style: global options after the command
         app(args=args, prog_name="berth", standalone_mode=False)
         return 0
     except BerthError as err:

@@ -137,7 +137,7 @@ def test_sqlite_state_survives_restart(tmp_path: Path, examples: Path) -> None:
     assert names == ["baseline-predictor", "enhanced-predictor"]
 
 
-def test_pipelines_are_stored_and_say_they_are_not_served(control: ControlPlane, cli) -> None:
+def test_pipeline_status_names_its_missing_step_models(control: ControlPlane, cli) -> None:
     doc = """apiVersion: mlops.seldon.io/v1alpha1
 kind: Pipeline
 metadata: {name: chain}
@@ -147,7 +147,10 @@ spec:
 """
     assert cli("--server", control.url, "apply", "-f", "-", stdin=doc).code == 0
     st = _wait_status(BerthClient(control.url), "Pipeline", "default", "chain")["status"]
-    assert "does not serve them yet" in st["message"] and "tfidf, classifier" in st["message"]
+    assert "step tfidf: model tfidf not found in namespace default" in st["message"]
+    assert "step classifier: model classifier not found" in st["message"]
+    ready = {c["type"]: c["status"] for c in st["conditions"]}
+    assert ready.get("Ready") == "False" and ready.get("PipelineReady") == "False"
     r = cli("--server", control.url, "get", "pipelines")
     assert "chain" in r.out and "tfidf, classifier" in r.out
 

@@ -60,10 +60,10 @@ def test_berth_names_win_over_seldon_and_overrides_win_over_both(tmp_path: Path)
     ({"SELDON_SERVER_HTTP_PORT": "70000"}, "SELDON_SERVER_HTTP_PORT='70000': a port must be between"),
     ({"BERTH_CONTROL_PORT": "0"}, "BERTH_CONTROL_PORT='0'"),
     ({"POD_NAME": "mlserver"}, "POD_NAME='mlserver' is not of the form <server>-<replica index>"),
-    ({"BERTH_REPLICA": "-1"}, "BERTH_REPLICA='-1': must not be negative"),
+    ({"BERTH_REPLICA": "-1"}, "BERTH_REPLICA='-1': expected integer, ≥ 0"),
     ({"BERTH_SERVER": "My_Server"}, "BERTH_SERVER='My_Server': 'My_Server' is not a valid DNS-1123 label"),
     ({"POD_NAMESPACE": "a.b"}, "POD_NAMESPACE='a.b': 'a.b' is not a valid DNS-1123 label"),
-    ({"SELDON_OVERCOMMIT_PERCENTAGE": "5000"}, "SELDON_OVERCOMMIT_PERCENTAGE='5000': must be between 0 and 1000"),
+    ({"SELDON_OVERCOMMIT_PERCENTAGE": "5000"}, "SELDON_OVERCOMMIT_PERCENTAGE='5000': expected integer 0–1000"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -77,8 +77,10 @@ def test_unknown_override_is_refused() -> None:
 
 
 def test_direct_construction_validates() -> None:
-    with pytest.raises(ConfigError, match="inference_http_port: must be between 1 and 65535"):
+    with pytest.raises(ConfigError, match="^agent inference_http_port: expected integer 1–65535, got 0$"):
         AgentConfig(inference_http_port=0)
+    with pytest.raises(ConfigError, match="^agent probe_timeout: expected number, > 0, got 0"):
+        AgentConfig(probe_timeout=0)
     with pytest.raises(ConfigError, match="agent server: 'A' is not a valid DNS-1123 label"):
         AgentConfig(server="A")
     with pytest.raises(ConfigError, match="reconnect backoff"):
@@ -103,3 +105,25 @@ def test_direct_construction_reads_no_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MEMORY_REQUEST", "lots")
     assert AgentConfig().server == "mlserver"
     assert AgentConfig(replica=3).replica == 3
+
+
+def test_on_the_shared_settings_base_flags_are_checked_like_variables() -> None:
+    from berth.resources.process_settings import ProcessSettings
+
+    assert issubclass(AgentConfig, ProcessSettings)
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_env({}, memory="lots")
+    assert info.value.message == "--memory='lots': expected a quantity (bytes, 500M, 2Gi)"
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_env({}, inference_grpc_port=70000)
+    assert info.value.message == "--inference-grpc-port=70000: a port must be between 1 and 65535"
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_env({}, server="Bad_Name")
+    assert info.value.message.startswith("--server='Bad_Name': 'Bad_Name' is not a valid DNS-1123 label")
+    assert AgentConfig.from_env({"BERTH_MEMORY": "1Gi"}, memory="2Gi").memory == 2 << 30
+
+
+def test_the_token_is_never_printed() -> None:
+    cfg = AgentConfig.from_env({"BERTH_AGENT_TOKEN": "s3cr3t-token"})
+    assert cfg.bearer_token() == "s3cr3t-token"
+    assert "s3cr3t" not in repr(cfg) and "s3cr3t" not in str(cfg)

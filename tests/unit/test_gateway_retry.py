@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from berth.adapters.mlserver_proc import free_ports
-from berth.gateway import grpcserver, headerblock, proxy
+from berth.gateway import forward, headerblock
 from berth.gateway.balance import Balancer
 from berth.gateway.grpcmessages import DEADLINE_EXCEEDED, OK, UNAVAILABLE, framed, grpc_message, grpc_status
 from berth.gateway.grpcserver import GrpcGateway
@@ -128,9 +128,11 @@ class Grpc(Replica):
             conn.respond(stream, _GRPC_HEAD, framed(b""), [(b"grpc-status", b"0")])
         elif behaviour in ("refuse", "reset"):
             conn.streams.pop(stream.sid)
-            conn.reset(stream.sid, REFUSED_STREAM if behaviour == "refuse" else INTERNAL_ERROR)
+            conn.core.reset(stream.sid, REFUSED_STREAM if behaviour == "refuse" else INTERNAL_ERROR)
+            conn.flush()
         elif behaviour == "goaway":
-            conn.write(goaway(max(stream.sid - 2, 0), NO_ERROR))
+            conn.core.write(goaway(max(stream.sid - 2, 0), NO_ERROR))
+            conn.flush()
         elif behaviour == "half":
             conn.respond_part(stream, _GRPC_HEAD, b"")
             conn.close()
@@ -206,7 +208,7 @@ class RestSide:
 def test_rest_refusing_replica_is_passed_over_while_ejected_and_chosen_again_once_that_expires(
         monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(proxy, "time", clock)
+    monkeypatch.setattr(forward, "time", clock)  # the forwarding core keeps the ejections
 
     async def go(dead: Replica, live: Replica) -> None:
         side = RestSide(model(dead, live))
@@ -332,7 +334,7 @@ async def model_infer(gateway: GrpcGateway) -> tuple[int, str]:
 def test_grpc_refusing_replica_is_passed_over_while_ejected_and_chosen_again_once_that_expires(
         monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(grpcserver, "time", clock)
+    monkeypatch.setattr(forward, "time", clock)
 
     async def go(dead: Replica, live: Replica) -> None:
         gateway = grpc_side(model(dead, live))

@@ -178,13 +178,13 @@ def test_the_drain_time_counts_from_the_routes_publication(monkeypatch: pytest.M
         published: list[float] = []
         publish, write = p.routes.publish_namespace, p.rc._write_statuses
 
-        def timed_publish(*args: Any) -> None:
-            publish(*args)
+        def timed_publish(*args: Any, **kwargs: Any) -> None:
+            publish(*args, **kwargs)
             published.append(time.time())
 
-        def slow_write(*args: Any) -> None:
+        def slow_write(*args: Any) -> Any:
             time.sleep(drain * 1.5)
-            write(*args)
+            return write(*args)
 
         monkeypatch.setattr(p.routes, "publish_namespace", timed_publish)
         monkeypatch.setattr(p.rc, "_write_statuses", slow_write)

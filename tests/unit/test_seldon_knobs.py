@@ -240,9 +240,15 @@ def test_models_runtimes_configs_and_triton_resources_are_warned() -> None:
     experiment = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Experiment",
                   "metadata": {"name": "x", "namespace": NS},
                   "spec": {"resourceType": "pipeline", "candidates": [{"name": "p", "weight": 1}]}}
-    assert [w.split(": ")[1] for w in unacted_warnings(experiment)] == ["spec.resourceType"]
+    assert unacted_warnings(experiment) == []  # pipelines are served: resourceType is acted on
     experiment["spec"]["resourceType"] = "model"
     assert unacted_warnings(experiment) == []
+    pipeline = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Pipeline",
+                "metadata": {"name": "p", "namespace": NS},
+                "spec": {"steps": [{"name": "a"}], "input": {"externalInputs": ["x.outputs"]}}}
+    assert [w.split(": ")[1] for w in unacted_warnings(pipeline)] == ["spec.input"]
+    del pipeline["spec"]["input"]
+    assert unacted_warnings(pipeline) == []
     assert unacted_warnings(server(name="t", serverConfig="triton")) == [
         f"Server {NS}/t: spec.serverConfig: not run: {TRITON_TEXT}; kept"]
     triton_config = config(agent(var("SELDON_SERVER_TYPE", "triton")), {"name": "triton"}, name="triton")

@@ -160,3 +160,62 @@ def prepare(folder: Path, *, name: str, requirements: list[str], artifact_versio
             settings["parameters"] = params
     _write_json(path, settings)
     return settings
+
+
+CUSTOM_RUNTIME_ANNOTATION = "berth.io/allow-custom-runtime"
+# model-settings fields that make MLServer run code or read files other than the artifact's own
+_CODE_PARAMETERS = ("environment_tarball", "environment_path")
+
+
+def allowed_implementations(folder: Path, requirements: list[str]) -> set[str]:
+    """The runtime classes the model's requirements select (what Berth itself would write): those named by its
+    requirements, MLflow's for an artifact with an MLmodel file, else what :func:`choose_implementation`
+    picks from the files; empty when nothing fits."""
+    wanted = {r.strip().lower() for r in requirements}
+    allowed = {impl for req, impl in RUNTIMES.items() if req in wanted}
+    if find_mlmodel(folder) is not None:
+        allowed.add(MLFLOW)
+    if not allowed:
+        try:
+            allowed.add(choose_implementation(folder, requirements))
+        except LoadError:
+            pass
+    return allowed
+
+
+def check_artifact_settings(folder: Path, *, name: str, requirements: list[str], allow_custom: bool) -> None:
+    """An artifact's own ``model-settings.json`` is data, not code: unless its Server allows custom runtimes,
+    it may name only an implementation the model's requirements select, no environment to unpack, and a
+    ``parameters.uri`` inside its own folder.  LoadError naming what was refused; nothing when it has none."""
+    path = folder / SETTINGS_FILE
+    if allow_custom or not path.is_file():
+        return
+    try:
+        own = json.loads(path.read_text()[:1 << 20])
+    except (OSError, ValueError):
+        return  # prepare() says it is not valid JSON
+    if not isinstance(own, dict):
+        return
+    fix = (f"; only a Server annotated {CUSTOM_RUNTIME_ANNOTATION}: \"true\" loads artifacts that choose their "
+           f"own code (or remove {SETTINGS_FILE} from the artifact and let Berth write it)")
+    implementation = own.get("implementation")
+    if implementation is not None:
+        allowed = allowed_implementations(folder, requirements)
+        if implementation not in allowed:
+            selected = ", ".join(sorted(allowed)) or "none (no requirement names a runtime)"
+            raise LoadError(f"model {name}: the artifact's {SETTINGS_FILE} names implementation "
+                            f"{str(implementation)[:200]!r}, but the model's requirements {sorted(requirements)} "
+                            f"select {selected}{fix}", details={"implementation": str(implementation)[:200]})
+    raw = own.get("parameters")
+    params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    for key in _CODE_PARAMETERS:
+        if params.get(key):
+            raise LoadError(f"model {name}: the artifact's {SETTINGS_FILE} sets parameters.{key} (an environment "
+                            f"MLServer would unpack and run){fix}", details={"parameter": key})
+    uri = params.get("uri")
+    if isinstance(uri, str) and uri:
+        target = os.path.realpath(folder / uri)
+        root = os.path.realpath(folder)
+        if target != root and not target.startswith(root + "/"):
+            raise LoadError(f"model {name}: the artifact's {SETTINGS_FILE} sets parameters.uri {uri[:200]!r}, "
+                            f"outside the artifact's own folder{fix}", details={"parameter": "uri"})

@@ -9,18 +9,21 @@ key) — never a secret value.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from berth.adapters import secrets
 from berth.errors import StorageError
+from berth.resources.policy import DEVICE_ROOTS, address_problem, host_problem
 from berth.wire.agent import ModelSource
 
+MAX_LOCAL_ENTRIES = 100_000  # files and folders copied from one local artifact
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-_]*):(//)?(.*)$", re.S)
 
 
@@ -45,7 +48,9 @@ def fetch(uri: str, dest: Path, source: ModelSource) -> Path:
 
         if storage_azure.is_azure_url(uri) or secrets.has_azure(source):
             return storage_azure.fetch(uri.strip(), scheme, rest, dest, source)
-        return _fetch_http(uri, dest)
+        from berth.adapters.storage_http import fetch_http
+
+        return fetch_http(uri, dest)
     if scheme in ("gs", "gcs") or remote == "gcs":
         from berth.adapters import storage_gcs
 
@@ -62,38 +67,98 @@ def fetch(uri: str, dest: Path, source: ModelSource) -> Path:
                        "rclone remote named in the model's secret)", details={"uri": uri})
 
 
+def local_problem(path: Path) -> str | None:
+    """Why the local path ``path`` may not be read as an artifact (a device or kernel file, or something
+    other than a regular file or folder, once symlinks are followed); None when it may (or does not exist)."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError) as exc:
+        return f"{path} cannot be resolved: {exc}"
+    if any(real == root or real.startswith(root + "/") for root in DEVICE_ROOTS):
+        return (f"{path} is (or links to) a device or kernel file under {', '.join(DEVICE_ROOTS)}; these are "
+                "never read as artifacts")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror or exc}"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return f"{path} is not a regular file or folder (a device, pipe or socket); refusing to read it"
+    return None
+
+
 def _fetch_local(path: Path, dest: Path, uri: str) -> Path:
+    problem = local_problem(path)
+    if problem is not None:
+        raise StorageError(f"cannot fetch {uri}: {problem}", details={"uri": uri})
     if not path.exists():
         raise StorageError(f"cannot fetch {uri}: {path} does not exist on the agent's host; "
                            "use a path the agent can read, or an s3:// URI", details={"uri": uri})
     try:
         if path.is_dir():
-            shutil.copytree(path, dest, dirs_exist_ok=True, symlinks=False)
+            _copy_tree(Path(os.path.realpath(path)), dest, uri)
         else:
             shutil.copy2(path, dest / path.name)
     except OSError as exc:
-        raise StorageError(f"cannot fetch {uri}: copying {path} to {dest} failed: {exc}",
+        raise StorageError(f"cannot fetch {uri}: copying {path} to {dest} failed: {exc.strerror or exc}",
                            details={"uri": uri}) from exc
     return dest
 
 
-def _fetch_http(uri: str, dest: Path) -> Path:
-    name = PurePosixPath(unquote(urlsplit(uri).path)).name or "model"
-    target = dest / name
+def _copy_tree(root: Path, dest: Path, uri: str) -> None:
+    """Copy the folder ``root`` (already resolved): regular files and folders only; a symlink is followed only
+    when it stays inside ``root`` (a link to ``/etc/shadow`` or ``../other-model`` is refused, naming the link,
+    not its target); a link back to a folder above it is skipped; at most :data:`MAX_LOCAL_ENTRIES` entries."""
+    prefix = str(root).rstrip("/") + "/"
+    count = 0
+    stack: list[tuple[Path, Path, frozenset[str]]] = [(root, Path(), frozenset({str(root)}))]
+    while stack:
+        folder, rel_dir, above = stack.pop()
+        (dest / rel_dir).mkdir(parents=True, exist_ok=True)
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            count += 1
+            rel = rel_dir / entry.name
+            if count > MAX_LOCAL_ENTRIES:
+                raise StorageError(f"cannot fetch {uri}: more than {MAX_LOCAL_ENTRIES} files and folders",
+                                   details={"uri": uri})
+            real = os.path.realpath(entry.path)
+            if real != str(root) and not real.startswith(prefix):
+                raise StorageError(f"cannot fetch {uri}: {rel} is a symlink that leaves the model's folder; "
+                                   "artifacts may link only inside their own folder", details={"uri": uri})
+            mode = os.stat(real).st_mode
+            if stat.S_ISDIR(mode):
+                if real not in above:  # a link to a folder above it (a loop) is skipped
+                    stack.append((Path(real), rel, above | {real}))
+            elif stat.S_ISREG(mode):
+                shutil.copy2(real, dest / rel)
+            else:
+                raise StorageError(f"cannot fetch {uri}: {rel} is not a regular file or folder (a device, pipe "
+                                   "or socket); refusing to read it", details={"uri": uri})
+
+
+def endpoint_problem(url: str | None) -> str | None:
+    """Why this host may not connect to the storage endpoint ``url`` (it is, or resolves to, a link-local or
+    cloud-metadata address); None when it may.  None for no endpoint (the provider's own)."""
+    if not url:
+        return None
     try:
-        with httpx.stream("GET", uri, follow_redirects=True, timeout=httpx.Timeout(30.0, connect=5.0)) as r:
-            if r.status_code != 200:
-                body = r.read().decode(errors="replace").strip()[:200]
-                raise StorageError(f"cannot fetch {uri}: the server answered HTTP {r.status_code}"
-                                   + (f": {body}" if body else ""), details={"uri": uri})
-            with open(target, "wb") as out:
-                for chunk in r.iter_bytes(1 << 20):
-                    out.write(chunk)
-    except httpx.HTTPError as exc:
-        host = urlsplit(uri).netloc
-        raise StorageError(f"cannot fetch {uri}: {host} could not be reached: {exc or type(exc).__name__}",
-                           details={"uri": uri}) from exc
-    return dest
+        host = urlsplit(url if "://" in url else "https://" + url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    problem = host_problem(host)
+    if problem is None:
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        except (OSError, UnicodeError):
+            return None  # the client's own connect error will say so
+        problem = next((p for p in map(address_problem, sorted(addresses)) if p), None)
+        if problem is not None:
+            problem = f"{host} resolves to {problem.split(' is ')[0]}, which {problem.split(' is ', 1)[1]}"
+    return (f"storage endpoint {url}: {problem}; Berth never connects there (a metadata service hands out "
+            "the host's credentials)") if problem else None
 
 
 def safe_relative(key: str, prefix: str) -> PurePosixPath | None:
@@ -131,6 +196,9 @@ def _fetch_s3(uri: str, rest: str, dest: Path, access: secrets.S3Access) -> Path
     if not bucket:
         raise StorageError(f"cannot fetch {uri}: no bucket in the URI (expected s3://BUCKET/PREFIX)",
                            details={"uri": uri})
+    refused = endpoint_problem(access.endpoint)
+    if refused:
+        raise StorageError(f"cannot fetch {uri}: {refused}", details={"uri": uri, "endpoint": access.endpoint})
     client = _s3_client(access)
     try:
         keys = _list_keys(client, bucket, key)

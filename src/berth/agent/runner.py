@@ -23,7 +23,10 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from berth.adapters import storage_check
 from berth.adapters.mlserver import MLServerClient
+from berth.adapters.mlserver_proc import mlserver_executable
+from berth.agent import capabilities
 from berth.agent.config import AgentConfig
 from berth.agent.loader import ModelLoader
 from berth.agent.readiness import ReadinessWatcher
@@ -64,6 +67,7 @@ class Agent:
         self._pending: deque[wire.ModelEvent] = deque(maxlen=_MAX_PENDING)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resync: asyncio.Task[Any] | None = None
+        self.probe: capabilities.ProbeResult | None = None  # what the capability probe found (once per start)
 
     # -- outgoing ------------------------------------------------------------------------------
     def hello(self) -> wire.Hello:
@@ -74,7 +78,30 @@ class Agent:
             capabilities=list(cfg.capabilities), memory=cfg.memory,
             overcommit_percent=cfg.overcommit_percent, inference=cfg.inference, readiness=readiness,
             loaded=self.loader.loaded_models(),
-            pid=self.loader.inference_pid() if readiness.ready else None)
+            pid=self.loader.inference_pid() if readiness.ready else None,
+            unavailable=list(self.probe.problems) if self.probe else [],
+            probed_with=self.probe.python if self.probe and not self.probe.error else None)
+
+    async def probe_capabilities(self) -> capabilities.ProbeResult:
+        """Ask the inference server's Python whether each claimed capability's runtime is there (once)."""
+        pid = self.loader.inference_pid() if self.readiness.current.ready else self.config.inference_pid
+        try:
+            program: str | None = mlserver_executable()
+        except ConfigError:
+            program = None
+        python = capabilities.interpreter(pid, program)
+        try:
+            result = await asyncio.to_thread(capabilities.probe, self.config.capabilities, python)
+        except Exception as exc:  # the probe must never keep the agent from serving
+            log.exception("capability probe failed")
+            result = capabilities.ProbeResult(python, error=f"probe failed: {type(exc).__name__}: {exc}")
+        if result.error:
+            log.warning("capability probe: %s; claimed capabilities are reported unchecked", result.error)
+        for problem in result.problems:
+            log.warning("%s: models requiring it will not be placed here",
+                        capabilities.describe(problem, self.config.server))
+        self.probe = result
+        return result
 
     async def _send(self, msg: BaseModel) -> bool:
         """Send on the live connection; False when there is none (or it just broke)."""
@@ -120,6 +147,11 @@ class Agent:
     async def _do_unload(self, msg: wire.Unload) -> None:
         await self.emit(await self.loader.unload(msg.name))
 
+    async def _do_check(self, msg: wire.CheckStorage) -> None:
+        """``berth doctor``'s storage check, from this host (the control plane never reads storage itself)."""
+        checks = await asyncio.to_thread(storage_check.check, msg.source)
+        await self._send(wire.StorageReport(id=msg.id, checks=checks))
+
     def _dispatch(self, text: str) -> None:
         try:
             msg = wire.parse_control(text)
@@ -134,6 +166,12 @@ class Agent:
             self._spawn(self._do_load(msg), f"load {msg.name}")
         elif isinstance(msg, wire.Unload):
             self._spawn(self._do_unload(msg), f"unload {msg.name}")
+        elif isinstance(msg, wire.CheckStorage):
+            if msg.namespace != self.config.namespace:
+                log.error("ignoring a storage check of model %s for namespace %s: this agent serves namespace %s",
+                          msg.name, msg.namespace, self.config.namespace)
+                return
+            self._spawn(self._do_check(msg), f"check {msg.name}")
         elif isinstance(msg, wire.ErrorMsg):
             log.error("control plane error %s: %s", msg.code, msg.message)
 
@@ -235,6 +273,7 @@ class Agent:
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.readiness.probed.wait(), timeout=self.config.probe_timeout + 1)
+            await self.probe_capabilities()
             if self._resync is not None:  # adopt what a previous agent loaded before saying hello
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._resync), timeout=10)

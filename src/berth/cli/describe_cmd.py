@@ -10,8 +10,10 @@ from rich.table import Table
 from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import settings
+from berth.cli.rollout_cmd import versions_table
 from berth.errors import InvalidInput
 from berth.resources.kinds import kind_from_alias
+from berth.resources.statuses import condition_of, conditions_of, model_status_of, server_status_of
 
 
 def _kv(rows: list[tuple[str, Any]]) -> Table:
@@ -25,9 +27,9 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
 
 def _conditions(doc: dict[str, Any]) -> Table:
     t = Table(box=None, pad_edge=False, header_style="bold", title="Conditions", title_justify="left")
-    for c in ("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"):
-        t.add_column(c, overflow="fold")
-    for c in (doc.get("status") or {}).get("conditions", []):
+    for column in ("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"):
+        t.add_column(column, overflow="fold")
+    for c in conditions_of(doc):
         t.add_row(c.get("type", ""), render.ready_text({"status": {"conditions": [{**c, "type": "Ready"}]}}),
                   c.get("reason", ""), c.get("lastTransitionTime", ""), c.get("message", ""))
     return t
@@ -47,18 +49,20 @@ def describe_model(doc: dict[str, Any]) -> None:
         ("State", st.get("state", "(no status yet)")), ("Message", st.get("message", "")),
     ]))
     render.console.print(_conditions(doc))
-    placement = st.get("placement") or {}
+    typed = model_status_of(doc)  # None before the control plane's first pass over it
+    placement = (typed.get("placement") or None) if typed is not None else None
     t = Table(box=None, pad_edge=False, header_style="bold", title="Placement", title_justify="left")
     for c in ("SERVER", "REPLICA", "RESULT", "DETAIL"):
         t.add_column(c, overflow="fold")
-    for key, rs in sorted((st.get("replicaStatus") or {}).items()):
+    for key, rs in sorted(((typed.get("replicaStatus") or {}) if typed is not None else {}).items()):
         server, _, index = key.rpartition("/")
         colour = {"Loaded": "green", "LoadFailed": "red", "Unavailable": "red"}.get(rs.get("state"), "yellow")
         t.add_row(server, index, f"[{colour}]{rs.get('state')}[/{colour}]", rs.get("message", ""))
-    for r in placement.get("reasons", []):
+    for r in (placement.get("reasons") or []) if placement is not None else []:
         replica = "" if r.get("replica") is None else str(r["replica"])
         t.add_row(r.get("server") or "-", replica or "-", f"[red]{r.get('code')}[/red]", r.get("message", ""))
     render.console.print(t)
+    render.console.print(versions_table(st))  # docs/rollouts.md
     _history(st)
 
 
@@ -74,6 +78,15 @@ def _history(st: dict[str, Any]) -> None:
     render.console.print(t)
 
 
+def _runtimes(doc: dict[str, Any]) -> str:
+    """The CapabilitiesAvailable condition in one line: which claimed capabilities MLServer cannot import."""
+    cond = condition_of(doc, "CapabilitiesAvailable")
+    if cond is None:
+        return "(not checked yet)"
+    message = str(cond.get("message", ""))
+    return "ok: " + message if cond.get("status") == "True" else message
+
+
 def describe_server(doc: dict[str, Any]) -> None:
     spec, st = doc.get("spec") or {}, doc.get("status") or {}
     meta = doc["metadata"]
@@ -85,14 +98,17 @@ def describe_server(doc: dict[str, Any]) -> None:
         ("Extra capabilities", ", ".join(spec.get("extraCapabilities") or []) or "-"),
         ("Replicas", f"{st.get('readyReplicas', 0)} ready of {st.get('replicas', '?')}"),
         ("Loaded models", st.get("loadedModels", 0)),
+        ("Runtimes", _runtimes(doc)),
     ]))
     render.console.print(_conditions(doc))
     t = Table(box=None, pad_edge=False, header_style="bold", title="Replicas", title_justify="left")
-    for c in ("INDEX", "CONNECTED", "READY", "ADDRESS", "MEMORY", "MODELS", "MESSAGE"):
+    for c in ("INDEX", "CONNECTED", "READY", "ADDRESS", "MEMORY", "MODELS", "CANNOT IMPORT", "MESSAGE"):
         t.add_column(c, overflow="fold")
-    for r in st.get("replicaStatus", []):
+    typed = server_status_of(doc)  # a list of replicas in index order (a Model's is a dict: statuses.py)
+    for r in (typed.get("replicaStatus") or []) if typed is not None else []:
+        broken = ", ".join(f"{p['capability']} ({p['module']})" for p in r.get("unavailableCapabilities") or [])
         t.add_row(str(r.get("index")), str(r.get("connected")), str(r.get("ready")), r.get("address", "") or "",
-                  str(r.get("memory", "")), ", ".join(r.get("models", [])), r.get("message", ""))
+                  str(r.get("memory", "")), ", ".join(r.get("models", [])), broken or "-", r.get("message", ""))
     render.console.print(t)
 
 
@@ -129,7 +145,9 @@ def describe(
         describe_server(doc)
     elif k == "Experiment":
         describe_experiment(doc)
-    elif k in ("Pipeline", "SeldonRuntime", "ServerConfig"):
+    elif k == "Pipeline":
+        render.describe_pipeline(doc)
+    elif k in ("SeldonRuntime", "ServerConfig"):
         out.write(out.dumps(doc, "yaml"))
     else:
         raise InvalidInput(f"describe {kind}: not supported; use get {kind} {name} -o yaml")

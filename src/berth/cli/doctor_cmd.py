@@ -23,7 +23,8 @@ from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import settings
 from berth.cli.doctor_gateway import gateway_rows
-from berth.cli.doctor_rows import QUICK, Row, key, parallel
+from berth.cli.doctor_network import kube_network_rows
+from berth.cli.doctor_rows import QUICK, RUNTIMES, Row, capability_rows, key, parallel
 from berth.client.gateway import gateway_from_env
 from berth.client.http import BerthClient, connect_reason
 from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound
@@ -141,9 +142,11 @@ def storage_rows(client: BerthClient, models: list[dict[str, Any]]) -> list[Row]
             return Row("model storage", f"{ns}/{name}", False, f"storage check failed: {exc.message}")
         if ans.get("ok"):
             done = " ".join(f"{c['name']} ✓" for c in ans.get("checks", []) if c.get("ok"))
-            idle = ", ".join(c["name"] for c in ans.get("checks", []) if c.get("ok") is None)
+            idle = [c for c in ans.get("checks", []) if c.get("ok") is None]
+            why = sorted({str(c.get("detail") or "not checked") for c in idle})
+            names = ", ".join(c["name"] for c in idle)
             return Row("model storage", f"{ns}/{name}", True,
-                       f"{ans.get('uri')}: {done}" + (f" (n/a: {idle})" if idle else ""))
+                       f"{ans.get('uri')}: {done}" + (f" ({names}: {'; '.join(why)})" if idle else ""))
         failed = [c for c in ans.get("checks", []) if c.get("ok") is False]
         return Row("model storage", f"{ns}/{name}", False,
                    "; ".join(f"{c['name']}: {c['detail']}" for c in failed) or str(ans.get("message")))
@@ -240,7 +243,7 @@ def stuck_rows(models: list[dict[str, Any]], threshold: float, now: float) -> li
     return rows
 
 
-SKIPPED = ("control plane → agent", "agent → inference server", "cli → gateway", "gateway → replica",
+SKIPPED = ("control plane → agent", "agent → inference server", RUNTIMES, "cli → gateway", "gateway → replica",
            "model storage", "requirements", "model progress")
 
 
@@ -257,7 +260,7 @@ def diagnose(client: BerthClient, gateway: str, namespace: str | None, stuck_aft
     def in_scope(ns: str) -> bool:
         return namespace is None or ns == namespace
 
-    return [head, *agent_rows(agents, servers, now), *inference_rows(agents),
+    return [head, *agent_rows(agents, servers, now), *inference_rows(agents), *capability_rows(agents),
             *gateway_rows(gateway, agents, in_scope), *storage_rows(client, models),
             *requirement_rows(models, servers, agents), *stuck_rows(models, stuck_after, now)]
 
@@ -277,13 +280,23 @@ def doctor(
     all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces"),
     stuck_after: str = typer.Option("300s", "--stuck-after", help="A model not available this long is stuck"),
     output: str | None = typer.Option(None, "-o", "--output", help="json|yaml|jsonpath=TEMPLATE"),
+    kube: bool = typer.Option(False, "--kube", help="Also evaluate the namespace's NetworkPolicies, read from the "
+                                                    "cluster, against every flow Berth needs"),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="With --kube: kubeconfig (default KUBECONFIG)"),
+    context: str | None = typer.Option(None, "--context", help="With --kube: kubeconfig context"),
+    control_namespace: str = typer.Option("berth-system", "--control-namespace",
+                                          help="With --kube: the control plane's namespace"),
 ) -> None:
     """Check every link (CLI, control plane, agents, inference servers, gateway, storage) and say what to fix."""
     fmt = out.parse(output, out.DOCUMENT)
     threshold = _duration(stuck_after)
-    with BerthClient(settings.server, timeout=15.0) as client:
+    if kube and all_namespaces:
+        raise InvalidInput("--kube evaluates one namespace's network: give -n NAMESPACE instead of -A")
+    with settings.client(timeout=15.0) as client:
         rows = diagnose(client, gateway_from_env(settings.gateway), None if all_namespaces else namespace,
                         threshold)
+    if kube:
+        rows += kube_network_rows(kubeconfig, context, namespace, control_namespace)
     failed = sum(r.ok is False for r in rows)
     ran = sum(r.ok is not None for r in rows)
     skipped = len(rows) - ran

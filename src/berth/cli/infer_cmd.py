@@ -36,7 +36,7 @@ def _payload(data: str) -> dict[str, Any]:
 
 
 def infer(
-    model: str = typer.Argument(..., help="Model name, or NAME.experiment"),
+    model: str = typer.Argument(..., help="Model name, NAME.experiment or NAME.pipeline"),
     data: str = typer.Option(..., "-d", "--data", help="V2 request JSON, or @file"),
     namespace: str = typer.Option("default", "-n", "--namespace"),
     iterations: int = typer.Option(1, "-i", "--iterations", min=1, help="Send N times and summarise"),

@@ -1,4 +1,5 @@
-"""plan: a dry run of placement on manifests alone, with no control plane."""
+"""plan: a dry run on manifests alone, with no control plane: where each model would run, and every problem the
+live status would report for each Pipeline and Experiment (one line each)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from berth.cli import output as out
 from berth.cli import render
 from berth.errors import BerthError, InvalidInput
 from berth.resources.manifest import load_paths, unacted_warnings
+from berth.resources.pipelines import check_namespace
 from berth.resources.podspec import ReplicaShape, replica_shape, server_config_for
 from berth.resources.quantity import humanize_bytes, parse_quantity
 from berth.scheduler import plan as plan_models
 from berth.scheduler.build import dry_run_replicas, server_info, snapshot_for
+from berth.scheduler.references import experiment_problems
+
+_PLACED = ("Scheduled", "PartiallyScheduled")
 
 
 def plan(
@@ -61,6 +66,7 @@ def plan(
                          "message": mp.message, "reasons": [r.as_dict() for r in mp.reasons]})
             failed += mp.state == "ScheduleFailed"
     desired = {(s.namespace, s.name): s.desired_replicas for s in servers}
+    checks = reference_checks(docs, rows)
     if fmt is not None:
         fmt.write({
             "replicaMemory": memory, "overcommit": overcommit,
@@ -68,7 +74,9 @@ def plan(
                              for (ns, name), s in sorted(shapes.items()) if s.memory_from != "--replica-memory"},
             "servers": {f"{ns}/{name}": _server_row(s, desired[(ns, name)])
                         for (ns, name), s in sorted(shapes.items())},
-            "models": rows})
+            "models": rows,
+            "pipelines": [c for c in checks if c["kind"] == "Pipeline"],
+            "experiments": [c for c in checks if c["kind"] == "Experiment"]})
     else:
         render.err_console.print(f"dry run: each server replica offers {humanize_bytes(memory)} "
                                  f"+ {overcommit}% overcommit unless its manifests say otherwise", soft_wrap=True)
@@ -86,8 +94,46 @@ def plan(
                 colour = "yellow" if r["state"] == "PartiallyScheduled" else "red"
                 lead = f"{r['state']} on {where}: " if where else f"{r['state']}: "
                 render.console.print(f"[{colour}]✗[/{colour}] {name}: {escape(lead + r['message'])}", soft_wrap=True)
-    if failed:
-        raise BerthError(f"{failed} model(s) cannot be placed", code="ScheduleFailed")
+        for c in checks:
+            what = f"{c['kind'].lower()} {c['namespace']}/{c['name']}"
+            if not c["problems"]:
+                render.console.print(f"[green]✓[/green] {what}: ready once its models are", soft_wrap=True)
+            for problem in c["problems"]:
+                render.console.print(f"[red]✗[/red] {what}: {escape(problem)}", soft_wrap=True)
+    wrong = sum(len(c["problems"]) for c in checks)
+    if failed or wrong:
+        parts = [f"{failed} model(s) cannot be placed"] if failed else []
+        parts += [f"{wrong} problem(s) in pipelines and experiments"] if wrong else []
+        raise BerthError("; ".join(parts), code="ScheduleFailed" if failed else "PlanFailed")
+
+
+def reference_checks(docs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every problem the live status would report for each Pipeline and Experiment, were the models placed
+    as planned (a model the plan places counts as available; one it cannot place is not ready)."""
+    out: list[dict[str, Any]] = []
+    for ns in sorted({d["metadata"]["namespace"] for d in docs if d["kind"] in ("Pipeline", "Experiment")}):
+        models = {r["model"]: {"status": {"state": "ModelAvailable" if r["state"] in _PLACED else r["state"],
+                                          "message": r["message"]}}
+                  for r in rows if r["namespace"] == ns}
+        here = [d for d in docs if d["metadata"]["namespace"] == ns]
+        pipes = {d["metadata"]["name"]: d for d in here if d["kind"] == "Pipeline"}
+        checked = check_namespace(ns, pipes, models)
+        as_docs: dict[str, dict[str, Any]] = {}
+        for name in sorted(pipes):
+            problems = checked[name][1]
+            out.append({"kind": "Pipeline", "namespace": ns, "name": name, "problems": problems})
+            as_docs[name] = {"status": {"message": "; ".join(problems), "conditions": [
+                {"type": "Ready", "status": "False" if problems else "True"}]}}
+        claimed: dict[str, str] = {}
+        experiments = sorted((d for d in here if d["kind"] == "Experiment"), key=lambda d: d["metadata"]["name"])
+        for exp in experiments:
+            default = (exp.get("spec") or {}).get("default")
+            if default and default not in claimed and (exp.get("spec") or {}).get("resourceType") != "pipeline":
+                claimed[default] = exp["metadata"]["name"]
+        for exp in experiments:
+            out.append({"kind": "Experiment", "namespace": ns, "name": exp["metadata"]["name"],
+                        "problems": experiment_problems(exp, models, claimed, as_docs)})
+    return out
 
 
 def _server_row(s: ReplicaShape, replicas: int) -> dict[str, Any]:

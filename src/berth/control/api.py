@@ -9,6 +9,7 @@
     GET    /api/v1/routes[/watch]                 routing table for gateways
     GET    /api/v1/agents/connect                 agent WebSocket (the hub authenticates agents)
     POST|GET /api/v1/tokens, DELETE /api/v1/tokens/{name}, GET /api/v1/audit   (control/tokens_api.py)
+    GET|PUT /api/v1/namespaces/{ns}/quota          per-namespace quotas, admins of every namespace (control/quotas.py)
     GET    /healthz (open), /api/v1/version
 
 Every route but /healthz needs ``Authorization: Bearer <token>`` (control/auth.py says which right each
@@ -17,6 +18,7 @@ needs).  Errors answer ``{code, message, details}`` with the error's HTTP status
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,19 +28,30 @@ import yaml
 from aiohttp import web
 
 import berth
-from berth.control import checks
+from berth.control import checks, quotas
 from berth.control.auth import Auth, failure, principal_of
 from berth.control.hub import AgentHub
+from berth.control.listener import ListenerLimits, slowloris_middleware
 from berth.control.metrics import ControlMetrics
 from berth.control.routes import RoutesPublisher
+from berth.control.storage_policy import policy_problems
 from berth.control.tokens import TokenRegistry
 from berth.control.tokens_api import TokensAPI
 from berth.control.watch_api import Watches, shown, visibility
-from berth.errors import BerthError, InvalidInput, InvalidManifest, NotFound, PayloadTooLarge, Unauthenticated
+from berth.errors import (
+    BerthError,
+    InvalidInput,
+    InvalidManifest,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unauthenticated,
+)
 from berth.resources.identity import Principal, right_for
 from berth.resources.kinds import APPLY_ORDER, kind_from_alias
 from berth.resources.manifest import count_problem, read_yaml, unacted_warnings, validate_document
 from berth.resources.names import check_name
+from berth.resources.policy import PERMISSIVE, StoragePolicy
 from berth.store.base import Event, Store
 from berth.store.offloop import off_loop
 from berth.wire.agent import AGENT_PATH
@@ -79,8 +92,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 class ControlAPI:
     def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
-                 metrics: ControlMetrics | None = None, tokens: TokenRegistry | None = None) -> None:
+                 metrics: ControlMetrics | None = None, tokens: TokenRegistry | None = None,
+                 storage_policy: StoragePolicy = PERMISSIVE) -> None:
         self.store = store
+        self.storage_policy = storage_policy  # judged at apply time (control/storage_policy.py)
         self.tokens = tokens or TokenRegistry(None)
         self.metrics = metrics
         self.hub = hub
@@ -90,6 +105,7 @@ class ControlAPI:
         # /healthz answers the last revision written without taking the store's lock (a long write in the
         # store thread must not hold a probe up): a listener keeps it (an int assignment, from any thread).
         self._revision = store.revision()
+        self._apply_lock = asyncio.Lock()
         store.add_listener(self._on_event)
 
     def _on_event(self, ev: Event) -> None:
@@ -101,8 +117,9 @@ class ControlAPI:
         self.routes.close()
         self.auth.close()
 
-    def app(self, *, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
-        app = web.Application(middlewares=[errors_middleware], client_max_size=max_body)
+    def app(self, *, max_body: int = DEFAULT_MAX_BODY, limits: ListenerLimits | None = None) -> web.Application:
+        guard = slowloris_middleware(limits or ListenerLimits())  # inside the errors middleware: 413 stays JSON
+        app = web.Application(middlewares=[errors_middleware, guard], client_max_size=max_body)
         self.auth.install(app)  # after the errors middleware: its 401/403 answer as JSON
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -116,7 +133,9 @@ class ControlAPI:
         r.add_get(ROUTES_PATH, self.routes.get)
         r.add_get(ROUTES_WATCH_PATH, self.routes.watch)
         TokensAPI(self.tokens, self.auth).add_routes(r)
-        r.add_get("/api/v1/namespaces/{ns}/models/{name}/storage", checks.storage_handler(self.store))
+        quotas.QuotaAPI(self.store, self.auth).add_routes(r)
+        r.add_get("/api/v1/namespaces/{ns}/models/{name}/storage",
+                  checks.storage_handler(self.store, self.hub, self.storage_policy))
         r.add_get("/api/v1/namespaces/{ns}/{kind}/{name}", self.get)
         r.add_delete("/api/v1/namespaces/{ns}/{kind}/{name}", self.delete)
         r.add_get("/api/v1/{kind}", self.list)
@@ -160,28 +179,42 @@ class ControlAPI:
         warnings: list[str] = []
         seen: set[str] = set()
         bodies: list[dict[str, Any]] = []
-        for i, doc in enumerate(documents, start=1):
-            body, errs = validate_document(doc, f"document#{i}", default_namespace=default_ns,
-                                           warnings=warnings, seen_unknown=seen)
-            problems.extend(errs)
-            if body is not None:
-                bodies.append(body)
+
+        def validate() -> None:  # pure, and 1,000 documents take a while: in a worker thread, off the loop
+            for i, doc in enumerate(documents, start=1):
+                body, errs = validate_document(doc, f"document#{i}", default_namespace=default_ns,
+                                               warnings=warnings, seen_unknown=seen)
+                problems.extend(errs)
+                if body is not None:
+                    bodies.append(body)
+            if not problems:
+                warnings.extend(w for b in bodies for w in unacted_warnings(b))  # kept, but not acted on here
+
+        await asyncio.to_thread(validate)
         if problems:
             raise InvalidManifest(problems)
-        warnings.extend(w for b in bodies for w in unacted_warnings(b))  # kept, but not acted on here
         bodies.sort(key=lambda b: APPLY_ORDER.get(b["kind"], 99))
         principal = self._authorize_apply(request, bodies)  # all or nothing: 403 before anything is written
-        if dry_run:
-            results = [{"kind": b["kind"], "namespace": b["metadata"]["namespace"],
-                        "name": b["metadata"]["name"], "action": "validated"} for b in bodies]
-            return web.json_response({"results": results, "warnings": warnings, "dryRun": True})
-        try:
-            applied = await off_loop(self.store.apply_many, bodies)
-        except BerthError as err:
-            self.auth.record_many(request, [{"principal": principal.name, "verb": "apply", "kind": b["kind"],
-                                             "namespace": b["metadata"]["namespace"], "name": b["metadata"]["name"],
-                                             "outcome": "failed", "reason": failure(err)} for b in bodies])
-            raise
+        async with self._apply_lock:  # quotas are counted and written in one step (control/quotas.py)
+            try:
+                refused = await off_loop(policy_problems, self.store, self.storage_policy, bodies)
+                if refused:
+                    raise InvalidManifest(refused, message=f"{len(refused)} refused by the storage policy of "
+                                                           f"{self.storage_policy.source}; nothing was applied")
+                over = await off_loop(quotas.check_apply, self.store, bodies)
+                if over:
+                    raise QuotaExceeded(over, message=quotas.headline(over))
+                if dry_run:
+                    results = [{"kind": b["kind"], "namespace": b["metadata"]["namespace"],
+                                "name": b["metadata"]["name"], "action": "validated"} for b in bodies]
+                    return web.json_response({"results": results, "warnings": warnings, "dryRun": True})
+                applied = await off_loop(self.store.apply_many, bodies)
+            except BerthError as err:
+                self.auth.record_many(request, [{"principal": principal.name, "verb": "apply", "kind": b["kind"],
+                                                 "namespace": b["metadata"]["namespace"],
+                                                 "name": b["metadata"]["name"], "outcome": "failed",
+                                                 "reason": failure(err)} for b in bodies])
+                raise
         results = [{"kind": obj["kind"], "namespace": obj["metadata"]["namespace"],
                     "name": obj["metadata"]["name"], "action": action,
                     "generation": obj["metadata"]["generation"]} for obj, action in applied]
@@ -214,11 +247,11 @@ class ControlAPI:
         selector = _selector(request.query.get("selector", ""))
         kinds = ("Model", "Server", "Experiment", "Pipeline") if text == "all" else (self._kind(text),)
         visible = visibility(self.auth, request, ns, kinds, "list")
-        def read() -> tuple[list[dict[str, Any]], int]:
-            return [d for k in kinds for d in self.store.list(k, ns, selector)], self.store.revision()
+        def read() -> str:  # in the store thread: a list of 1,000 models is MBs of JSON to encode
+            docs = [d for k in kinds for d in self.store.list(k, ns, selector)]
+            return json.dumps({"items": [shown(d) for d in docs if visible(d)], "revision": self.store.revision()})
 
-        docs, revision = await off_loop(read)
-        return web.json_response({"items": [shown(d) for d in docs if visible(d)], "revision": revision})
+        return web.Response(text=await off_loop(read), content_type="application/json")
 
     async def get(self, request: web.Request) -> web.Response:
         kind, ns, name = self._ref(request)  # the caller's right in ns was checked first (control/auth.py)

@@ -66,6 +66,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/tokens/{name}"): Rule("revoke", "admin-any", kind="Token"),
     ("GET", "/api/v1/audit"): Rule("list", "admin-any", kind="AuditRecord"),
     ("GET", "/api/v1/whoami"): Rule("whoami", "token"),
+    ("GET", NS + "/quota"): Rule("get", "namespace", "read", "ResourceQuota"),  # a tenant reads its own quota
+    ("PUT", NS + "/quota"): Rule("set", "admin-all", kind="ResourceQuota"),
+    # the dashboard (control/ui.py): its files hold no data; the code exchange audits itself
+    ("GET", "/ui"): Rule("ui", "open"),
+    ("GET", "/ui/"): Rule("ui", "open"),
+    ("GET", "/ui/{file}"): Rule("ui", "open"),
+    ("POST", "/api/v1/ui/codes"): Rule("create", "token", kind="SignInCode"),
+    ("POST", "/api/v1/ui/session"): Rule("exchange", "open", kind="SignInCode"),
+    ("GET", "/api/v1/ui/traffic"): Rule("get", "token"),  # the handler: read in ?namespace
 }
 UNLISTED = Rule("call", "admin-all")
 

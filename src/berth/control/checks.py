@@ -2,48 +2,48 @@
 
 ``GET /api/v1/namespaces/{ns}/models/{name}/storage`` answers::
 
-    {"ok": bool, "uri": str, "message": str,
-     "checks": [{"name": "secret" | "credentials" | "object", "ok": true | false | null, "detail": str}]}
+    {"ok": bool, "uri": str, "message": str, "checkedOn": "NS/SERVER/N" | null,
+     "checks": [{"name": "secret" | "policy" | "credentials" | "object", "ok": true | false | null, "detail": str}]}
 
 ``ok: null`` means the check does not apply (no secret named, a local path needs no credentials) or could
-not run because an earlier one failed.  The control plane checks from its own host, with the same secret
-resolution the agents get; details name the secret, endpoint, bucket and key, never a secret value.
-S3 calls run in a thread with short timeouts so a dead endpoint answers in seconds.
+not run.  The control plane itself never connects to a tenant-chosen endpoint nor looks at a tenant-chosen
+path: it looks up the Secret in its store, judges the storageUri against the storage policy (a refused one is
+never tried anywhere, and the answer names only the rule), then asks an enrolled agent of the model's
+namespace (one holding the model, else one of its pinned server, else any) to run the credentials and object
+checks from its own host, over the agent wire (``berth.adapters.storage_check``).  With no such agent
+connected, those two are ``null``: "not checked".  Details name the secret, endpoint, bucket and key, never
+a secret value.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
+import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
-from berth.adapters import secrets as s3secrets
-from berth.adapters.storage import split_uri
+from berth.adapters.storage_target import describe
 from berth.control.auth import auth_of
+from berth.control.hub import AgentHub, ReplicaRecord
 from berth.control.secrets import resolve
-from berth.errors import StorageError
 from berth.resources.names import check_name
+from berth.resources.policy import PERMISSIVE, StoragePolicy, refusal
 from berth.store.base import Store
-from berth.wire.agent import ModelSource
+from berth.store.offloop import off_loop
+from berth.wire.agent import CheckStorage, ModelSource
 
 Check = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_REJECTED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-             "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
-_KEY_FIX = "check the secret's access_key_id/secret_access_key (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+KNOWN = ("credentials", "object")
 
 
 def _check(name: str, ok: bool | None, detail: str) -> Check:
     return {"name": name, "ok": ok, "detail": detail}
 
 
-def storage_handler(store: Store) -> Handler:
-    """The aiohttp handler of ``GET /api/v1/namespaces/{ns}/models/{name}/storage`` over ``store``."""
+def storage_handler(store: Store, hub: AgentHub, policy: StoragePolicy = PERMISSIVE) -> Handler:
+    """The aiohttp handler of ``GET /api/v1/namespaces/{ns}/models/{name}/storage``."""
 
     async def storage_check(request: web.Request) -> web.Response:
         ns = check_name(request.match_info["ns"], what="namespace", label=True)
@@ -51,21 +51,22 @@ def storage_handler(store: Store) -> Handler:
         # read in ns, checked before the store is asked (a 403 says nothing of what exists); the middleware
         # checked it already, this keeps the handler safe wherever it is mounted
         principal = auth_of(request).require(request, "read", ns, action="check", kind="Model", name=name)
-        doc = store.get("Model", ns, name)  # NotFound answers 404 through the API's middleware
-        return web.json_response(await check_model_storage(store, doc,
+        doc = await off_loop(store.get, "Model", ns, name)  # NotFound answers 404 through the API's middleware
+        return web.json_response(await check_model_storage(store, hub, policy, doc,
                                                            secret_keys=principal.can("admin", ns)))
 
     return storage_check
 
 
-async def check_model_storage(store: Store, doc: dict[str, Any], *, secret_keys: bool = True) -> dict[str, Any]:
-    """Secret, credentials and object checks of one stored Model document (``secret_keys``: name the
+async def check_model_storage(store: Store, hub: AgentHub, policy: StoragePolicy, doc: dict[str, Any], *,
+                              secret_keys: bool = True) -> dict[str, Any]:
+    """Secret, policy, credentials and object checks of one stored Model document (``secret_keys``: name the
     secret's keys, for callers who may read Secrets)."""
     spec = doc.get("spec") or {}
-    ns = doc["metadata"]["namespace"]
+    ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
     uri = str(spec.get("storageUri") or "").strip()
     secret_name = spec.get("secretName") or None
-    data, why = resolve(store, ns, secret_name)
+    data, why = await off_loop(resolve, store, ns, secret_name)
     if secret_name is None:
         secret = _check("secret", None, "no secretName on the model; none needed")
     elif data is None:
@@ -74,99 +75,50 @@ async def check_model_storage(store: Store, doc: dict[str, Any], *, secret_keys:
         keys = f" (keys: {', '.join(sorted(data)) or 'none'})" if secret_keys else ""
         secret = _check("secret", True, f"secret {secret_name} found in namespace {ns}{keys}")
     source = ModelSource(storage_uri=uri, secret_name=secret_name, secret=data, secret_error=why)
-    rest = await _target_checks(uri, source, secret)
+    checked_on = None
+    if not uri:
+        rest = [_check("policy", None, "not checked"), _check("credentials", None, "not checked"),
+                _check("object", False, "the model has no spec.storageUri; set it to the artifact's location")]
+    else:
+        refused = refusal(policy, ns, describe(source))
+        if refused:
+            rest = [_check("policy", False, f"refused by the storage policy: {refused}"),
+                    _check("credentials", None, "not checked: the policy refuses the location"),
+                    _check("object", None, "not checked: the policy refuses the location")]
+        else:
+            rest, checked_on = await _on_agent(hub, ns, name, spec, source)
+            rest = [_check("policy", True, f"allowed by {policy.source}"), *rest]
     checks = [secret, *rest]
     failed = [c for c in checks if c["ok"] is False]
-    message = failed[0]["detail"] if failed else f"{uri} is readable"
-    return {"ok": not failed, "uri": uri, "checks": checks, "message": message}
+    message = failed[0]["detail"] if failed else (f"{uri} is readable from replica {checked_on}" if checked_on
+                                                  else f"{uri}: not checked (no agent of namespace {ns} connected)")
+    return {"ok": not failed, "uri": uri, "checks": checks, "message": message, "checkedOn": checked_on}
 
 
-async def _target_checks(uri: str, source: ModelSource, secret: Check) -> list[Check]:
-    if not uri:
-        return [_check("credentials", None, "not checked"),
-                _check("object", False, "the model has no spec.storageUri; set it to the artifact's location")]
-    scheme, rest = split_uri(uri)
-    if scheme in ("", "file"):
-        path = Path(unquote(urlsplit(uri).path) if scheme == "file" else uri).expanduser()
-        exists = await asyncio.to_thread(path.exists)
-        obj = (_check("object", True, f"{path} exists on the control plane's host") if exists else
-               _check("object", False, f"{path} does not exist on the control plane's host; fix storageUri or "
-                                       "copy the artifact there (agents on other hosts need it too)"))
-        return [_check("credentials", None, "a local path needs none"), obj]
-    if scheme == "s3" or s3secrets.remote_type(source, scheme) == "s3":
-        if secret["ok"] is False:
-            return [_check("credentials", None, "not checked: the secret is missing"),
-                    _check("object", None, "not checked: the secret is missing")]
-        return await asyncio.to_thread(_s3_checks, uri, rest, source, scheme)
-    return [_check("credentials", None, f"not checked for {scheme}://"),
-            _check("object", None, f"not checked for {scheme}:// (the agent reports fetch errors in the "
-                                   "model's status)")]
+def _candidates(hub: AgentHub, ns: str, name: str, spec: dict[str, Any]) -> list[ReplicaRecord]:
+    """Connected, enrolled replicas of ``ns``: those holding the model first, then its pinned server's."""
+    server = str(spec.get("server") or "")
+    live = [r for r in hub.in_namespace(ns) if r.connected and r.enrolled and r.ws is not None]
+    return sorted(live, key=lambda r: (name not in r.models, bool(server) and r.server != server, r.key))
 
 
-def _s3_client(access: s3secrets.S3Access) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 2, "mode": "standard"},
-                    s3={"addressing_style": "path"} if access.endpoint else {})
-    return boto3.session.Session().client(
-        "s3", endpoint_url=access.endpoint, region_name=access.region or "us-east-1", config=config,
-        aws_access_key_id=access.access_key_id, aws_secret_access_key=access.secret_access_key,
-        aws_session_token=access.session_token)
-
-
-def _s3_checks(uri: str, rest: str, source: ModelSource, scheme: str) -> list[Check]:
-    """Blocking: list one key under the artifact's prefix with the model's credentials."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    not_checked = _check("object", None, "not checked: the credentials did not work")
-    try:
-        access = s3secrets.s3_access(source, remote=scheme)
-    except StorageError as exc:
-        return [_check("credentials", False, exc.message), not_checked]
-    if source.secret is None:  # boto3's own chain, here on the control plane's host
-        access = dataclasses.replace(access, origin="the control plane's environment (no secretName)")
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        return [_check("credentials", None, "not checked"),
-                _check("object", False, f"no bucket in {uri}; expected s3://BUCKET/PREFIX")]
-    where = f"{access.endpoint_text} (credentials from {access.origin})"
-    try:
-        client = _s3_client(access)
-        prefix = key if (key == "" or key.endswith("/")) else key + "/"
-        found = bool(client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents"))
-        if not found and key and not key.endswith("/"):  # the artifact may be one object named ``key``
-            page = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-            found = any(o.get("Key") == key for o in page.get("Contents", []))
-    except ClientError as exc:
-        return _client_error(exc, uri, bucket, where, not_checked)
-    except NoCredentialsError:
-        return [_check("credentials", False, f"no S3 credentials for {uri}: {access.origin} provides none; set "
-                                             "secretName on the Model to a Secret with S3 credentials"),
-                not_checked]
-    except (BotoCoreError, ValueError) as exc:
-        return [_check("credentials", False, f"S3 endpoint {where} could not be reached: {exc}; check the "
-                                             "endpoint in the secret and that the S3 service is up"), not_checked]
-    creds = _check("credentials", True, f"accepted by {where}")
-    if found:
-        return [creds, _check("object", True, f"s3://{bucket}/{key} has objects")]
-    return [creds, _check("object", False, f"no objects under s3://{bucket}/{key} at {access.endpoint_text}; "
-                                           "upload the artifact there or fix storageUri")]
+async def _on_agent(hub: AgentHub, ns: str, name: str, spec: dict[str, Any],
+                    source: ModelSource) -> tuple[list[Check], str | None]:
+    for rec in _candidates(hub, ns, name, spec)[:2]:
+        answer = await hub.ask_storage(rec, CheckStorage(id=uuid.uuid4().hex, namespace=ns, name=name,
+                                                         source=source))
+        if answer is None:
+            continue
+        where = f"{rec.namespace}/{rec.server}/{rec.index}"
+        got = {c.get("name"): c for c in answer if isinstance(c, dict)}
+        checks = [_check(n, _ok(got.get(n, {}).get("ok")), f"{str(got.get(n, {}).get('detail', ''))[:500]} "
+                                                            f"(checked on replica {where})".lstrip())
+                  for n in KNOWN]
+        return checks, where
+    not_run = (f"not checked: no agent of namespace {ns} is connected to check from (the control plane does not "
+               "read storage itself); the agent reports fetch errors in the model's status")
+    return [_check("credentials", None, not_run), _check("object", None, not_run)], None
 
 
-def _client_error(exc: Any, uri: str, bucket: str, where: str, not_checked: Check) -> list[Check]:
-    err = exc.response.get("Error", {})
-    code = str(err.get("Code", "")) or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-    text = str(err.get("Message") or exc)
-    if code in _REJECTED:
-        return [_check("credentials", False, f"credentials rejected by {where}: {code}: {text}; {_KEY_FIX}"),
-                not_checked]
-    if code in ("AccessDenied", "403"):
-        return [_check("credentials", False, f"{where} denied listing bucket {bucket}: {text}; grant "
-                                             "s3:ListBucket and s3:GetObject on it to these credentials"),
-                not_checked]
-    creds = _check("credentials", True, f"accepted by {where}")
-    if code in ("NoSuchBucket", "404"):
-        return [creds, _check("object", False, f"bucket {bucket} does not exist at {where}; create it or fix "
-                                               f"storageUri {uri}")]
-    return [creds, _check("object", False, f"{where} answered {code}: {text} for {uri}")]
+def _ok(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None

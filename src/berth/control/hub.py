@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
 from pydantic import ValidationError
 
 from berth.aiotasks import log_failure
 from berth.control.tokens import TokenRegistry
+from berth.errors import BerthError
 from berth.resources.identity import AgentIdentity, Principal, bearer
 from berth.wire import agent as wire
 
@@ -106,6 +108,11 @@ class ReplicaRecord:
     def index(self) -> int:
         return self.key[2]
 
+    @property
+    def unimportable(self) -> tuple[tuple[str, str], ...]:
+        """(capability, module) for each claimed capability whose runtime the inference server cannot import."""
+        return tuple((p.capability, p.module) for p in self.hello.unavailable)
+
     def summary(self) -> dict[str, object]:
         return {
             "namespace": self.namespace, "server": self.server, "replica": self.index,
@@ -114,6 +121,8 @@ class ReplicaRecord:
             "lastHeartbeat": self.last_heartbeat, "ready": self.readiness.ready,
             "address": self.readiness.address, "error": self.readiness.error,
             "since": self.readiness.since, "capabilities": self.hello.capabilities,
+            "unavailableCapabilities": [p.model_dump() for p in self.hello.unavailable],
+            "probedWith": self.hello.probed_with,
             "memory": self.hello.memory, "overcommitPercent": self.hello.overcommit_percent,
             "inference": self.hello.inference.model_dump(),
             "models": {n: {"state": m.state, "generation": m.generation, "memory": m.memory,
@@ -131,6 +140,14 @@ class AgentHub:
         self._on_change = on_change
         self.heartbeat_interval = 5.0
         self._unenrolled = 0  # connections upgraded whose hello is not yet judged
+        self._checks: dict[str, tuple[ReplicaKey, asyncio.Future[list[dict[str, Any]]]]] = {}  # storage checks
+        # (namespace, server) -> whether that Server allows custom runtimes (its berth.io/allow-custom-runtime
+        # annotation); stamped on every load sent, so an artifact's own model-settings.json is judged by it
+        self.allows_custom_runtime: Callable[[str, str], bool] = lambda ns, server: False
+        # Kubernetes mode (control/kube_mode.py): a token the registry does not know is reviewed by the API
+        # server (TokenReview), and a connection so enrolled stays valid while ``review_valid`` says so.
+        self.review_token: Callable[[str], Awaitable[Principal]] | None = None
+        self.review_valid: Callable[[Principal], bool] = lambda principal: False
 
     def in_namespace(self, namespace: str) -> list[ReplicaRecord]:
         return [r for k, r in sorted(self.replicas.items()) if k[0] == namespace]
@@ -141,11 +158,14 @@ class AgentHub:
         if rec is not None and not rec.connected:
             del self.replicas[key]
 
-    async def send(self, rec: ReplicaRecord, msg: wire.Load | wire.Unload) -> bool:
+    async def send(self, rec: ReplicaRecord, msg: wire.Load | wire.Unload | wire.CheckStorage) -> bool:
         ws = rec.ws
         if ws is None or ws.closed or not rec.connected:
             return False
-        if isinstance(msg, wire.Load) and msg.source.secret is not None:
+        if isinstance(msg, wire.Load):  # the replica's own Server decides, whatever the sender set
+            custom = self.allows_custom_runtime(rec.namespace, rec.server)
+            msg = msg.model_copy(update={"source": msg.source.model_copy(update={"allow_custom_runtime": custom})})
+        if isinstance(msg, wire.Load | wire.CheckStorage) and msg.source.secret is not None:
             problem = self._secret_problem(rec, msg)
             if problem is not None:
                 log.error("not sending model %s (with the values of Secret %s) to replica %s/%s/%d: %s",
@@ -164,7 +184,22 @@ class AgentHub:
             log.warning("send to agent %s failed: %s", rec.key, exc)
             return False
 
-    def _secret_problem(self, rec: ReplicaRecord, msg: wire.Load) -> str | None:
+    async def ask_storage(self, rec: ReplicaRecord, msg: wire.CheckStorage,
+                          timeout: float = 20.0) -> list[dict[str, Any]] | None:
+        """Run ``berth doctor``'s storage check on this replica's agent; its checks, or None when it could not
+        be asked (not connected, Secret withheld) or did not answer within ``timeout``."""
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._checks[msg.id] = (rec.key, future)
+        try:
+            if not await self.send(rec, msg):
+                return None
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._checks.pop(msg.id, None)
+
+    def _secret_problem(self, rec: ReplicaRecord, msg: wire.Load | wire.CheckStorage) -> str | None:
         """Why a Secret's values may not go to this connection, or None: it must be enrolled as this very
         replica, in the model's namespace, with a token still valid."""
         if not rec.enrolled:
@@ -176,7 +211,23 @@ class AgentHub:
         return None
 
     def _still_valid(self, rec: ReplicaRecord) -> bool:
-        return rec.principal is not None and self.tokens.valid(rec.principal.name)
+        return rec.principal is not None and (self.tokens.valid(rec.principal.name)
+                                              or self.review_valid(rec.principal))
+
+    async def _reviewed(self, token: str, peer: str) -> Principal | None:
+        """The principal the API server's TokenReview gives ``token``, or None (the reason logged)."""
+        assert self.review_token is not None
+        self._unenrolled += 1  # a review in flight counts against MAX_UNENROLLED like a pending hello
+        try:
+            return await asyncio.wait_for(self.review_token(token), HELLO_TIMEOUT_UNAUTHENTICATED)
+        except BerthError as exc:  # Unauthenticated, saying which check failed
+            log.warning("agent connection from %s: %s", peer, exc.message)
+        except TimeoutError:
+            log.warning("agent connection from %s: the token review took over %.0f s", peer,
+                        HELLO_TIMEOUT_UNAUTHENTICATED)
+        finally:
+            self._unenrolled -= 1
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer = request.remote or "?"
@@ -188,6 +239,8 @@ class AgentHub:
                                      status=503)
         token = bearer(request.headers.get("Authorization"))
         principal = self.tokens.verify(token)
+        if principal is None and token and self.review_token is not None:
+            principal = await self._reviewed(token, peer)
         agent = principal is not None and principal.kind == "agent"
         # A caller without an agent token only gets as far as its hello, in one small frame.
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_FRAME if agent else MAX_FRAME_UNAUTHENTICATED)
@@ -365,6 +418,11 @@ class AgentHub:
             rec.readiness = msg.readiness
         elif isinstance(msg, wire.ModelEvent):
             self._model_event(rec, msg)
+        elif isinstance(msg, wire.StorageReport):  # only from the replica it was asked of
+            key, future = self._checks.get(msg.id, (None, None))
+            if key == rec.key and future is not None and not future.done():
+                future.set_result(msg.checks)
+            return
         else:
             return
         self._on_change(rec.namespace)

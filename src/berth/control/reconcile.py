@@ -14,21 +14,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
-from berth.control import secrets, status
+from berth.control import rollouts, secrets, status
 from berth.control.clock import clock
-from berth.control.experiments import experiment_status, pipeline_status
+from berth.control.experiments import experiment_status
 from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
 from berth.control.metrics import ControlMetrics
+from berth.control.pipelines import pipeline_statuses
 from berth.control.routes import RoutesPublisher
+from berth.control.slices import Slicer
 from berth.control.tenants import runtime_status, server_config_status
 from berth.errors import Conflict, NotFound
+from berth.resources import instances
 from berth.resources.kinds import model_spec, server_spec
 from berth.resources.podspec import RUNS, inference_server, server_config_for
+from berth.resources.statuses import AnyStatus, ModelStatus
 from berth.scheduler import plan
 from berth.scheduler.build import model_want, snapshot_for
-from berth.scheduler.snapshot import ModelPlan, Plan, ReplicaInfo, ReplicaRef
+from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, Policy, ReplicaInfo, ReplicaRef
 from berth.store.base import Event, StatusUpdate, Store
 from berth.store.offloop import off_loop, on_loop
 from berth.wire import agent as wire
@@ -57,11 +62,58 @@ def replica_info(rec: ReplicaRecord) -> ReplicaInfo:
         since = clock(rec.disconnected_at) if rec.disconnected_at else None
     return ReplicaInfo(
         server=rec.server, namespace=rec.namespace, index=rec.index,
-        capabilities=tuple(rec.hello.capabilities), memory=rec.hello.memory,
+        capabilities=tuple(rec.hello.capabilities),
+        memory=max(0, rec.hello.memory - rollouts.extra_copies_memory(rec.models)),
         overcommit_percent=rec.hello.overcommit_percent, connected=rec.connected,
         ready=rec.readiness.ready, address=rec.hello.inference.http,
         last_error=error, error_since=since,
-        loaded=tuple(n for n, m in rec.models.items() if m.state in ("LOADED", "LOADING")))
+        loaded=tuple(dict.fromkeys(instances.model_of(n)[0] for n, m in rec.models.items()
+                                   if m.state in ("LOADED", "LOADING"))),
+        unimportable=rec.unimportable)
+
+
+def _plan(ns: str, docs: list[dict[str, Any]], replicas: list[ReplicaInfo],
+          assignments: dict[str, tuple[ReplicaRef, ...]], policy: Policy, previous: Plan | None) -> Plan:
+    """Snapshot and plan (pure: run in a worker thread)."""
+    return plan(snapshot_for(ns, docs, replicas, assignments, policy), previous=previous)
+
+
+def _spec_key(doc: dict[str, Any]) -> tuple[Any, Any]:
+    """Identifies a model's spec: its uid and generation (a new spec, or a new object, changes it)."""
+    meta = doc["metadata"]
+    return meta.get("uid"), meta.get("generation")
+
+
+def _replica_inputs(name: str, mp: ModelPlan, records: dict[str, ReplicaRecord],
+                    generations: tuple[int, ...] = (1,)) -> tuple[Any, ...]:
+    """Everything of the planned replicas that a model's status reads (``status.model_status``): the
+    copies of ``generations`` (the desired and the serving one)."""
+    rows: list[Any] = []
+    for ref in mp.replicas:
+        rec = records.get(str(ref))
+        if rec is None:
+            rows.append(None)
+            continue
+        copies = [rec.models.get(instances.instance(name, g)) for g in generations]
+        rows.append((rec.connected, rec.disconnect_reason, rec.readiness.ready, rec.readiness.error,
+                     rec.hello.inference.http,
+                     *(None if m is None else (m.state, m.generation, m.attempts, m.message, m.memory, m.duration,
+                                               m.inference_seconds) for m in copies)))
+    return tuple(rows)
+
+
+@dataclass
+class _Memo:
+    """What a model's last status was computed from; equal inputs and an unchanged stored status skip the
+    model's status in the next pass (a pass then costs little for models nothing happened to)."""
+    spec: tuple[Any, Any]
+    fingerprint: str
+    want: ModelWant
+    inputs: tuple[Any, ...]
+    status: ModelStatus | None = None
+
+
+Written = tuple[str, str, AnyStatus]  # (kind, name, its new status): what a pass writes, in one transaction
 
 
 class Reconciler:
@@ -79,6 +131,7 @@ class Reconciler:
         self._on_servers_changed = on_servers_changed
         self.plans: dict[str, Plan] = {}  # last plan per namespace: the next one re-plans incrementally
         self._draining: list[ReplicaModel] = []  # marked DRAINING in the pass under way
+        self._memo: dict[str, dict[str, _Memo]] = {}  # namespace -> model -> what its last status came from
         self.passes = 0
         store.add_listener(self._on_event)
 
@@ -155,7 +208,9 @@ class Reconciler:
     def _unsettled(self) -> set[str]:
         out = set()
         for doc in self.store.list("Model"):
-            if (doc.get("status") or {}).get("state") != status.AVAILABLE:
+            st = doc.get("status") or {}
+            # a rollout under way (or failed, its loads retried with backoff) while the old version serves
+            if st.get("state") != status.AVAILABLE or (st.get("rollout") or {}).get("state") not in (None, "Complete"):
                 out.add(doc["metadata"]["namespace"])
         return out
 
@@ -169,32 +224,53 @@ class Reconciler:
         records = {f"{r.server}/{r.index}": r for r in self.hub.in_namespace(ns)}
         assignments: dict[str, tuple[ReplicaRef, ...]] = {}
         for rec in records.values():
-            for name, m in rec.models.items():
-                if m.state in ("LOADED", "LOADING"):
-                    assignments[name] = (*assignments.get(name, ()), ReplicaRef(rec.server, rec.index))
+            for inst, m in rec.models.items():
+                name = instances.model_of(inst)[0]
+                ref = ReplicaRef(rec.server, rec.index)
+                if m.state in ("LOADED", "LOADING") and ref not in assignments.get(name, ()):
+                    assignments[name] = (*assignments.get(name, ()), ref)
         runtime = next((d for d in docs if d["kind"] == "SeldonRuntime"), None)
         policy = ((runtime or {}).get("metadata", {}).get("annotations") or {}).get(POLICY_ANNOTATION)
-        snap = snapshot_for(ns, [d for d in docs if d["kind"] != "ServerConfig"] + all_servers + configs,
-                            [replica_info(r) for r in records.values()],
-                            assignments, "spread" if policy == "spread" else "binpack")
-        result = plan(snap, previous=self.plans.get(ns))
+        # Planning is pure and, for 1,000 models, tens of milliseconds: a worker thread does it while the
+        # loop serves (its inputs are this pass's own documents and frozen replica infos).
+        result = await asyncio.to_thread(
+            _plan, ns, [d for d in docs if d["kind"] != "ServerConfig"] + all_servers + configs,
+            [replica_info(r) for r in records.values()], assignments,
+            "spread" if policy == "spread" else "binpack", self.plans.get(ns))
         self.plans[ns] = result
         if self.metrics is not None:
             self.metrics.schedule_attempts[ns] += len(result.models)
             for mp in result.models.values():
                 for code in {r.code for r in mp.reasons} if mp.state != "Scheduled" else ():
                     self.metrics.schedule_failures[(ns, code)] += 1
-        statuses: list[tuple[str, str, dict[str, Any]]] = []
+        statuses: list[Written] = []
+        slicer = Slicer()  # the loop serves others between models: a pass over 1,000 models is long
+        memo = self._memo.get(ns, {})
+        self._memo[ns] = fresh = {}
+        keep: dict[str, set[int]] = {}  # model -> the generations its replicas keep (desired, serving)
         for name, doc in models.items():
+            await slicer.tick()
             mp = result.models[name]
-            fp = fingerprint(doc)
+            before = memo.get(name)
+            same_spec = before is not None and before.spec == _spec_key(doc)
+            fp = before.fingerprint if before is not None and same_spec else fingerprint(doc)
             old = doc.get("status") or {}
             gen = (old.get("artifactGeneration") if old.get("artifactFingerprint") == fp else None) \
                 or doc["metadata"].get("generation", 1)
             await self._drive(ns, name, doc, mp, records, gen)
-            st = status.model_status(doc, model_want(doc), mp, records, gen, fp, now)
+            want = before.want if before is not None and same_spec else model_want(doc)
+            ro = rollouts.decide(name, gen, old.get("servingGeneration") or old.get("artifactGeneration"),
+                                 [str(r) for r in mp.replicas], records, want.replicas)
+            keep[name] = {ro.desired, ro.serving}
+            fresh[name] = memo_now = _Memo(_spec_key(doc), fp, want,
+                                           (gen, mp, ro, _replica_inputs(name, mp, records, (gen, ro.serving))))
+            if before is not None and before.inputs == memo_now.inputs and before.status == old:
+                memo_now.status = before.status  # nothing it depends on changed: the stored status stands
+                continue
+            memo_now.status = st = status.model_status(doc, want, mp, records, gen, fp, now)
+            rollouts.amend(st, doc, ro, old, now)
             statuses.append(("Model", name, st))
-        await self._unload_strays(ns, models, records)
+        await self._unload_strays(ns, models, records, slicer, keep)
         for doc in docs:
             if doc["kind"] == "Server":
                 desired = server_spec(doc).desired_replicas()
@@ -206,7 +282,8 @@ class Reconciler:
         fresh_models, experiments, changed_under_us = await off_loop(self._write_and_read, ns, docs, statuses)
         if changed_under_us:
             self._dirty.add(ns)  # next pass sees the new spec
-        self.routes.publish_namespace(ns, fresh_models, records, experiments, runtime)
+        await self.routes.publish_sliced(ns, fresh_models, records, experiments, runtime,  # sliced like the pass
+                                         pipelines=self._with_statuses(docs, statuses, "Pipeline"), slicer=slicer)
         self._start_drains(ns)
 
     def _read(self, ns: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -218,7 +295,7 @@ class Reconciler:
         return docs, all_servers, configs
 
     @staticmethod
-    def _with_statuses(docs: list[dict[str, Any]], statuses: list[tuple[str, str, dict[str, Any]]],
+    def _with_statuses(docs: list[dict[str, Any]], statuses: list[Written],
                        kind: str) -> list[dict[str, Any]]:
         """The documents of ``kind`` as they will be once ``statuses`` are written."""
         new = {name: st for k, name, st in statuses if k == kind}
@@ -251,7 +328,8 @@ class Reconciler:
             rec = records.get(str(ref))
             if rec is None or not rec.connected or not rec.readiness.ready:
                 continue
-            m = rec.models.get(name)
+            inst = instances.instance(name, gen)  # each version loads beside the others, under its own name
+            m = rec.models.get(inst)
             if m is not None and m.generation >= gen and m.state in ("LOADED", "LOADING"):
                 continue
             attempts = 0
@@ -259,20 +337,27 @@ class Reconciler:
                 if m.attempts >= status.MAX_LOAD_ATTEMPTS or now < m.retry_at:
                     continue
                 attempts = m.attempts
-            if source is None:
-                source = model_source(self.store, ns, doc)
-            if await self.hub.send(rec, wire.Load(namespace=ns, name=name, generation=gen, source=source)):
-                rec.models[name] = ReplicaModel("LOADING", gen, attempts=attempts,
+            if source is None:  # a Secret is read (and unsealed) from the store: in the store thread
+                source = (await off_loop(model_source, self.store, ns, doc) if (doc.get("spec") or {}).get("secretName")
+                          else model_source(self.store, ns, doc))
+            if await self.hub.send(rec, wire.Load(namespace=ns, name=inst, generation=gen, source=source)):
+                rec.models[inst] = ReplicaModel("LOADING", gen, attempts=attempts,
                                                 retry_at=m.retry_at if m else 0.0)
 
     async def _unload_strays(self, ns: str, models: dict[str, dict[str, Any]],
-                             records: dict[str, ReplicaRecord]) -> None:
+                             records: dict[str, ReplicaRecord], slicer: Slicer,
+                             keep: dict[str, set[int]] | None = None) -> None:
         plans = self.plans[ns].models
+        keep = keep or {}
         for key, rec in records.items():
             if not rec.connected or not rec.readiness.ready:
                 continue  # it serves nothing now; if it comes back still holding models, decide then
-            for name, m in list(rec.models.items()):
-                wanted = name in models and any(str(r) == key for r in plans[name].replicas)
+            for inst, m in list(rec.models.items()):
+                await slicer.tick()
+                model, generation = instances.model_of(inst)
+                wanted = model in models and any(str(r) == key for r in plans[model].replicas) \
+                    and generation in keep.get(model, {generation})
+                name = inst
                 if wanted or m.state == "UNLOADING":
                     continue
                 if m.state == "LOAD_FAILED":
@@ -292,30 +377,42 @@ class Reconciler:
                 if await self.hub.send(rec, wire.Unload(name=name)):
                     rec.models[name] = ReplicaModel("UNLOADING", m.generation, m.memory)
 
-    def _write_and_read(self, ns: str, docs: list[dict[str, Any]], statuses: list[tuple[str, str, dict[str, Any]]]
+    def _write_and_read(self, ns: str, docs: list[dict[str, Any]], statuses: list[Written]
                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-        """In the store thread: write the pass's statuses, then read the Models and Experiments as stored."""
-        changed = bool(self._write_statuses(ns, docs, statuses))
-        return self.store.list("Model", ns), self.store.list("Experiment", ns), changed
+        """In the store thread: write the pass's statuses, then answer the Models and Experiments as stored.
+        When every write went through, those are the pass's documents with the statuses written (no re-read
+        of the namespace); when one was skipped (its object changed or went), they are read again."""
+        written = self._write_statuses(ns, docs, statuses)
+        if written is None:
+            return self.store.list("Model", ns), self.store.list("Experiment", ns), True
+        stored = {(d["kind"], d["metadata"]["name"]): d for d in written}
+        models = [stored.get(("Model", d["metadata"]["name"]), d) for d in docs if d["kind"] == "Model"]
+        experiments = [stored.get(("Experiment", d["metadata"]["name"]), d) for d in docs
+                       if d["kind"] == "Experiment"]
+        return models, experiments, False
 
     def _write_statuses(self, ns: str, docs: list[dict[str, Any]],
-                        statuses: list[tuple[str, str, dict[str, Any]]]) -> bool:
+                        statuses: list[Written]) -> list[dict[str, Any]] | None:
         """Write the statuses that changed in ONE transaction, each compared-and-swapped against the version
-        this pass read (runs in the store thread).  True when one was skipped: its object changed or went."""
+        this pass read (runs in the store thread).  Answers the objects as written, or None when one was
+        skipped: its object changed or went."""
         current = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-        updates = [StatusUpdate(kind, ns, name, st, current[(kind, name)]["metadata"]["resourceVersion"])
+        updates = [StatusUpdate(kind, ns, name, cast("dict[str, Any]", st),
+                                current[(kind, name)]["metadata"]["resourceVersion"])
                    for kind, name, st in statuses if current[(kind, name)].get("status") != st]
         if not updates:
-            return False
+            return []
         self._local.writing = True  # the listener, called in this thread, knows these events are ours
         try:
             results = self.store.update_statuses(updates)
         finally:
             self._local.writing = False
-        return any(isinstance(r, (Conflict, NotFound)) for r in results)
+        if any(isinstance(r, (Conflict, NotFound)) for r in results):
+            return None
+        return [r for r in results if isinstance(r, dict)]
 
     def _configuring_kinds(self, ns: str, docs: list[dict[str, Any]], fresh_models: list[dict[str, Any]],
-                           now: float) -> list[tuple[str, str, dict[str, Any]]]:
+                           now: float) -> list[Written]:
         """Statuses of Experiments, Pipelines, SeldonRuntimes and ServerConfigs.  ``docs`` is what this
         pass read at its start (these kinds are unchanged since); ``fresh_models`` carry new statuses."""
         models = {d["metadata"]["name"]: d for d in fresh_models}
@@ -334,10 +431,13 @@ class Reconciler:
             default = (exp.get("spec") or {}).get("default")
             if default and default not in claimed:
                 claimed[default] = exp["metadata"]["name"]
-        statuses = [("Experiment", e["metadata"]["name"], experiment_status(e, models, claimed, now))
-                    for e in experiments]
-        pipelines = of_kind.get("Pipeline", [])
-        statuses += [("Pipeline", p["metadata"]["name"], pipeline_status(p, models, now)) for p in pipelines]
+        piped = pipeline_statuses(ns, of_kind.get("Pipeline", []), models, now)  # before experiments that use them
+        fresh_pipes = {p["metadata"]["name"]: {**p, "status": dict(st)}
+                       for p, (_, st) in zip(of_kind.get("Pipeline", []), piped, strict=True)}
+        statuses: list[Written] = [
+            ("Experiment", e["metadata"]["name"], experiment_status(e, models, claimed, now, fresh_pipes))
+            for e in experiments]
+        statuses += [("Pipeline", name, st) for name, st in piped]
         servers = of_kind.get("Server", [])
         runtimes = of_kind.get("SeldonRuntime", [])
         configs = of_kind.get("ServerConfig", [])

@@ -20,19 +20,25 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from pydantic import TypeAdapter
 
 from berth.aiotasks import log_failure
 from berth.control.auth import auth_of
 from berth.control.hub import ReplicaRecord
+from berth.control.pipelines import pipeline_routes
+from berth.control.slices import Slicer
 from berth.control.tokens import TokenRegistry
 from berth.errors import Unavailable
 from berth.resources.identity import ALL, Principal
+from berth.resources.instances import instance
+from berth.resources.statuses import condition_of, experiment_status_of, model_status_of
 from berth.wire.routes import (
     Candidate,
     Endpoint,
     ExperimentRoute,
     ModelRoute,
     NamespaceAuth,
+    PipelineRoute,
     RoutingTable,
     TableAuth,
 )
@@ -41,6 +47,10 @@ IDEMPOTENT_ANNOTATION = "berth.io/idempotent"  # "false": the gateway never re-s
 # on a namespace's SeldonRuntime: "required": the gateway serves that namespace only to callers with a token
 INFERENCE_AUTH_ANNOTATION = "berth.io/inference-auth"
 _EXPIRY_SLACK_S = 0.05  # rebuild this long after a token's expiry (its hash is then no longer valid)
+_EXPERIMENTS = TypeAdapter(list[ExperimentRoute])
+_PIPELINES = TypeAdapter(list[PipelineRoute])
+# a model's route: what it is made from (state, reason, endpoints, idempotent, upstream) and its JSON
+_RouteMemo = dict[str, tuple[tuple[Any, ...], str]]
 
 
 def requires_auth(runtime: dict[str, Any] | None) -> bool:
@@ -52,8 +62,10 @@ def requires_auth(runtime: dict[str, Any] | None) -> bool:
 class RoutesPublisher:
     def __init__(self, tokens: TokenRegistry | None = None) -> None:
         self.tokens = tokens or TokenRegistry(None)
-        self._models: dict[str, list[ModelRoute]] = {}
-        self._experiments: dict[str, list[ExperimentRoute]] = {}
+        # per namespace: its models', experiments' and pipelines' routes as JSON (a list's items, no brackets);
+        # the table is these joined, so a pass re-encodes only what changed and nothing else is re-encoded
+        self._parts: dict[str, tuple[str, str, str]] = {}
+        self._route_memo: dict[str, _RouteMemo] = {}
         self._guarded: set[str] = set()  # namespaces requiring inference tokens
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -90,45 +102,52 @@ class RoutesPublisher:
     def encoded(self) -> str:
         return self._encoded
 
-    def publish_namespace(self, ns: str, models: list[dict[str, Any]], records: dict[str, ReplicaRecord],
-                          experiments: list[dict[str, Any]], runtime: dict[str, Any] | None = None) -> None:
-        """Replace namespace ``ns``'s routes; ``runtime`` is its SeldonRuntime (whose annotation
-        ``berth.io/inference-auth: "required"`` makes the gateways ask for tokens there)."""
-        self._remember_loop()
-        routes: list[ModelRoute] = []
+    async def publish_sliced(self, ns: str, models: list[dict[str, Any]], records: dict[str, ReplicaRecord],
+                             experiments: list[dict[str, Any]], runtime: dict[str, Any] | None = None, *,
+                             pipelines: list[dict[str, Any]] | None = None, slicer: Slicer | None = None) -> None:
+        """:meth:`publish_namespace` for a reconcile pass: the models' routes are made and encoded between
+        ``slicer`` ticks (a route unchanged since the last pass is not made again), so a namespace of 1,000
+        models never holds the event loop for more than a slice."""
+        slicer = slicer or Slicer()
+        memo, fresh = self._route_memo.get(ns, {}), _RouteMemo()
+        parts: list[str] = []
         for doc in models:
-            name = doc["metadata"]["name"]
-            st = doc.get("status") or {}
-            endpoints: list[Endpoint] = []
-            for key in sorted(st.get("replicaStatus") or {}):
-                rec = records.get(key)
-                m = rec.models.get(name) if rec is not None else None
-                if rec is None or m is None or m.state != "LOADED" or not rec.connected \
-                        or not rec.readiness.ready:
-                    continue
-                inf = rec.hello.inference
-                endpoints.append(Endpoint(server=rec.server, replica=rec.index, http=inf.http, grpc=inf.grpc))
-            flag = str((doc["metadata"].get("annotations") or {}).get(IDEMPOTENT_ANNOTATION, "true"))
-            routes.append(ModelRoute(namespace=ns, name=name, state=st.get("state", "ModelProgressing"),
-                                     reason=st.get("message", ""), endpoints=endpoints,
-                                     idempotent=flag.strip().lower() not in ("false", "no", "0")))
+            await slicer.tick()
+            parts.append(self._model_route(ns, doc, records, memo, fresh))
+        self._route_memo[ns] = fresh
+        self.publish_namespace(ns, models, records, experiments, runtime, pipelines=pipelines,
+                               models_json=",".join(parts))
+
+    def publish_namespace(self, ns: str, models: list[dict[str, Any]], records: dict[str, ReplicaRecord],
+                          experiments: list[dict[str, Any]], runtime: dict[str, Any] | None = None, *,
+                          pipelines: list[dict[str, Any]] | None = None, models_json: str | None = None) -> None:
+        """Replace namespace ``ns``'s routes; ``runtime`` is its SeldonRuntime (whose annotation
+        ``berth.io/inference-auth: "required"`` makes the gateways ask for tokens there); ``pipelines`` are its
+        Pipelines with their statuses; ``models_json``: the models' routes as :meth:`publish_sliced` encoded
+        them (else they are made here, in one go)."""
+        self._remember_loop()
+        if models_json is None:
+            memo, fresh = self._route_memo.get(ns, {}), _RouteMemo()
+            models_json = ",".join([self._model_route(ns, doc, records, memo, fresh) for doc in models])
+            self._route_memo[ns] = fresh
         exps: list[ExperimentRoute] = []
         for doc in experiments:
             spec = doc.get("spec") or {}
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in (doc.get("status") or {}).get("conditions", []))
+            est, ready_condition = experiment_status_of(doc), condition_of(doc, "Ready")
+            ready = ready_condition is not None and ready_condition["status"] == "True"
             mirror = spec.get("mirror") or {}
             exps.append(ExperimentRoute(
                 namespace=ns, name=doc["metadata"]["name"], default=spec.get("default"),
                 candidates=[Candidate(name=c["name"], weight=c["weight"]) for c in spec.get("candidates", [])],
                 mirror=mirror.get("name"), mirror_percent=mirror.get("percent", 0), ready=ready,
-                reason=(doc.get("status") or {}).get("message", "")))
+                reason=est.get("message", "") if est else "", resource_type=spec.get("resourceType", "model")))
+        pipes = pipeline_routes(ns, pipelines)
+        parts = (models_json, _EXPERIMENTS.dump_json(exps).decode()[1:-1], _PIPELINES.dump_json(pipes).decode()[1:-1])
         guarded = requires_auth(runtime)
         guard_changed = guarded != (ns in self._guarded)
-        if not guard_changed and self._models.get(ns) == routes and self._experiments.get(ns) == exps:
+        if not guard_changed and self._parts.get(ns) == parts:
             return
-        self._models[ns] = routes
-        self._experiments[ns] = exps
+        self._parts[ns] = parts
         if guard_changed:
             if guarded:
                 self._guarded.add(ns)
@@ -137,13 +156,46 @@ class RoutesPublisher:
             self._auth = self._build_auth()
         self._publish()
 
+    def _model_route(self, ns: str, doc: dict[str, Any], records: dict[str, ReplicaRecord], memo: _RouteMemo,
+                     fresh: _RouteMemo) -> str:
+        """One model's route as JSON; made again only when what it is made from changed (``memo``: the last
+        pass's, ``fresh``: this pass's)."""
+        name = doc["metadata"]["name"]
+        st = model_status_of(doc)  # None before the model's first pass
+        endpoints: list[tuple[str, int, str, str]] = []
+        serving = (st.get("servingGeneration") or st.get("artifactGeneration") or 1) if st is not None else 1
+        upstream = instance(name, serving)  # the version routes point to (docs/rollouts.md)
+        for key in sorted((st.get("replicaStatus") or {}) if st is not None else {}):
+            rec = records.get(key)
+            m = rec.models.get(upstream) if rec is not None else None
+            if rec is None or m is None or m.state != "LOADED" or not rec.connected \
+                    or not rec.readiness.ready:
+                continue
+            inf = rec.hello.inference
+            endpoints.append((rec.server, rec.index, inf.http, inf.grpc))
+        flag = str((doc["metadata"].get("annotations") or {}).get(IDEMPOTENT_ANNOTATION, "true"))
+        # everything the route is made from goes into `inputs`: a route is reused while they are the same
+        inputs = (st.get("state", "ModelProgressing") if st else "ModelProgressing",
+                  st.get("message", "") if st else "", tuple(endpoints),
+                  flag.strip().lower() not in ("false", "no", "0"), "" if upstream == name else upstream)
+        known = memo.get(name)
+        if known is None or known[0] != inputs:
+            state, reason, _, idempotent, shown = inputs
+            route = ModelRoute(namespace=ns, name=name, state=state, reason=reason, idempotent=idempotent,
+                               endpoints=[Endpoint(server=s, replica=i, http=h, grpc=g) for s, i, h, g in endpoints],
+                               upstream=shown)
+            known = (inputs, route.model_dump_json())
+        fresh[name] = known
+        return known[1]
+
     def _publish(self, *, notify: bool = True) -> None:
+        """The table: each namespace's encoded routes joined, in namespace order, as ``RoutingTable`` would
+        encode them (``tests/unit/test_routes_sliced.py`` holds it to that)."""
         self.revision += 1
-        table = RoutingTable(revision=self.revision,
-                             models=[r for n in sorted(self._models) for r in self._models[n]],
-                             experiments=[e for n in sorted(self._experiments) for e in self._experiments[n]],
-                             auth=self._auth)
-        self._encoded = table.model_dump_json()
+        ordered = [self._parts[n] for n in sorted(self._parts)]
+        models, exps, pipes = (",".join(p[i] for p in ordered if p[i]) for i in range(3))
+        self._encoded = (f'{{"revision":{self.revision},"models":[{models}],"experiments":[{exps}],'
+                         f'"pipelines":[{pipes}],"auth":{self._auth.model_dump_json()}}}')
         if notify:
             log_failure(asyncio.ensure_future(self._notify()), "routes notify")
 

@@ -8,22 +8,31 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from berth.aiotasks import GuardedTask, guarded
 from berth.control.api import DEFAULT_MAX_BODY, ControlAPI
 from berth.control.hub import AgentHub
+from berth.control.kube_options import KubeMode
+from berth.control.listener import GuardedSite, ListenerLimits
 from berth.control.metrics import ControlMetrics
 from berth.control.provisioner import LocalProvisioner
 from berth.control.reconcile import Reconciler
 from berth.control.routes import RoutesPublisher
 from berth.control.sealing import Keyring, SealingStore
+from berth.control.storage_policy import custom_runtime_allowed, load_policy
 from berth.control.tokens import TokenRegistry
+from berth.control.ui import DashboardUI
 from berth.errors import ConfigError
 from berth.resources.identity import ALL, new_token
 from berth.store import open_store
+from berth.store.base import Store
 from berth.store.files import write_private_atomic
+
+if TYPE_CHECKING:
+    from berth.control.kube_provisioner import KubeProvisioner
 
 log = logging.getLogger("berth.control")
 
@@ -44,38 +53,67 @@ class ControlOptions:
     gateway_token: str | None = None  # berth up: the token its gateway watches routes with
     gateway_token_file: Path | None = None  # ... or the file holding it (never on a command line)
     secrets_key_file: Path | None = None  # master key of sealed Secrets; default <data_dir>/secrets.key (0600)
+    # Slowloris guards of the HTTP listener (control/listener.py): seconds for a request's head, its body, and
+    # an idle keep-alive pause.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    idle_timeout: float = 75.0
+    storage_policy: Path | None = None  # --storage-policy FILE (control/storage_policy.py); None: built-in
+    kube: KubeMode | None = None  # --store kubernetes: the cluster is the store (control/kube_mode.py)
 
 
 async def run_control(opts: ControlOptions, stop: asyncio.Event,
                       started: asyncio.Event | None = None) -> None:
+    storage_policy = load_policy(opts.storage_policy)  # a bad file stops the start, naming the field
     private_dir(opts.data_dir)
     path = opts.store_path or opts.data_dir / "berth.db"
     in_memory = str(path) == ":memory:"
-    store = open_sealed_store(opts, path, in_memory)
+    store: Store
+    if opts.kube is not None:
+        try:
+            from berth.control import kube_mode  # the Kubernetes client is loaded only in Kubernetes mode
+        except ImportError as exc:
+            raise ConfigError(f"--store kubernetes needs the Kubernetes client ({exc.name} is not installed): "
+                              "pip install 'modelberth[kube]'") from exc
+        if opts.provision:
+            raise ConfigError("--provision starts local processes; with --store kubernetes the Kubernetes "
+                              "provisioner makes the pods: drop --provision")
+        store = await kube_mode.open_kube_store(opts.kube)
+    else:
+        store = open_sealed_store(opts, path, in_memory)
     tokens = open_tokens(opts, in_memory)
     reconciler: Reconciler | None = None
     hub = AgentHub(lambda ns: reconciler.mark(ns) if reconciler is not None else None, tokens=tokens)
+    hub.allows_custom_runtime = partial(custom_runtime_allowed, store)  # berth.io/allow-custom-runtime
     routes = RoutesPublisher(tokens=tokens)
     control_url = f"http://{opts.host}:{opts.port}"
-    provisioner = (LocalProvisioner(store, opts.host, opts.port, opts.data_dir, replica_memory=opts.replica_memory,
-                                    overcommit_percent=opts.overcommit_percent, tokens=tokens)
-                   if opts.provision else None)
+    kube = await kube_mode.kube_parts(opts.kube, store, hub) if opts.kube is not None else None
+    provisioner: LocalProvisioner | KubeProvisioner | None = (
+        kube.provisioner if kube is not None else
+        LocalProvisioner(store, opts.host, opts.port, opts.data_dir, replica_memory=opts.replica_memory,
+                         overcommit_percent=opts.overcommit_percent, tokens=tokens) if opts.provision else None)
     metrics = ControlMetrics(store, hub)
     hub.on_model_event = lambda ns, state: metrics.loads.update([(ns, state)])
     reconciler = Reconciler(store, hub, routes, metrics=metrics,
                             on_servers_changed=provisioner.changed if provisioner is not None else None)
-    api = ControlAPI(store, hub, routes, metrics, tokens=tokens)
-    runner = web.AppRunner(api.app(max_body=opts.max_body), access_log=None, handle_signals=False)
+    api = ControlAPI(store, hub, routes, metrics, tokens=tokens, storage_policy=storage_policy)
+    limits = ListenerLimits(header_timeout=opts.header_timeout, body_timeout=opts.body_timeout,
+                            idle_timeout=opts.idle_timeout)
+    app = api.app(max_body=opts.max_body, limits=limits)
+    DashboardUI(tokens, api.auth).mount(app)  # /ui and its sign-in codes
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
+    site = GuardedSite(runner, opts.host, opts.port, limits=limits)  # head/body/idle timeouts
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         store.close()
+        if kube is not None:
+            await kube.close()
         raise ConfigError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}; "
                           "is another control plane running? choose another port with --port") from exc
-    log.info("control plane listening on %s (store %s)", control_url, path)
+    log.info("control plane listening on %s (store %s)", control_url, store if kube is not None else path)
     # Root tasks: a failure is logged at once and the loop restarted with backoff (both resume from the store).
     # The routes publisher has no task of its own (the reconciler drives it); the hub's per-agent work runs
     # inside aiohttp's WebSocket handlers.
@@ -97,6 +135,8 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
         await asyncio.gather(*(t.wait() for t in tasks))
         await runner.cleanup()
         store.close()
+        if kube is not None:
+            await kube.close()
         tokens.close()
         log.info("control plane stopped")
 

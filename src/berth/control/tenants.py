@@ -8,9 +8,10 @@ from typing import Any
 
 from berth.control.status import UNSUPPORTED, condition
 from berth.resources.podspec import MEMORY_ENV, OVERCOMMIT_ENV, RUNS, config_inference_server, unsupported_message
+from berth.resources.statuses import RuntimeStatus, ServerConfigStatus
 
 
-def runtime_status(doc: dict[str, Any], servers: list[str], now: float) -> dict[str, Any]:
+def runtime_status(doc: dict[str, Any], servers: list[str], now: float) -> RuntimeStatus:
     ns = doc["metadata"]["namespace"]
     policy = (doc["metadata"].get("annotations") or {}).get("berth.io/placement-policy", "binpack")
     message = (f"namespace {ns} is a tenant: this control plane schedules and routes it (placement policy "
@@ -19,7 +20,7 @@ def runtime_status(doc: dict[str, Any], servers: list[str], now: float) -> dict[
             "conditions": [condition("Ready", True, "TenantReady", message, doc.get("status"), now)]}
 
 
-def server_config_status(doc: dict[str, Any], users: list[str], now: float) -> dict[str, Any]:
+def server_config_status(doc: dict[str, Any], users: list[str], now: float) -> ServerConfigStatus:
     using = f"servers using it: {', '.join(users) or 'none'}"
     kind = config_inference_server(doc)
     if kind != RUNS:

@@ -125,6 +125,8 @@ class Watches:
                 events = self.store.events_since(since, kinds=kinds, namespace=ns)
                 for ev in events:
                     since = ev.revision
+                    if ev.object.get("kind") not in (kinds or ALL_KINDS):  # e.g. quotas: not a resource kind
+                        continue
                     if visible(ev.object):  # other tenants' events are never sent
                         await send({"type": ev.type, "revision": ev.revision, "object": shown(ev.object)})
                 if events:

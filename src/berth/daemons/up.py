@@ -9,6 +9,11 @@ start: the admin of every namespace, for this user; ``berth up`` registers it fo
 gateway's addresses so the CLI finds it with no flags (``BERTH_TOKEN`` overrides).  Each start mints a gateway
 token (``gateway.token``, 0600) that the control plane accepts for the routes watch and the gateway presents;
 tokens travel in files, never on a command line that ``ps`` shows.
+
+Its options are generated from ``UpSettings``, declared on the same base as the control plane's and the
+gateway's settings (``berth.resources.process_settings``): each is also read from its environment variables
+(Berth's name, then Seldon's where Seldon has one; a flag wins), a wrong value is one line naming the variable
+or flag and what it accepts, and ``docs/settings.md`` lists them.
 """
 
 from __future__ import annotations
@@ -21,22 +26,53 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
-import typer
 from rich.console import Console
 
 from berth.adapters.mlserver_proc import mlserver_executable
 from berth.client import credentials
 from berth.client.http import BerthClient
+from berth.control.storage_policy import load_policy
+from berth.daemons.options import with_settings_options
 from berth.daemons.supervisor import Child, Supervisor, sweep
 from berth.errors import BerthError, ConfigError, NotFound, Unavailable
 from berth.resources.identity import new_token
+from berth.resources.process_settings import QUANTITY, ProcessSettings, setting
 
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
 RUNTIMES = {"mlserver_sklearn": ["sklearn", "scikit-learn"], "mlserver_mlflow": ["mlflow"],
             "mlserver_xgboost": ["xgboost"], "mlserver_lightgbm": ["lightgbm"]}
+
+
+class UpSettings(ProcessSettings):
+    """What ``berth up`` starts and where: one machine, loopback by default."""
+
+    PROCESS: ClassVar[str] = "berth up"
+    TITLE: ClassVar[str] = "berth up"
+    COMMAND: ClassVar[str] = "berth up"
+
+    data_dir: Path = setting(Path(".berth"), "BERTH_DATA_DIR", flag="--data-dir",
+                             doc="State, logs and replicas live here")
+    host: str = setting("127.0.0.1", "BERTH_UP_HOST", flag="--host",
+                        doc="Address the control plane and the gateway listen on")
+    control_port: int = setting(9004, "BERTH_CONTROL_PORT", "SELDON_SCHEDULER_PORT", flag="--control-port",
+                                ge=1, le=65535, doc="Control plane port (API, agents, routes watch)")
+    gateway_port: int = setting(9000, "BERTH_GATEWAY_PORT", flag="--gateway-port", ge=1, le=65535,
+                                doc="Gateway V2 REST port")
+    grpc_port: int = setting(9001, "BERTH_GATEWAY_GRPC_PORT", flag="--grpc-port", ge=1, le=65535,
+                             doc="Gateway V2 gRPC port")
+    replica_memory: int = setting(2 << 30, "BERTH_REPLICA_MEMORY", "MEMORY_REQUEST", flag="--replica-memory",
+                                  fmt=QUANTITY, ge=1, doc="Memory each local replica offers")
+    default_server: bool = setting(True, flag="--default-server/--no-default-server",
+                                   doc="Create the Server mlserver in namespace default")
+    wait_timeout: float = setting(120.0, "BERTH_UP_TIMEOUT", flag="--timeout", gt=0, le=3600,
+                                  doc="Seconds to wait for the default Server to be ready")
+    storage_policy: Path | None = setting(
+        None, "BERTH_STORAGE_POLICY", flag="--storage-policy",
+        doc="YAML file: which artifact locations each namespace may use (default: permissive for local "
+            "paths; see docs/storage.md)")
 
 
 def installed_capabilities() -> list[str]:
@@ -77,24 +113,20 @@ def _wait(check: Any, timeout: float, what: str) -> None:
     raise Unavailable(f"{what} not up after {timeout:.0f}s ({last or 'no answer'})")
 
 
-def up(
-    data_dir: Path = typer.Option(Path(".berth"), "--data-dir", help="State, logs and replicas live here"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    control_port: int = typer.Option(9004, "--control-port"),
-    gateway_port: int = typer.Option(9000, "--gateway-port"),
-    grpc_port: int = typer.Option(9001, "--grpc-port", help="Gateway V2 gRPC port"),
-    replica_memory: str = typer.Option("2Gi", "--replica-memory", help="Memory each local replica offers"),
-    no_default_server: bool = typer.Option(False, "--no-default-server",
-                                           help="Do not create the Server mlserver in namespace default"),
-    wait_timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for readiness"),
-) -> None:
+@with_settings_options(UpSettings)
+def up(**flags: Any) -> None:
     """Start control plane, gateway and local MLServer replicas on loopback; Ctrl-C stops them all."""
+    settings = UpSettings.from_env(os.environ, **flags)  # a wrong value stops here, naming it
+    host, control_port, gateway_port, grpc_port = (settings.host, settings.control_port, settings.gateway_port,
+                                                   settings.grpc_port)
+    storage_policy, no_default_server = settings.storage_policy, not settings.default_server
     mlserver_executable()  # a clear ConfigError when MLServer is missing
+    load_policy(storage_policy)  # a bad --storage-policy file: one line naming the field, before anything starts
     os.umask(0o077)  # the data dir, logs and every replica's files are private to this user
     _check_port(host, control_port, "control plane", "--control-port")
     _check_port(host, gateway_port, "gateway", "--gateway-port")
     _check_port(host, grpc_port, "gateway's gRPC endpoint", "--grpc-port")
-    data_dir = data_dir.resolve()
+    data_dir = settings.data_dir.resolve()
     logs = data_dir / "logs"
     admin_file, gateway_file = prepare_identity(data_dir)
     child_env = {k: v for k, v in os.environ.items() if k != "BERTH_TOKEN"}  # children get their own tokens
@@ -109,9 +141,10 @@ def up(
         with console.status("starting control plane…") as status:
             sup.add(Child("control plane", py + ["control", "--provision", "--host", host, "--port",
                                                  str(control_port), "--data-dir", str(data_dir),
-                                                 "--replica-memory", replica_memory,
+                                                 "--replica-memory", str(settings.replica_memory),
                                                  "--admin-token-file", str(admin_file),
-                                                 "--gateway-token-file", str(gateway_file)],
+                                                 "--gateway-token-file", str(gateway_file)]
+                          + (["--storage-policy", str(storage_policy.resolve())] if storage_policy else []),
                           logs / "control.log", env=child_env))
             _wait(lambda: httpx.get(f"{control_url}/healthz", timeout=1).status_code == 200, 30,
                   f"control plane at {control_url} (log {logs / 'control.log'})")
@@ -130,7 +163,7 @@ def up(
             _wait(lambda: httpx.get(f"{gateway_url}/v2/health/live", timeout=1).status_code == 200, 30,
                   f"gateway at {gateway_url} (log {logs / 'gateway.log'})")
             if not no_default_server:
-                _wait_server(client, status, wait_timeout, stop)
+                _wait_server(client, status, settings.wait_timeout, stop)
         console.print(f"[green]berth is up[/green]\n  control plane    {control_url}\n"
                       f"  gateway gRPC     {host}:{grpc_port}\n"
                       f"  gateway (V2)     {gateway_url}\n  data and logs    {data_dir}\n"

@@ -26,13 +26,16 @@ from aiohttp import web
 
 import berth
 from berth.aiotasks import GuardedTask, guarded
-from berth.errors import BerthError, ConfigError, NotFound, PayloadTooLarge, Unavailable
+from berth.errors import BerthError, ConfigError, NotFound, PayloadTooLarge, Timeout, Unavailable
 from berth.gateway.checks import check_infer_body, is_plain_json
 from berth.gateway.grpcserver import GrpcGateway, GrpcListener, start_grpc
+from berth.gateway.h2limits import Limits
 from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
 from berth.gateway.mirror import Mirrors
+from berth.gateway.pipeline_serve import PipelineServer
 from berth.gateway.probe import PROBE_PATH, GrpcSide, probe_handler
 from berth.gateway.proxy import Proxy, error_response
+from berth.gateway.restlimits import RestLimits
 from berth.gateway.routing import Decision, Router
 from berth.gateway.watch import TableWatcher
 from berth.wire.routes import RoutingTable
@@ -53,6 +56,8 @@ class _Handlers:
         self.mirrors = mirrors
         self.max_request_bytes = max_request_bytes
         self.check_inputs = check_inputs
+        self.body_timeout = RestLimits().body_timeout
+        self.pipelines: PipelineServer | None = None  # NAME.pipeline and experiments over pipelines
 
     def _decide(self, request: web.Request) -> tuple[str, Decision]:
         headers = request.headers
@@ -68,13 +73,29 @@ class _Handlers:
         return resp
 
     async def infer(self, request: web.Request) -> web.Response:
+        pipelines, headers = self.pipelines, request.headers
+        if pipelines is not None and pipelines.handles(headers.get("seldon-namespace") or "default",
+                                                       headers.get("seldon-model") or request.match_info["name"]):
+            return await pipelines.rest(request, self.max_request_bytes, self.body_timeout)
         started = time.perf_counter()
         try:
             name, decision = self._decide(request)
         except BerthError as err:
             return self._fail(err, started)
         try:
-            body = await request.read()
+            if request.content.is_eof():  # the whole body came with the head (most requests): no clock needed
+                body = await request.read()
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await request.read()
+        except TimeoutError:
+            slow = Timeout(f"the body of the request for model {name} did not arrive within {self.body_timeout:g}s; "
+                           "send it faster or in smaller requests", details={"model": name,
+                                                                              "timeout_s": self.body_timeout})
+            slow.http_status = 408
+            resp = self._fail(slow, started, decision)
+            resp.force_close()  # the rest of the body is never read
+            return resp
         except web.HTTPRequestEntityTooLarge:
             return self._fail(PayloadTooLarge(
                 f"request for model {name} is larger than the gateway accepts ({self.max_request_bytes} bytes); "
@@ -145,13 +166,16 @@ class _Handlers:
 def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | None = None,
              mirrors: Mirrors | None = None, upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
              max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
-             grpc: GrpcSide | None = None) -> web.Application:
+             grpc: GrpcSide | None = None, pipelines: PipelineServer | None = None,
+             rest_limits: RestLimits | None = None) -> web.Application:
     """The gateway application serving from ``router`` (whose table a watcher may replace at any time);
     ``grpc`` is filled in once the gRPC endpoint listens (for the probe)."""
     proxy = proxy or Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
     metrics = metrics or Metrics()
     mirrors = mirrors or Mirrors(metrics)
     h = _Handlers(router, proxy, metrics, mirrors, max_request_bytes, check_inputs)
+    h.body_timeout = (rest_limits or RestLimits()).body_timeout
+    h.pipelines = pipelines or PipelineServer(router, proxy, metrics, step_timeout_s=upstream_timeout, mirrors=mirrors)
     # request bodies stay as sent (a compressed body is forwarded compressed, with its Content-Encoding)
     app = web.Application(client_max_size=max_request_bytes,
                           handler_args={"access_log": None, "auto_decompress": False})
@@ -182,7 +206,8 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                       upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
                       max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
                       watch_backoff_max: float = 5.0, on_started: Callable[[int], None] | None = None,
-                      on_grpc_started: Callable[[int], None] | None = None, token: str | None = None) -> None:
+                      on_grpc_started: Callable[[int], None] | None = None, token: str | None = None,
+                      rest_limits: RestLimits | None = None, grpc_limits: Limits | None = None) -> None:
     """Serve the gateway (REST on ``host:port``, gRPC on ``host:grpc_port`` when given) until ``stop`` is set.
 
     The table comes from the control plane at ``control_url`` (followed, with reconnects), from
@@ -199,9 +224,14 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
     mirrors = Mirrors(metrics)
     proxy = Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
     grpc_side = GrpcSide()
+    pipelines = PipelineServer(router, proxy, metrics, step_timeout_s=upstream_timeout, mirrors=mirrors)
     app = make_app(router, proxy=proxy, metrics=metrics, mirrors=mirrors, max_request_bytes=max_request_bytes,
-                   check_inputs=check_inputs, grpc=grpc_side)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=min(upstream_timeout, 10.0))
+                   check_inputs=check_inputs, grpc=grpc_side, rest_limits=rest_limits, pipelines=pipelines)
+    rest_limits = rest_limits or RestLimits()
+    # aiohttp's keep-alive clock runs from a connection's start, and from each answer, until a complete request
+    # head arrives: the header timeout (slowloris, silent connections)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=min(upstream_timeout, 10.0),
+                           keepalive_timeout=rest_limits.header_timeout)
     await runner.setup()
     watcher_task: GuardedTask | None = None
     grpc_server: GrpcListener | None = None
@@ -217,7 +247,9 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
         grpc_bound = None
         if grpc_port is not None:
             grpc_gateway = GrpcGateway(router, proxy.balancer, metrics, mirrors, upstream_timeout=upstream_timeout,
-                                       connect_timeout=connect_timeout, max_request_bytes=max_request_bytes)
+                                       connect_timeout=connect_timeout, max_request_bytes=max_request_bytes,
+                                       limits=grpc_limits)
+            grpc_gateway.pipelines = pipelines  # NAME.pipeline over gRPC, run as over REST
             router.listeners.append(lambda: grpc_gateway.forget_unrouted() if grpc_gateway else None)
             grpc_server, grpc_bound = await start_grpc(grpc_gateway, host, grpc_port)
             grpc_side.gateway, grpc_side.address = grpc_gateway, f"{host}:{grpc_bound}"

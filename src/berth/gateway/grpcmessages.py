@@ -3,7 +3,6 @@ one, ``grpc-timeout``, and the 5-byte framing of a message (with gzip/deflate fo
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from urllib.parse import quote, unquote
 
@@ -57,8 +56,32 @@ def grpc_timeout(value: bytes) -> float | None:
     return None if unit is None else int(value[:-1]) * unit
 
 
-def message(body: bytes, encoding: bytes | None) -> bytes:
-    """The one message of a unary call's body (the 5-byte gRPC prefix removed, decompressed if it was)."""
+def inflate(data: bytes, encoding: bytes | None, limit: int) -> bytes:
+    """``data`` decompressed with ``encoding`` (gzip or deflate), a piece at a time: PayloadTooLarge as soon as
+    it grows past ``limit`` bytes (what is beyond is never produced), InvalidInput when it does not inflate."""
+    if encoding not in (b"gzip", b"deflate"):
+        raise InvalidInput(f"the gRPC request is compressed with {(encoding or b'no grpc-encoding').decode()!r}; "
+                           "the gateway takes gzip and deflate")
+    inflater = zlib.decompressobj(31 if encoding == b"gzip" else 15)
+    try:
+        out = inflater.decompress(data, limit + 1)
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(
+                f"the gRPC request's message inflates ({encoding.decode()}) to more than the gateway's limit of "
+                f"{limit} bytes; send a smaller request or raise --max-request-bytes",
+                details={"limit_bytes": limit})
+        if not inflater.eof:
+            raise InvalidInput(f"the gRPC request's message does not decompress with {encoding.decode()}: "
+                               "the compressed data is incomplete")
+    except zlib.error as exc:
+        raise InvalidInput(f"the gRPC request's message does not decompress with {encoding.decode()}: "
+                           f"{exc}") from exc
+    return out
+
+
+def message(body: bytes, encoding: bytes | None, limit: int = 256 << 20) -> bytes:
+    """The one message of a unary call's body (the 5-byte gRPC prefix removed, decompressed if it was, to at
+    most ``limit`` bytes)."""
     if len(body) < 5:
         raise InvalidInput("the gRPC request holds no message (fewer than 5 bytes)")
     length = int.from_bytes(body[1:5], "big")
@@ -68,14 +91,7 @@ def message(body: bytes, encoding: bytes | None) -> bytes:
     data = body[5:]
     if not body[0]:
         return data
-    if encoding in (b"gzip", b"deflate"):
-        try:
-            return gzip.decompress(data) if encoding == b"gzip" else zlib.decompress(data)
-        except (OSError, zlib.error, EOFError) as exc:
-            raise InvalidInput(f"the gRPC request's message does not decompress with "
-                               f"{(encoding or b'').decode()}: {exc}") from exc
-    raise InvalidInput(f"the gRPC request is compressed with {(encoding or b'no grpc-encoding').decode()!r}; "
-                       "the gateway takes gzip and deflate")
+    return inflate(data, encoding, limit)
 
 
 def framed(data: bytes) -> bytes:
@@ -108,3 +124,39 @@ def error_fields(err: BerthError) -> tuple[int, list[Field]]:
 def grpc_message(fields: list[Field] | None) -> str:
     """The ``grpc-message`` in ``fields``, percent-decoded ("" when absent)."""
     return next((unquote(v.decode("latin-1")) for k, v in fields or () if k == b"grpc-message"), "")
+
+
+class MessageCounter:
+    """Follows the 5-byte prefixes of a stream of gRPC messages as its bytes pass by (never holding them):
+    PayloadTooLarge as soon as a message announces more than ``limit`` bytes.  Linear in the bytes seen."""
+
+    __slots__ = ("limit", "_head", "_left", "messages")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._head = b""  # the part of a prefix seen so far
+        self._left = 0  # bytes of the current message still to come
+        self.messages = 0
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._left:
+                step = min(self._left, end - pos)
+                self._left -= step
+                pos += step
+                continue
+            take = min(5 - len(self._head), end - pos)
+            self._head += data[pos:pos + take]
+            pos += take
+            if len(self._head) == 5:
+                length = int.from_bytes(self._head[1:5], "big")
+                self._head = b""
+                self.messages += 1
+                if length > self.limit:
+                    raise PayloadTooLarge(
+                        f"message {self.messages} of the stream is {length} bytes, over the gateway's limit of "
+                        f"{self.limit} bytes per message; send smaller messages or raise --max-request-bytes",
+                        details={"limit_bytes": self.limit, "message": self.messages})
+                self._left = length

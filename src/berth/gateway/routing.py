@@ -10,7 +10,8 @@ with ``default: X`` takes over requests for model X while it is ready (while it 
 itself).  Candidates share traffic by weight ÷ sum of weights.  The route of an experiment's answer is
 ``:<experiment>.experiment:<candidate>:``; a request whose ``x-seldon-route`` names one of the
 experiment's candidates (any ``:``-separated part equal to the candidate's name) goes to that candidate
-(sticky sessions).  A direct model answers ``:<model>:``.
+(sticky sessions).  A direct model answers ``:<model>:``.  Pipelines (``<name>.pipeline``) and experiments
+over pipelines are compiled by :mod:`berth.gateway.pipeline_routes` and chosen by :meth:`Router.pipeline`.
 
 Before any of that, :meth:`Router.admit` checks the caller's token when the namespace requires one (see
 :mod:`berth.gateway.auth`); a 404 in such a namespace names only what was asked for, never what exists.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 from berth.errors import ExperimentNotReady, NotFound, Unavailable
 from berth.gateway.auth import NOT_OPERATOR, OPERATORS_ONLY, Guard, TokenHashes, denied, no_table_yet, unauthenticated
+from berth.gateway.pipeline_routes import PipelineChoice, PipelineTable
 from berth.gateway.table import Target, compile_route
 from berth.wire.routes import ExperimentRoute, RoutingTable
 
@@ -143,6 +145,7 @@ class Router:
         self.hashes = TokenHashes()
         self._guarded: dict[str, frozenset[str]] = {}  # namespace requiring a token -> hashes allowed there
         self._operators: frozenset[str] | None = None  # None: the table carries no auth (metrics, probe open)
+        self.pipelines = PipelineTable()
         if table is not None:
             self.set(table)
 
@@ -162,6 +165,8 @@ class Router:
             entries.setdefault(ns, {})[name] = Decision(target=target, route=f":{name}:",
                                                         labels=(ns, name, "", ""))
         for exp in table.experiments:
+            if exp.resource_type == "pipeline":
+                continue  # compiled by PipelineTable
             split = compile_split(exp, targets)
             here = entries.setdefault(exp.namespace, {})
             here[exp.name + EXPERIMENT_SUFFIX] = split
@@ -174,6 +179,7 @@ class Router:
         guard = Guard(table.auth)
         self._guarded = guard.namespaces
         self._operators = guard.operators
+        self.pipelines.set(table)
         self.table = table
         for listener in self.listeners:
             listener()
@@ -204,6 +210,16 @@ class Router:
         if digest in operators:
             return
         raise denied(NOT_OPERATOR) if digest else unauthenticated(OPERATORS_ONLY)
+
+    def pipeline(self, namespace: str, name: str, route_header: str | None = None) -> PipelineChoice | None:
+        """The pipeline a request for ``name`` runs (``P.pipeline``, or an experiment over pipelines), or None
+        when ``name`` addresses a model; NotFound or Unavailable (PipelineNotReady, ExperimentNotReady)."""
+        pipelines = self.pipelines
+        if not pipelines.handles(namespace, name):
+            return None
+        if self.table is None:
+            raise self._unknown(namespace, name)
+        return pipelines.choose(namespace, name, self.rng, route_header, guarded=namespace in self._guarded)
 
     def decide(self, namespace: str, name: str, route_header: str | None = None) -> Decision:
         """Where a request for ``name`` in ``namespace`` goes; NotFound or Unavailable (and subclasses)."""

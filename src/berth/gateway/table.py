@@ -38,13 +38,14 @@ class Target:
     lines: Mapping[str, Mapping[str, bytes]]  # kind -> address -> request line and Host header, encoded
     pb_name: bytes  # field 1 (model_name / name) of a gRPC request naming this model, encoded
     idempotent: bool = True  # False: a request already sent is never retried on another replica
+    upstream: str = ""  # the inference server's name of the serving version ("" : ``name``; docs/rollouts.md)
 
     def line(self, address: str, kind: str, version: str | None = None) -> bytes:
         """``METHOD PATH HTTP/1.1`` and the Host header for a ``kind`` request ("infer", "meta", "ready")."""
         if version is None:
             return self.lines[kind][address]
         method, tail = _KINDS[kind]
-        path = f"/v2/models/{quote(self.name, safe='')}/versions/{quote(version, safe='')}{tail}"
+        path = f"/v2/models/{quote(self.upstream or self.name, safe='')}/versions/{quote(version, safe='')}{tail}"
         return request_line(method, path, address)
 
     def not_ready(self) -> ModelNotReady:
@@ -65,12 +66,13 @@ def compile_route(route: ModelRoute) -> Target:
     for e in route.endpoints:
         grpc.setdefault(e.http, e.grpc)
     addresses = tuple(grpc)
-    base = f"/v2/models/{quote(route.name, safe='')}"
+    base = f"/v2/models/{quote(route.upstream or route.name, safe='')}"
     lines = {kind: {a: request_line(method, base + tail, a) for a in addresses}
              for kind, (method, tail) in _KINDS.items()}
     return Target(key=(route.namespace, route.name), namespace=route.namespace, name=route.name,
                   state=route.state, reason=route.reason, addresses=addresses, grpc=grpc, lines=lines,
-                  pb_name=protowire.string_field(1, route.name), idempotent=route.idempotent)
+                  pb_name=protowire.string_field(1, route.upstream or route.name), idempotent=route.idempotent,
+                  upstream=route.upstream)
 
 
 def load_routes(path: Path) -> RoutingTable:

@@ -200,7 +200,8 @@ UNACTED_FIELDS: dict[str, dict[str, str]] = {
         "disableAutoUpdate": "not acted on (Berth's control plane and gateway serve every namespace)",
     },
     "Pipeline": {
-        "steps": "not served yet (Berth validates and stores pipelines; their status says PipelineNotServed)",
+        "input": "not served (external inputs come from Kafka topics; Berth runs pipelines on the request path "
+                 "and has no broker)",
     },
 }
 # SeldonRuntime overrides name components of Seldon's SeldonConfig; what Berth runs in their place.

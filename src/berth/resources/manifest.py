@@ -305,9 +305,6 @@ def unacted_warnings(body: dict[str, Any]) -> list[str]:
     if kind == "Server" and spec.get("replicas") is not None and spec.get("minReplicas") is not None:
         found.append(("spec.minReplicas", "not acted on while spec.replicas is set (Berth does not autoscale "
                                           "servers; it runs spec.replicas)"))
-    if kind == "Experiment" and spec.get("resourceType") == "pipeline":
-        found.append(("spec.resourceType", "not acted on (pipelines are not served yet; the candidates are "
-                                           "looked up as models)"))
     if kind in ("Server", "ServerConfig"):
         found += _pod_spec(body, kind)
     if kind == "SeldonRuntime":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from berth.scheduler.pool import Pool, SlotKey
-from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaInfo, ReplicaRef, ServerInfo, Snapshot
+from berth.scheduler.pool import Memos, Pool, SlotKey
+from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaRef, ServerInfo, Snapshot
 
 UNSETTLED = ("ScheduleFailed", "PartiallyScheduled")
 
@@ -18,12 +19,16 @@ class Basis:
     models: tuple[ModelWant, ...]  # snapshot.models as given: the same object means no model changed
     wants: dict[str, ModelWant]
     servers: dict[str, ServerInfo]  # effective, implied servers included
-    replicas: dict[SlotKey, ReplicaInfo]
     used: dict[SlotKey, int]  # memory the plan put on each replica
     placements: dict[str, tuple[ReplicaRef, ...]]  # the plan's non-empty placements
     unsettled: frozenset[str]  # models not fully placed: re-planned every time
     residents: dict[SlotKey, frozenset[str]]  # models placed on each replica
     plans: dict[str, ModelPlan]  # the very dict of the Plan this basis belongs to
+    memos: Memos  # the pool's rejections that depend on servers alone: reused for servers that did not change
+    # the plan's pool: the next pool shares its Slots where nothing changed (Pool.successor); as every
+    # re-plan rewrites their ``used``, the plans of one chain re-plan one at a time, under ``lock``
+    pool: Pool
+    lock: threading.Lock
 
     @classmethod
     def of(cls, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
@@ -35,9 +40,9 @@ class Basis:
             for ref in refs:
                 lists.setdefault((ref.server, ref.index), []).append(name)
         return cls(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
-                   {k: s.info for k, s in pool.slots.items()}, {k: s.used for k, s in pool.slots.items()},
+                   {k: s.used for k, s in pool.slots.items()},
                    placements, frozenset(n for n, mp in models.items() if mp.state in UNSETTLED),
-                   {k: frozenset(v) for k, v in lists.items()}, models)
+                   {k: frozenset(v) for k, v in lists.items()}, models, pool.memos, pool, threading.Lock())
 
     def successor(self, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
                   models: dict[str, ModelPlan], changed: Iterable[str]) -> Basis:
@@ -72,5 +77,5 @@ class Basis:
             else:
                 residents.pop(key, None)
         return Basis(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
-                     {k: s.info for k, s in pool.slots.items()}, {k: s.used for k, s in pool.slots.items()},
-                     placements, frozenset(unsettled), residents, models)
+                     {k: s.used for k, s in pool.slots.items()},
+                     placements, frozenset(unsettled), residents, models, pool.memos, pool, self.lock)

@@ -79,16 +79,21 @@ def find_full(pool: Pool, model: ModelWant, reqs: frozenset[str], pin: str | Non
         got = _fitting(by_server.get(holder, []), memory, kept)
         if len(got) >= desired:
             return holder, got
+    if pin is None and pool.indexed:
+        # the first server by name with ``desired`` fitting replicas, found through the fit index (the
+        # holder, already tried, cannot be it: its fitting replicas are a superset of what the index counts)
+        return pool.candidates(reqs).tree(desired).first_fit(memory)
     for name in ([pin] if pin is not None else names):
         if name == holder or not runs(pool, name):
             continue
         slots = by_server.get(name)
-        if slots is None or len(slots) < desired or pool.maxfree[name] < memory:
+        if slots is None or len(slots) < desired or (not pool.indexed and pool.maxfree[name] < memory):
             continue
         got = [s for s in slots if s.capacity - s.used >= memory]
         if len(got) >= desired:
             return name, got
-        pool.tighten(name)
+        if not pool.indexed:
+            pool.tighten(name)
     return None
 
 
@@ -142,8 +147,13 @@ def _capability_rejections(pool: Pool, model: ModelWant, reqs: frozenset[str], n
                 if missing is None:
                     missing = missing_by_caps[slot.caps] = tuple(
                         dict.fromkeys(r for r in model.requirements if r not in slot.caps))
-                found[slot.index] = reasons.missing_capabilities(name, slot.index, missing, slot.offered,
-                                                                 slot.per_server, pool.caps_memo)
+                absent = tuple(r for r in missing if r not in slot.broken)
+                if absent:
+                    found[slot.index] = reasons.missing_capabilities(name, slot.index, absent, slot.offered,
+                                                                     slot.per_server, pool.caps_memo)
+                else:
+                    found[slot.index] = reasons.runtime_not_importable(
+                        name, slot.index, tuple((r, slot.broken[r]) for r in missing), slot.per_server)
         pool.caps_rejections[key] = found
     return found
 

@@ -16,7 +16,12 @@ from berth.scheduler.summary import combine, explain, failure_message, replicas_
 
 
 def success_message(replicas: tuple[ReplicaRef, ...]) -> str:
+    if len(replicas) == 1:
+        return f"scheduled on {replicas[0].server} replica {replicas[0].index}"
     return f"scheduled on {replicas[0].server} " + replicas_phrase([r.index for r in replicas])
+
+
+_NONE: list[Slot] = []  # no kept replicas (never mutated)
 
 
 def _refs(slots: list[Slot]) -> tuple[ReplicaRef, ...]:
@@ -31,6 +36,15 @@ class Placer:
         self.previous = previous  # earlier ModelPlans, reused when identical (saves building them)
         self.kept: dict[str, list[Slot]] = {}
         self._reqs: dict[tuple[str, ...], frozenset[str]] = {}
+        # filters 1-2 depend on spec.server and the requirements alone: by (server, requirements)
+        self._pins: dict[tuple[str | None, tuple[str, ...]], tuple[str | None, Rejection | None]] = {}
+
+    def _resolve_pin(self, model: ModelWant) -> tuple[str | None, Rejection | None]:
+        key = (model.server, model.requirements)
+        found = self._pins.get(key)
+        if found is None:
+            found = self._pins[key] = filters.resolve_pin(model, self.pool)
+        return found
 
     def _requirements(self, model: ModelWant) -> frozenset[str]:
         reqs = self._reqs.get(model.requirements)
@@ -45,7 +59,7 @@ class Placer:
         refs = self.assignments.get(model.name)
         if not refs:
             return
-        server, rejection = filters.resolve_pin(model, self.pool)
+        server, rejection = self._resolve_pin(model)
         if rejection is not None:
             return
         reqs = self._requirements(model)
@@ -76,6 +90,9 @@ class Placer:
         return ModelPlan(model.name, model.replicas, refs, "Scheduled", success_message(refs))
 
     def _move(self, model: ModelWant, kept: list[Slot], chosen: list[Slot]) -> None:
+        if not kept:
+            self.pool.take(chosen, model.memory)
+            return
         self.pool.give_back([s for s in kept if s not in chosen], model.memory)
         self.pool.take([s for s in chosen if s not in kept], model.memory)
 
@@ -86,10 +103,10 @@ class Placer:
         desired = model.replicas
         if desired <= 0:
             return ModelPlan(model.name, 0, (), "Scheduled", "spec.replicas is 0: nothing to place")
-        kept = self.kept.get(model.name, [])
+        kept = self.kept.get(model.name, _NONE)
         if len(kept) >= desired:
             return self._scheduled(model, kept)
-        pin, rejection = filters.resolve_pin(model, self.pool)
+        pin, rejection = self._resolve_pin(model)
         if rejection is not None:
             return self._failed(model, [rejection], kept)
         if pin is None and not self.pool.names:
@@ -97,7 +114,7 @@ class Placer:
         reqs = self._requirements(model)
         found = filters.find_full(self.pool, model, reqs, pin, kept)
         if found is not None:
-            chosen = self.pool.order(found[1], kept)[:desired]
+            chosen = self.pool.pick(found[1], kept, desired)
             self._move(model, kept, chosen)
             return self._scheduled(model, chosen)
         return self._short(model, reqs, pin, kept)

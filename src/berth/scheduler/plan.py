@@ -45,7 +45,16 @@ def plan(snapshot: Snapshot, previous: Plan | None = None) -> Plan:
         quick = replan(snapshot, wants, previous, basis)
         if quick is not None:
             return quick
-    pool = Pool(snapshot)
+    return _full(snapshot, wants, previous, Pool(snapshot))
+
+
+def plan_by_scan(snapshot: Snapshot) -> Plan:
+    """The same plan as ``plan(snapshot)``, found the straightforward way: every server tried in name order
+    for every model, no index.  Slow (models x servers); the reference the index is tested against."""
+    return _full(snapshot, models_by_name(snapshot), None, Pool(snapshot, indexed=False))
+
+
+def _full(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan | None, pool: Pool) -> Plan:
     placer = Placer(pool, snapshot.assignments, previous.models if previous is not None else {})
     names = sorted(wants)
     for name in names:

@@ -7,6 +7,7 @@ back), so the plan function itself stays pure.
 from __future__ import annotations
 
 from berth.errors import InvalidInput
+from berth.scheduler.index import Candidates
 from berth.scheduler.reasons import CapsMemo
 from berth.scheduler.snapshot import Rejection, ReplicaInfo, ServerInfo, Snapshot
 
@@ -16,8 +17,8 @@ SlotKey = tuple[str, int]
 class Slot:
     """One replica of one server in this namespace, plus the memory planned on it so far."""
 
-    __slots__ = ("info", "key", "ref", "server", "index", "offered", "caps", "per_server", "capacity", "used",
-                 "usable")
+    __slots__ = ("info", "key", "ref", "server", "index", "offered", "caps", "broken", "per_server", "capacity",
+                 "used", "usable")
 
     def __init__(self, info: ReplicaInfo, server: ServerInfo) -> None:
         self.info = info
@@ -27,7 +28,9 @@ class Slot:
         self.index = info.index
         # the replica's own report wins; a replica that reports none offers its server's capabilities
         self.offered: tuple[str, ...] = info.capabilities or server.capabilities
-        self.caps = frozenset(self.offered)
+        # claimed capabilities whose runtime the replica's inference server cannot import: not offered after all
+        self.broken: dict[str, str] = {cap: module for cap, module in info.unimportable if cap in self.offered}
+        self.caps = frozenset(self.offered) - frozenset(self.broken)
         self.per_server = self.offered == server.capabilities
         self.capacity = info.capacity
         self.used = 0
@@ -43,30 +46,69 @@ def _implied_server(name: str, namespace: str, replicas: list[ReplicaInfo]) -> S
     return ServerInfo(name=name, namespace=namespace, capabilities=first.capabilities, desired_replicas=0)
 
 
+def _servers(snapshot: Snapshot) -> tuple[dict[str, set[str]], dict[str, ServerInfo]]:
+    """Servers of other namespaces by namespace (they only explain cross-namespace references), and this
+    namespace's declared servers by name."""
+    ns = snapshot.namespace
+    foreign: dict[str, set[str]] = {k: set(v) for k, v in snapshot.foreign_servers.items()}
+    servers: dict[str, ServerInfo] = {}
+    for server in snapshot.servers:
+        if server.namespace != ns:  # never a candidate; only explains cross-namespace references
+            foreign.setdefault(server.namespace, set()).add(server.name)
+            continue
+        if server.name in servers:
+            raise InvalidInput(f"snapshot of namespace {ns} lists server {server.name} twice; "
+                               "each server must appear once")
+        servers[server.name] = server
+    return foreign, servers
+
+
+def _twice(rep: ReplicaInfo) -> None:
+    raise InvalidInput(f"snapshot of namespace {rep.namespace} lists replica {rep.server}/{rep.index} "
+                       "twice; each replica must appear once")
+
+
+class Memos:
+    """Rejections that depend on no memory figure, only on servers and their replicas' reports."""
+
+    def __init__(self) -> None:
+        # by (requirements, server): the capability rejections of that server's replicas, by replica index
+        self.caps_rejections: dict[tuple[tuple[str, ...], str], dict[int, Rejection]] = {}
+        self.caps_memo: CapsMemo = {}
+        # by (requirements, server), for servers with no usable capable replica: rejections and lines
+        self.unfit: dict[tuple[tuple[str, ...], str], tuple[list[Rejection], list[str]]] = {}
+        # by (requirements, pin), when no candidate server has one: a failed model's reasons and message
+        self.hopeless: dict[tuple[tuple[str, ...], str | None], tuple[tuple[Rejection, ...], str]] = {}
+
+    def inherit(self, old: Memos, changed: set[str], same_servers: bool) -> None:
+        """Take ``old``'s entries that still hold: those of servers not in ``changed`` (their declaration
+        and every replica report are as they were), and models' whole outcomes only when no server changed."""
+        self.caps_memo.update(old.caps_memo)
+        self.caps_rejections.update((k, v) for k, v in old.caps_rejections.items() if k[1] not in changed)
+        self.unfit.update((k, v) for k, v in old.unfit.items() if k[1] not in changed)
+        if same_servers and not changed:
+            self.hopeless.update(old.hopeless)
+        else:
+            self.hopeless.update((k, v) for k, v in old.hopeless.items() if k[1] is not None and k[1] not in changed)
+
+
 class Pool:
-    def __init__(self, snapshot: Snapshot) -> None:
+    """``indexed`` (the default) finds fitting servers through :mod:`berth.scheduler.index`; without it,
+    by scanning servers in name order (the straightforward reference the tests compare it with)."""
+
+    def __init__(self, snapshot: Snapshot, indexed: bool = True) -> None:
         ns = snapshot.namespace
+        self.indexed = indexed
         self.namespace = ns
         self.policy = snapshot.policy
-        foreign: dict[str, set[str]] = {k: set(v) for k, v in snapshot.foreign_servers.items()}
-        servers: dict[str, ServerInfo] = {}
-        for server in snapshot.servers:
-            if server.namespace != ns:  # never a candidate; only explains cross-namespace references
-                foreign.setdefault(server.namespace, set()).add(server.name)
-                continue
-            if server.name in servers:
-                raise InvalidInput(f"snapshot of namespace {ns} lists server {server.name} twice; "
-                                   "each server must appear once")
-            servers[server.name] = server
-        self.foreign = foreign
+        self.foreign, servers = _servers(snapshot)
         grouped: dict[str, list[ReplicaInfo]] = {}
         seen: set[SlotKey] = set()
         for rep in snapshot.replicas:
             if rep.namespace != ns:
                 continue
             if (rep.server, rep.index) in seen:
-                raise InvalidInput(f"snapshot of namespace {ns} lists replica {rep.server}/{rep.index} "
-                                   "twice; each replica must appear once")
+                _twice(rep)
             seen.add((rep.server, rep.index))
             grouped.setdefault(rep.server, []).append(rep)
         for name, reps in grouped.items():
@@ -82,20 +124,99 @@ class Pool:
             self.by_server[name] = slots
             for slot in slots:
                 self.slots[slot.key] = slot
-        # per server, an upper bound of the free memory of its usable replicas: handing memory out
-        # leaves it loose (tightened lazily by the search), giving memory back raises it
+        self._caches()
+
+    @classmethod
+    def successor(cls, snapshot: Snapshot, old: Pool) -> tuple[Pool, set[SlotKey], set[str]]:
+        """The pool of ``snapshot`` built from ``old`` (a pool of the same namespace): the Slot objects of
+        replicas whose report and server did not change are ``old``'s own (their ``used`` is reset by the
+        caller), only changed servers are rebuilt.  Also returns the dirty replicas (changed, new, gone,
+        or of a changed server) and the changed servers (declaration changed, or a dirty replica)."""
+        ns = snapshot.namespace
+        self = cls.__new__(cls)
+        self.indexed, self.namespace, self.policy = old.indexed, ns, snapshot.policy
+        self.foreign, servers = _servers(snapshot)
+        old_slots = old.slots
+        seen: set[SlotKey] = set()
+        changed: set[str] = set()
+        implied: dict[str, list[ReplicaInfo]] = {}
+        for rep in snapshot.replicas:
+            if rep.namespace != ns:
+                continue
+            key = (rep.server, rep.index)
+            if key in seen:
+                _twice(rep)
+            seen.add(key)
+            if rep.server not in servers:
+                implied.setdefault(rep.server, []).append(rep)
+            slot = old_slots.get(key)
+            if slot is None or (slot.info is not rep and slot.info != rep):
+                changed.add(rep.server)
+        gone = old_slots.keys() - seen
+        changed.update(key[0] for key in gone)
+        for name, reps in implied.items():
+            servers[name] = _implied_server(name, ns, reps)
+        for name in servers.keys() | old.servers.keys():
+            new_server, old_server = servers.get(name), old.servers.get(name)
+            if new_server is not old_server and new_server != old_server:
+                changed.add(name)
+        self.servers = servers
+        self.names = old.names if servers.keys() == old.servers.keys() else sorted(servers)
+        by_server = dict(old.by_server)
+        slots = dict(old_slots)
+        dirty: set[SlotKey] = set()
+        for name in changed:
+            for slot in by_server.pop(name, ()):
+                dirty.add(slot.key)
+                del slots[slot.key]
+        if changed:
+            grouped: dict[str, list[ReplicaInfo]] = {}
+            for rep in snapshot.replicas:
+                if rep.server in changed and rep.namespace == ns:
+                    grouped.setdefault(rep.server, []).append(rep)
+            for name in changed:
+                if name not in servers:
+                    continue
+                fresh = [Slot(r, servers[name]) for r in sorted(grouped.get(name, ()), key=lambda r: r.index)]
+                by_server[name] = fresh
+                for slot in fresh:
+                    slots[slot.key] = slot
+                    dirty.add(slot.key)
+        self.by_server = {name: by_server[name] for name in self.names} if changed else by_server
+        self.slots = slots
+        self._caches()
+        self._prior = (old._eligible, changed)
+        return self, dirty, changed
+
+    def _caches(self) -> None:
+        # scan mode: per server, an upper bound of the free memory of its usable replicas: handing memory
+        # out leaves it loose (tightened lazily by the search), giving memory back raises it
         self.maxfree: dict[str, int] = {}
-        for name in self.names:
-            self.tighten(name)
         self._eligible: dict[frozenset[str], tuple[dict[str, list[Slot]], list[str]]] = {}
-        # rejections that depend on no memory figure, built once per plan: by (requirements, server)
-        # the capability rejections of that server's replicas, by replica index
-        self.caps_rejections: dict[tuple[tuple[str, ...], str], dict[int, Rejection]] = {}
-        self.caps_memo: CapsMemo = {}
-        # by (requirements, server), for servers with no usable capable replica: rejections and lines
-        self.unfit: dict[tuple[tuple[str, ...], str], tuple[list[Rejection], list[str]]] = {}
-        # by (requirements, pin), when no candidate server has one: a failed model's reasons and message
-        self.hopeless: dict[tuple[tuple[str, ...], str | None], tuple[tuple[Rejection, ...], str]] = {}
+        # a successor pool: the previous pool's eligible sets and the servers changed since (see eligible)
+        self._prior: tuple[dict[frozenset[str], tuple[dict[str, list[Slot]], list[str]]], set[str]] | None = None
+        # indexed mode: candidate sets by requirements (requirements with the same candidates share one),
+        # and for each server the candidate sets it is in (their trees learn when its free memory rises)
+        self._candidates: dict[frozenset[str], Candidates] = {}
+        self._shared: dict[tuple[tuple[str, int], ...], Candidates] = {}
+        self._member_of: dict[str, list[Candidates]] = {}
+        self.reset_bounds()
+        # rejections that depend on no memory figure, built once per plan (see Memos)
+        self.memos = Memos()
+        self.caps_rejections = self.memos.caps_rejections
+        self.caps_memo = self.memos.caps_memo
+        self.unfit = self.memos.unfit
+        self.hopeless = self.memos.hopeless
+
+    def reset_bounds(self) -> None:
+        """Memory was set by hand (``used`` of many slots): recompute the bounds the searches rely on."""
+        if self.indexed:
+            self._candidates.clear()
+            self._shared.clear()
+            self._member_of.clear()
+        else:
+            for name in self.names:
+                self.tighten(name)
 
     def tighten(self, server: str) -> int:
         """Recompute the most free memory any usable replica of ``server`` has (and remember it)."""
@@ -107,14 +228,43 @@ class Pool:
         """Usable replicas offering every requirement, by server; and those servers in name order."""
         hit = self._eligible.get(reqs)
         if hit is None:
+            before = self._prior[0].get(reqs) if self._prior is not None else None
             by: dict[str, list[Slot]] = {}
-            for name in self.names:
-                slots = [s for s in self.by_server[name] if s.usable and reqs <= s.caps]
-                if slots:
-                    by[name] = slots
+            if before is not None and self._prior is not None:
+                # unchanged servers' Slots are the previous pool's own: only changed servers are looked at again
+                by = dict(before[0])
+                added = False
+                for name in self._prior[1]:
+                    slots = [s for s in self.by_server.get(name, ()) if s.usable and reqs <= s.caps]
+                    if slots:
+                        added = added or name not in by
+                        by[name] = slots
+                    else:
+                        by.pop(name, None)
+                if added:
+                    by = {name: by[name] for name in sorted(by)}
+            else:
+                for name in self.names:
+                    slots = [s for s in self.by_server[name] if s.usable and reqs <= s.caps]
+                    if slots:
+                        by[name] = slots
             hit = (by, list(by))
             self._eligible[reqs] = hit
         return hit
+
+    def candidates(self, reqs: frozenset[str]) -> Candidates:
+        """The candidate set of ``reqs`` with its fit trees (indexed mode)."""
+        found = self._candidates.get(reqs)
+        if found is None:
+            by_server, names = self.eligible(reqs)
+            key = tuple((s.server, s.index) for name in names for s in by_server[name])
+            found = self._shared.get(key)
+            if found is None:
+                found = self._shared[key] = Candidates(by_server, names)
+                for name in names:
+                    self._member_of.setdefault(name, []).append(found)
+            self._candidates[reqs] = found
+        return found
 
     def take(self, slots: list[Slot], memory: int) -> None:
         for slot in slots:
@@ -123,15 +273,37 @@ class Pool:
     def give_back(self, slots: list[Slot], memory: int) -> None:
         for slot in slots:
             slot.used -= memory
-            if slot.usable and slot.capacity - slot.used > self.maxfree[slot.server]:
+            if not slot.usable:
+                continue
+            if self.indexed:
+                for cands in self._member_of.get(slot.server, ()):
+                    for tree in cands.trees.values():
+                        tree.loosen(slot.server)
+            elif slot.capacity - slot.used > self.maxfree[slot.server]:
                 self.maxfree[slot.server] = slot.capacity - slot.used
+
+    def pick(self, slots: list[Slot], kept: list[Slot], n: int) -> list[Slot]:
+        """The first ``n`` of :meth:`order` (one replica, nothing kept: no sort)."""
+        if n == 1 and not kept and slots:
+            if self.policy == "spread":
+                return [min(slots, key=_spread_key)]
+            return [min(slots, key=_binpack_key)]
+        return self.order(slots, kept)[:n]
 
     def order(self, slots: list[Slot], kept: list[Slot]) -> list[Slot]:
         """Candidate order: replicas already holding the model, then the policy, then replica index."""
         held = [s for s in kept if s in slots]
         rest = [s for s in slots if s not in kept]
         if self.policy == "spread":
-            rest.sort(key=lambda s: (-(s.capacity - s.used), s.index))
+            rest.sort(key=_spread_key)
         else:
-            rest.sort(key=lambda s: (s.capacity - s.used, s.index))
+            rest.sort(key=_binpack_key)
         return held + rest
+
+
+def _binpack_key(slot: Slot) -> tuple[int, int]:
+    return slot.capacity - slot.used, slot.index
+
+
+def _spread_key(slot: Slot) -> tuple[int, int]:
+    return slot.used - slot.capacity, slot.index

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from berth.resources import podspec
-from berth.resources.quantity import humanize_bytes
+from berth.resources.quantity import humanize_bytes as _humanize_bytes
 from berth.scheduler.snapshot import (
     CROSS_NAMESPACE,
     INSUFFICIENT_MEMORY,
@@ -16,6 +17,7 @@ from berth.scheduler.snapshot import (
     REPLICA_DRAINING,
     REPLICA_NOT_READY,
     REQUIRES_UNSUPPORTED_SERVER,
+    RUNTIME_NOT_IMPORTABLE,
     SERVER_DELETING,
     SERVER_NOT_FOUND,
     UNSUPPORTED_SERVER,
@@ -24,6 +26,9 @@ from berth.scheduler.snapshot import (
     ServerInfo,
 )
 from berth.scheduler.suggest import did_you_mean, near_match, suggestions
+
+# memory figures repeat across replicas and models (a re-plan writes thousands of them): a pure, cached form
+humanize_bytes = functools.lru_cache(maxsize=4096)(_humanize_bytes)
 
 
 def _names(names: Sequence[str]) -> str:
@@ -169,6 +174,19 @@ def missing_capabilities(server: str, index: int, missing: tuple[str, ...], offe
     who = f"server {server}" if per_server else f"server {server} replica {index}"
     return Rejection(MISSING_CAPABILITIES, f"{who} {text}", server=server, replica=index,
                      data=(("missing", missing), ("offered", offered), ("suggestions", pairs)))
+
+
+def runtime_not_importable(server: str, index: int, broken: tuple[tuple[str, str], ...], per_server: bool
+                           ) -> Rejection:
+    """The replica claims every requirement, but its agent found the runtime of some missing from its MLServer:
+    ``server X claims torch but its MLServer cannot import torch``."""
+    who = f"server {server}" if per_server else f"server {server} replica {index}"
+    caps = ", ".join(c for c, _ in broken)
+    modules = ", ".join(dict.fromkeys(m for _, m in broken))
+    return Rejection(RUNTIME_NOT_IMPORTABLE, f"{who} claims {caps} but its MLServer cannot import {modules} "
+                     "(install the runtime beside MLServer, or remove the claim from the Server)",
+                     server=server, replica=index,
+                     data=(("capabilities", tuple(c for c, _ in broken)), ("modules", tuple(m for _, m in broken))))
 
 
 def memory_breakdown(memory: int, overcommit: int, used: int) -> str:

@@ -8,7 +8,13 @@ it whole, in the same order, and its second pass leaves it alone: its ModelPlan 
 Every other model is *affected*: its previous memory is taken off the previous totals and it goes
 through both passes in name order, as in the full plan.  On a dirty replica every resident is
 affected, so there the totals start from zero, as in the full plan; on a clean one any order fits.
-Models not fully placed are always affected: their reasons quote figures that may have moved.
+Models not fully placed are affected too (their reasons quote figures that may have moved), except one
+that no server could take at all whose servers did not change: its outcome depends on them alone.
+
+Why it is fast.  The pool is built from the previous one (``Pool.successor``): only changed servers'
+replicas are rebuilt, and rejections that depend on servers alone (``Memos``) are inherited for the
+servers that did not change.  What is left per re-plan is a few passes over the replicas at C speed or
+close, and the affected models.
 """
 
 from __future__ import annotations
@@ -17,21 +23,6 @@ from berth.scheduler.basis import Basis
 from berth.scheduler.placer import Placer
 from berth.scheduler.pool import Pool, SlotKey
 from berth.scheduler.snapshot import ModelWant, Plan, Snapshot
-
-
-def _dirty_replicas(pool: Pool, basis: Basis) -> set[SlotKey]:
-    dirty: set[SlotKey] = set()
-    for key, slot in pool.slots.items():
-        old = basis.replicas.get(key)
-        if old is None or (old is not slot.info and old != slot.info):
-            dirty.add(key)
-    dirty.update(key for key in basis.replicas if key not in pool.slots)
-    for name in pool.servers.keys() | basis.servers.keys():
-        new_server, old_server = pool.servers.get(name), basis.servers.get(name)
-        if new_server is not old_server and new_server != old_server:
-            dirty.update(s.key for s in pool.by_server.get(name, ()))
-            dirty.update(key for key in basis.replicas if key[0] == name)
-    return dirty
 
 
 def _changed(snapshot: Snapshot, wants: dict[str, ModelWant], basis: Basis, dirty: set[SlotKey]) -> set[str]:
@@ -60,10 +51,24 @@ def replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, basi
     if basis.namespace != snapshot.namespace or basis.policy != snapshot.policy \
             or previous.models is not basis.plans:
         return None
-    pool = Pool(snapshot)
-    dirty = _dirty_replicas(pool, basis)
+    with basis.lock:
+        return _replan(snapshot, wants, previous, basis)
+
+
+def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, basis: Basis) -> Plan:
+    pool, dirty, changed_servers = Pool.successor(snapshot, basis.pool)
+    pool.memos.inherit(basis.memos, changed_servers, sorted(basis.servers) == pool.names)
     affected = _changed(snapshot, wants, basis, dirty)
-    affected.update(name for name in basis.unsettled if name in wants)
+    # A model no candidate could take ("hopeless") keeps its outcome when the memo it came from still holds
+    # (inherited: its servers did not change) and nothing about the model changed; other unsettled models
+    # are planned again, as their reasons quote memory figures that may have moved.
+    still = {id(entry[0]) for entry in pool.memos.hopeless.values()}
+    old = previous.models
+    for name in basis.unsettled:
+        if name in wants and name not in affected:
+            mp = old[name]
+            if mp.replicas or id(mp.reasons) not in still:
+                affected.add(name)
     for key in dirty:
         affected.update(name for name in basis.residents.get(key, ()) if name in wants)
     removed = [] if wants is basis.wants else [name for name in basis.wants if name not in wants]
@@ -77,9 +82,7 @@ def replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, basi
             resident = pool.slots.get((ref.server, ref.index))
             if resident is not None:
                 resident.used -= old_want.memory
-    for name in pool.names:
-        pool.tighten(name)
-    old = previous.models
+    pool.reset_bounds()
     placer = Placer(pool, snapshot.assignments, old)
     order = sorted(affected)
     for name in order:

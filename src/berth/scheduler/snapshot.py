@@ -8,7 +8,7 @@ from typing import Any, Literal
 Policy = Literal["binpack", "spread"]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ReplicaRef:
     """One replica of one server: the unit a model is placed on."""
 
@@ -19,7 +19,7 @@ class ReplicaRef:
         return f"{self.server}/{self.index}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelWant:
     """A Model resource as the scheduler needs it."""
 
@@ -33,7 +33,7 @@ class ModelWant:
     deleting: bool = False  # being deleted: plan no replicas
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerInfo:
     """A Server resource: what the user declared."""
 
@@ -46,7 +46,7 @@ class ServerInfo:
     inference_server: str = "mlserver"  # what its replicas run; Berth runs only MLServer, never places on others
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReplicaInfo:
     """A replica as its agent last reported it."""
 
@@ -63,6 +63,8 @@ class ReplicaInfo:
     last_error: str | None = None  # e.g. "connection refused"
     error_since: str | None = None  # when last_error started, preformatted by the caller (no clock here)
     loaded: tuple[str, ...] = ()  # model names the agent reports as loaded
+    # (capability, module) for each claimed capability whose runtime the agent found its MLServer cannot import
+    unimportable: tuple[tuple[str, str], ...] = ()
 
     @property
     def ref(self) -> ReplicaRef:
@@ -74,7 +76,7 @@ class ReplicaInfo:
         return self.memory * (100 + self.overcommit_percent) // 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one namespace's placement depends on.  Time and seeds come in as values."""
 
@@ -98,13 +100,14 @@ NO_REPLICAS = "NoConnectedReplicas"
 REPLICA_NOT_READY = "ReplicaNotReady"
 REPLICA_DRAINING = "ReplicaDraining"
 MISSING_CAPABILITIES = "MissingCapabilities"
+RUNTIME_NOT_IMPORTABLE = "RuntimeNotImportable"  # claimed, but the inference server cannot import its runtime
 INSUFFICIENT_MEMORY = "InsufficientMemory"
 NOT_ENOUGH_REPLICAS = "NotEnoughReplicas"
 UNSUPPORTED_SERVER = "UnsupportedServer"  # the server runs an inference server Berth does not run (Triton)
 REQUIRES_UNSUPPORTED_SERVER = "RequiresUnsupportedServer"  # only such a server offers the requirements
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """Why one candidate (a server, or one of its replicas) was not used for a model."""
 
@@ -122,7 +125,7 @@ class Rejection:
 PlacementState = Literal["Scheduled", "PartiallyScheduled", "ScheduleFailed", "Deleting"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelPlan:
     name: str
     desired: int
@@ -136,7 +139,7 @@ class ModelPlan:
         return self.replicas[0].server if self.replicas else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     namespace: str
     models: dict[str, ModelPlan]

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from berth.resources.quantity import humanize_bytes
-from berth.scheduler.reasons import memory_breakdown
+from berth.scheduler.reasons import humanize_bytes, memory_breakdown
 from berth.scheduler.snapshot import (
     INSUFFICIENT_MEMORY,
     MISSING_CAPABILITIES,
     NOT_ENOUGH_REPLICAS,
     REPLICA_DRAINING,
     REPLICA_NOT_READY,
+    RUNTIME_NOT_IMPORTABLE,
     Rejection,
 )
 
@@ -77,7 +77,7 @@ def _not_ready_lines(group: list[Rejection]) -> list[str]:
 
 
 def _group_lines(code: str, group: list[Rejection]) -> list[str]:
-    if code == MISSING_CAPABILITIES:
+    if code in (MISSING_CAPABILITIES, RUNTIME_NOT_IMPORTABLE):
         return list(dict.fromkeys(r.message for r in group))
     if len(group) == 1:
         return [group[0].message]

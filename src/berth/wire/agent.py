@@ -2,7 +2,8 @@
 
 Every frame is an object with a ``type`` field.  Agent → control: ``hello`` (first frame, always),
 ``status`` (inference-server readiness changed), ``model`` (a load/unload outcome), ``heartbeat``.
-Control → agent: ``welcome`` (answer to hello), ``load``, ``unload``, ``error`` (then close).
+Control → agent: ``welcome`` (answer to hello), ``load``, ``unload``, ``error`` (then close), and ``check``
+(``berth doctor``'s storage check), which the agent answers with ``check_result``.
 
 The WebSocket endpoint is ``GET /api/v1/agents/connect`` on the control plane.  The upgrade request carries
 ``Authorization: Bearer <token>``: an agent token minted for exactly the (namespace, server, replica) the
@@ -46,6 +47,14 @@ class InferenceAddress(_Msg):
         return f"{self.host}:{self.grpc_port}"
 
 
+class CapabilityProblem(_Msg):
+    """A capability the server claims whose runtime its inference server's Python cannot import."""
+
+    capability: str  # as claimed, e.g. "torch"
+    module: str  # the module that is missing, e.g. "torch" or "mlserver_xgboost"
+    error: str = ""  # "not installed", or the error finding it raised
+
+
 class Readiness(_Msg):
     """Whether the inference server answered readiness, and if not, exactly what went wrong."""
 
@@ -68,6 +77,8 @@ class Hello(_Msg):
     readiness: Readiness = Field(default_factory=Readiness)
     loaded: list[LoadedModel] = Field(default_factory=list)
     pid: int | None = None  # of the inference server, when the agent knows it
+    unavailable: list[CapabilityProblem] = Field(default_factory=list)  # claimed, runtime not importable
+    probed_with: str | None = None  # the interpreter the capability probe asked (None: not probed, or it failed)
 
     @field_validator("namespace")
     @classmethod
@@ -109,8 +120,16 @@ class Heartbeat(_Msg):
     type: Literal["heartbeat"] = "heartbeat"
 
 
-AgentMessage = Annotated[Hello | Status | ModelEvent | Heartbeat, Field(discriminator="type")]
-AGENT_MESSAGE: TypeAdapter[Hello | Status | ModelEvent | Heartbeat] = TypeAdapter(AgentMessage)
+class StorageReport(_Msg):
+    """Agent → control: the answer to a ``check`` (``berth doctor``'s storage check, run where the model loads)."""
+
+    type: Literal["check_result"] = "check_result"
+    id: str = Field(max_length=64)
+    checks: list[dict[str, Any]] = Field(default_factory=list, max_length=8)  # {name, ok, detail}
+
+
+AgentMessage = Annotated[Hello | Status | ModelEvent | Heartbeat | StorageReport, Field(discriminator="type")]
+AGENT_MESSAGE: TypeAdapter[Hello | Status | ModelEvent | Heartbeat | StorageReport] = TypeAdapter(AgentMessage)
 
 
 class Welcome(_Msg):
@@ -129,6 +148,7 @@ class ModelSource(_Msg):
     secret_name: str | None = None
     secret: dict[str, str] | None = None  # the Secret's decoded data; None when absent/not found
     secret_error: str | None = None  # why the secret could not be resolved, when secret_name is set
+    allow_custom_runtime: bool = False  # its Server carries berth.io/allow-custom-runtime: "true" (set by the hub)
 
 
 class Load(_Msg):
@@ -150,8 +170,18 @@ class ErrorMsg(_Msg):
     message: str
 
 
-ControlMessage = Annotated[Welcome | Load | Unload | ErrorMsg, Field(discriminator="type")]
-CONTROL_MESSAGE: TypeAdapter[Welcome | Load | Unload | ErrorMsg] = TypeAdapter(ControlMessage)
+class CheckStorage(_Msg):
+    """Control → agent: can this host read the model's artifact?  (no download; answered by a ``check_result``)"""
+
+    type: Literal["check"] = "check"
+    id: str
+    namespace: str | None = None  # the model's; carries a Secret only to an agent enrolled there
+    name: str
+    source: ModelSource
+
+
+ControlMessage = Annotated[Welcome | Load | Unload | ErrorMsg | CheckStorage, Field(discriminator="type")]
+CONTROL_MESSAGE: TypeAdapter[Welcome | Load | Unload | ErrorMsg | CheckStorage] = TypeAdapter(ControlMessage)
 
 
 def dump(msg: BaseModel) -> str:

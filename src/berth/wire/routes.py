@@ -2,7 +2,8 @@
 
 ``GET /api/v1/routes`` answers the whole table as JSON; ``GET /api/v1/routes/watch`` is a chunked
 stream of newline-delimited JSON tables (the whole table each time it changes; the first line is the
-current table).  Tables are small (one entry per model), so whole-table pushes keep gateways simple.
+current table).  Tables are small (one entry per model, experiment and pipeline), so whole-table pushes keep
+gateways simple.
 
 ``auth`` says who may call what (None: the table comes from no identity-aware control plane, e.g. a static
 ``--routes`` file: every namespace is open and so are the gateway's metrics and probe).  It carries only
@@ -10,6 +11,8 @@ SHA-256 hashes of tokens (:func:`berth.resources.identity.hash_token`), never a 
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +39,8 @@ class ModelRoute(_Msg):
     endpoints: list[Endpoint] = Field(default_factory=list)  # replicas holding the model, loaded
     # False (annotation berth.io/idempotent: "false"): a request that was sent is never sent again
     idempotent: bool = True
+    # the inference server's name for the version that serves (``NAME_GEN`` after an update; "": ``name``)
+    upstream: str = ""
 
 
 class Candidate(_Msg):
@@ -52,6 +57,19 @@ class ExperimentRoute(_Msg):
     mirror_percent: int = 0
     ready: bool = False
     reason: str = ""  # why not ready (a candidate missing, not Ready, another namespace, ...)
+    resource_type: str = "model"  # "pipeline": candidates, mirror and default are pipelines
+
+
+class PipelineRoute(_Msg):
+    """A Pipeline as the gateway runs it: its spec as applied (compiled by the gateway with
+    :func:`berth.resources.pipelines.compile_pipeline`) and whether the control plane found it ready."""
+
+    namespace: str
+    name: str
+    spec: dict[str, Any] = Field(default_factory=dict)  # steps, output (Seldon's PipelineSpec)
+    annotations: dict[str, str] = Field(default_factory=dict)  # berth.io/step-timeout[.STEP]
+    ready: bool = False
+    reason: str = ""  # the status message: every problem, or "pipeline ready"
 
 
 class NamespaceAuth(_Msg):
@@ -72,4 +90,5 @@ class RoutingTable(_Msg):
     revision: int = 0
     models: list[ModelRoute] = Field(default_factory=list)
     experiments: list[ExperimentRoute] = Field(default_factory=list)
+    pipelines: list[PipelineRoute] = Field(default_factory=list)
     auth: TableAuth | None = None

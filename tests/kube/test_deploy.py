@@ -1,0 +1,156 @@
+"""deploy/: the kustomize base renders, every object is valid Kubernetes, the RBAC covers exactly what the
+store and the provisioner's builders touch, and generated files are current."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import uuid
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from berth.control.settings import ControlSettings
+from berth.kube.crds import all_crds
+from berth.kube.policies import control_plane_policies, tenant_policies
+from berth.kube.workloads import Install, runtime_objects, server_objects
+from berth.kubeapi import KIND_APIS
+from berth.resources.process_settings import flag_of
+from tests.support.seeds import EXAMPLES, ROOT
+
+DEPLOY = ROOT / "deploy"
+API_GROUPS = {"v1": "", "apps/v1": "apps", "networking.k8s.io/v1": "networking.k8s.io",
+              "mlops.seldon.io/v1alpha1": "mlops.seldon.io"}
+WRITE = {"get", "list", "watch", "create", "update", "delete"}
+
+
+def _docs(*names: str) -> list[dict[str, Any]]:
+    return [d for n in names for d in yaml.safe_load_all((DEPLOY / "base" / n).read_text()) if d]
+
+
+def _grants() -> dict[tuple[str, str], set[str]]:
+    role = next(d for d in _docs("rbac.yaml") if d["kind"] == "ClusterRole")
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_every_file_is_valid_kubernetes() -> None:
+    for doc in _docs("namespace.yaml", "rbac.yaml", "service.yaml", "networkpolicy.yaml", "deployment.yaml"):
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+def test_the_control_plane_deployment_fits_its_service_account_service_and_policy() -> None:
+    [deployment] = _docs("deployment.yaml")
+    [service] = _docs("service.yaml")
+    [policy] = _docs("networkpolicy.yaml")
+    accounts = {d["metadata"]["name"] for d in _docs("rbac.yaml") if d["kind"] == "ServiceAccount"}
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()  # the Service reaches it
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()  # and only agents/gateways do
+    assert pod["spec"]["serviceAccountName"] in accounts
+    [container] = pod["spec"]["containers"]
+    command = container["command"]
+    assert command[:4] == ["berth", "control", "--store", "kubernetes"]
+    flags = {f for name, field in ControlSettings.model_fields.items() if (f := flag_of(field))}
+    given = [a for a in command[2:] if a.startswith("--")]
+    assert set(given) <= {part for f in flags for part in f.replace("/", ",").split(",")}, given
+    env = {e["name"]: e for e in container["env"]}
+    settings = ControlSettings.from_env({"BERTH_CONTROL_NAMESPACE": "berth-system",
+                                         "BERTH_IMAGE": env["BERTH_IMAGE"]["value"]},
+                                        **dict(zip(["store", "host", "port", "data_dir", "admin_token_file"],
+                                                   command[3::2], strict=True)))
+    kube = settings.options().kube
+    assert kube is not None and kube.image == container["image"] and kube.namespace is None  # cluster-wide
+    port = next(p["port"] for p in service["spec"]["ports"])
+    assert {p["containerPort"] for p in container["ports"]} == {port, settings.port}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _chart_render(namespace: str) -> list[dict[str, Any]]:
+    """The chart's templates rendered: by `helm template` when helm is installed, else by substituting the
+    only expressions they use ({{ .Release.Namespace }} and {{ .Values.KEY }}) and parsing the YAML."""
+    chart = DEPLOY / "helm" / "berth"
+    if shutil.which("helm"):
+        out = subprocess.run(["helm", "template", "berth", str(chart), "-n", namespace], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for template in sorted((chart / "templates").glob("*.yaml")):
+        text = template.read_text().replace("{{ .Release.Namespace }}", namespace)
+        text = re.sub(r"\{\{ \.Values\.([A-Za-z]+) \}\}", lambda m: str(values[m.group(1)]), text)
+        assert "{{" not in text, f"{template.name}: an expression this test cannot substitute"
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str]:
+    return doc["kind"], doc["metadata"]["name"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize ships with it)")
+def test_helm_chart_has_the_same_content_as_the_kustomize_base() -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "base")], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    base = {_key(d): d for d in yaml.safe_load_all(out) if d["kind"] not in ("Namespace", "CustomResourceDefinition")}
+    chart = {_key(d): d for d in _chart_render("berth-system")}
+    assert chart == base
+    crds = list(yaml.safe_load_all((DEPLOY / "helm" / "berth" / "crds" / "crds.yaml").read_text()))
+    assert crds == all_crds(), "regenerate: berth crds > deploy/helm/berth/crds/crds.yaml"
+    elsewhere = _chart_render("ml-platform")  # another release namespace: everything follows it
+    for doc in elsewhere:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == "ml-platform"
+    binding = next(d for d in elsewhere if d["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"][0]["namespace"] == "ml-platform"
+
+
+def test_networkpolicy_file_is_current() -> None:
+    assert _docs("networkpolicy.yaml") == control_plane_policies(Install())
+
+
+def test_rbac_covers_the_store_and_the_builders_and_no_more() -> None:
+    grants = _grants()
+    for api in KIND_APIS.values():
+        group = API_GROUPS[api.api_version]
+        assert grants[(group, api.plural)] >= WRITE, api.plural
+        if group:
+            assert grants[(group, f"{api.plural}/status")] == {"get", "update"}
+    seldon_runtime = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "SeldonRuntime",
+                      "metadata": {"name": "r", "namespace": "t", "uid": str(uuid.uuid4())}}
+    server = dict(yaml.safe_load((EXAMPLES / "financial-ml" / "10-server.yaml").read_text()))
+    server["metadata"]["uid"] = str(uuid.uuid4())
+    made = (server_objects(server, None, Install()) + runtime_objects(seldon_runtime, Install())
+            + tenant_policies(seldon_runtime, Install()))
+    plurals = {"StatefulSet": "statefulsets", "Service": "services", "ServiceAccount": "serviceaccounts",
+               "Deployment": "deployments", "NetworkPolicy": "networkpolicies"}
+    assert {d["kind"] for d in made} == set(plurals)
+    for doc in made:
+        assert grants[(API_GROUPS[doc["apiVersion"]], plurals[doc["kind"]])] >= WRITE, doc["kind"]
+    assert grants[("authentication.k8s.io", "tokenreviews")] == {"create"}
+    # nothing the control plane does not need: no wildcard, no pods/exec, no cluster roles to grant
+    assert not any("*" in g or "*" in r for g, r in grants) and ("", "pods/exec") not in grants
+    assert not any(g == "rbac.authorization.k8s.io" for g, _ in grants)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize ships with it)")
+def test_kustomize_renders_valid_objects() -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "base")], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    docs = list(yaml.safe_load_all(out))
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("CustomResourceDefinition") == 6 and "ClusterRole" in kinds and "NetworkPolicy" in kinds
+    assert "Deployment" in kinds
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "berth"
