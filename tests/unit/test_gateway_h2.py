@@ -1,4 +1,5 @@
-"""HTTP/2 framing, flow control and stream life cycles of berth.gateway.h2, driven through fake transports."""
+"""HTTP/2 framing, flow control and stream life cycles through the asyncio adapters (berth.gateway.h2server,
+h2client over the h2core protocol core), driven through fake transports."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from berth.gateway.h2client import ClientConnection
 from berth.gateway.h2frames import Cut, Stream, StreamReset, Vanished, headers_frames
+from berth.gateway.h2limits import Limits
 from berth.gateway.h2server import ServerConnection
 from berth.gateway.headerblock import Field
 
@@ -25,6 +27,8 @@ END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x6, 0x7, 0x8, 0x9
 S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 2, 3, 4, 5
+S_MAX_HEADER_LIST_SIZE = 6
+BIG_HEADERS = Limits(max_header_list_size=1 << 20, max_header_block_bytes=1 << 20)  # for the 40 KB header tests
 
 REQUEST: list[Field] = [(b":method", b"POST"), (b":scheme", b"http"),
                         (b":path", b"/inference.GRPCInferenceService/ModelInfer"), (b":authority", b"upstream:8001"),
@@ -114,6 +118,12 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is taken by the test
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -143,7 +153,7 @@ def outcome(stream: Stream) -> Stream | BaseException:
 class Served:
     """A ServerConnection on a fake transport; the test writes the client's side by hand."""
 
-    def __init__(self, handler: Callable[[ServerConnection, Stream], None] | None = None, **limits: int) -> None:
+    def __init__(self, handler: Callable[[ServerConnection, Stream], None] | None = None, **limits: Any) -> None:
         self.requests: list[Stream] = []
         self.lost: list[ServerConnection] = []
         self.transport = FakeTransport()
@@ -193,7 +203,7 @@ class Upstream:
 class Pair:
     """A ClientConnection and a ServerConnection back to back: bytes cross only when ``pump`` is called."""
 
-    def __init__(self, handler: Callable[[ServerConnection, Stream], None] | None = None, **limits: int) -> None:
+    def __init__(self, handler: Callable[[ServerConnection, Stream], None] | None = None, **limits: Any) -> None:
         self.requests: list[Stream] = []
         self.server = ServerConnection(handler or self._record, None, **limits)
         self.client = ClientConnection("upstream:8001")
@@ -232,10 +242,10 @@ class Pair:
 
 def test_greetings_advertise_large_windows() -> None:
     served = Served(max_streams=77)
-    assert served.greeting == [
-        Frame(SETTINGS, 0, 0, struct.pack(">HLHLHL", S_MAX_CONCURRENT_STREAMS, 77, S_INITIAL_WINDOW_SIZE, 1 << 24,
-                                          S_MAX_FRAME_SIZE, 16384)),
-        Frame(WINDOW_UPDATE, 0, 0, ((1 << 30) - 65535).to_bytes(4, "big")),
+    assert served.greeting == [  # the connection window: one request of the largest size (256 MiB) and a frame
+        Frame(SETTINGS, 0, 0, struct.pack(">HLHLHLHL", S_MAX_CONCURRENT_STREAMS, 77, S_INITIAL_WINDOW_SIZE, 1 << 24,
+                                          S_MAX_FRAME_SIZE, 16384, S_MAX_HEADER_LIST_SIZE, 16384)),
+        Frame(WINDOW_UPDATE, 0, 0, ((256 << 20) + 16384 - 65535).to_bytes(4, "big")),
     ]
     upstream = Upstream()
     assert upstream.greeting == [
@@ -390,7 +400,7 @@ def test_an_answer_beyond_the_peers_stream_window_waits_for_window_update() -> N
     sent += more
     assert data_of(sent, 1) == body
     assert decode(served.decoder, sent[-1:]) == OK
-    assert served.conn.streams == {} and served.conn.blocked == {}
+    assert served.conn.streams == {} and served.conn.core.blocked == {}
 
 
 def test_answers_beyond_the_connection_window_wait_for_its_window_update() -> None:
@@ -520,7 +530,7 @@ def test_40kb_headers_cross_both_ways() -> None:
         conn.respond(stream, ANSWER, stream.body(), OK + [(b"x-echo", dict(stream.headers)[b"x-big"][::-1])])
 
     async def main() -> None:
-        pair = Pair(answer)
+        pair = Pair(answer, limits=BIG_HEADERS)
         stream = pair.client.request(REQUEST + [(b"x-big", big)], b"small")
         pair.pump()
         assert [f.type for f in pair.client_sent if f.sid == 1] == [HEADERS, CONTINUATION, CONTINUATION, DATA]
@@ -533,7 +543,7 @@ def test_40kb_headers_cross_both_ways() -> None:
 
 
 def test_a_header_block_split_into_continuations_and_small_reads() -> None:
-    served = Served()
+    served = Served(limits=BIG_HEADERS)
     wire = PREFACE + settings({})
     big = b"v" * 40000
     block = served.encoder.encode(REQUEST + [(b"x-big", big)], huffman=False)

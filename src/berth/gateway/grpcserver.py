@@ -15,7 +15,8 @@ through untouched; the gateway's failures are gRPC statuses with the same messag
 errors, and the error's code (``NotFound``, ``ModelNotReady``, ...) in the trailing metadata key
 ``berth-error-code``.  ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the
 gateway itself, as is ``grpc.health.v1.Health/Check``; ``ModelStreamInfer`` is routed by its first
-message and then forwarded message by message; other methods answer UNIMPLEMENTED.
+message and then forwarded message by message; other methods answer UNIMPLEMENTED.  A ``ModelInfer`` naming
+``NAME.pipeline`` (or an experiment over pipelines) is decoded and run as a DAG (:mod:`berth.gateway.pipeline_grpc`).
 
 In a namespace that requires inference tokens, the ``authorization`` metadata (``Bearer <token>``) is
 checked before anything else of a routed call (UNAUTHENTICATED / PERMISSION_DENIED otherwise, naming no
@@ -27,17 +28,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import berth
 from berth.errors import BerthError, ConfigError, InvalidInput, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway.balance import Balancer, Ejections
+from berth.gateway.balance import Balancer
+from berth.gateway.failures import ConnectFailed, Disconnected, Vanished
+from berth.gateway.forward import Forwarder
 from berth.gateway.grpcmessages import (
     OK,
     SERVICE,
     STATUS_TEXT,
     UNAVAILABLE,
     UNIMPLEMENTED,
+    MessageCounter,
     error_fields,
     framed,
     grpc_message,
@@ -48,15 +53,16 @@ from berth.gateway.grpcmessages import (
 )
 from berth.gateway.grpcupstream import Upstreams
 from berth.gateway.h2client import ClientConnection
-from berth.gateway.h2frames import Cut, Stream, StreamReset, Vanished
+from berth.gateway.h2frames import Stream
+from berth.gateway.h2limits import Limits
 from berth.gateway.h2server import ServerConnection
 from berth.gateway.headerblock import Field
 from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.mirror import Mirrors
-from berth.gateway.proxy import EJECT_S, not_resent
+from berth.gateway.pipeline_grpc import grpc_infer
+from berth.gateway.pipeline_serve import PipelineServer
 from berth.gateway.routing import Decision, Router
 from berth.gateway.table import Target, describe_connect_error
-from berth.gateway.upstream import ConnectFailed
 from berth.wire import protowire
 
 log = logging.getLogger("berth.gateway")
@@ -80,16 +86,18 @@ class GrpcGateway:
 
     def __init__(self, router: Router, balancer: Balancer, metrics: Metrics, mirrors: Mirrors, *,
                  upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
-                 max_request_bytes: int = 256 << 20) -> None:
+                 max_request_bytes: int = 256 << 20, limits: Limits | None = None) -> None:
         self.router = router
         self.balancer = balancer
         self.metrics = metrics
         self.mirrors = mirrors
         self.upstream_timeout = upstream_timeout
         self.max_request_bytes = max_request_bytes
+        self.limits = limits or Limits()
         self.upstreams = Upstreams(min(connect_timeout, upstream_timeout))
-        self._down = Ejections()  # replica (REST address) -> until when its gRPC port is passed over
+        self.core = Forwarder(balancer, " (gRPC)")  # its own ejections: a replica's gRPC port fails on its own
         self._heads: dict[tuple[bytes, str], list[Field]] = {}
+        self.pipelines: PipelineServer | None = None  # set by run_gateway: NAME.pipeline (berth.gateway.pipeline_grpc)
 
     def forget_unrouted(self) -> None:
         """Close the upstream connections of replicas the new table no longer holds."""
@@ -97,7 +105,7 @@ class GrpcGateway:
 
     def connection(self, on_lost: Any = None) -> ServerConnection:
         """A protocol for one client connection (the listening server's factory)."""
-        return ServerConnection(self.on_stream, on_lost, max_body=self.max_request_bytes + 5,
+        return ServerConnection(self.on_stream, on_lost, limits=self.limits, max_body=self.max_request_bytes + 5,
                                 streaming=frozenset((_STREAM_INFER,)))
 
     def on_stream(self, conn: ServerConnection, stream: Stream) -> None:
@@ -162,6 +170,17 @@ class GrpcGateway:
                 f"the gRPC request is larger than the gateway's limit of {self.max_request_bytes} bytes; "
                 "send a smaller request or raise --max-request-bytes"), started)
             return
+        if self.pipelines is not None and method == b"ModelInfer":
+            try:
+                piped = await grpc_infer(self.pipelines, stream.body(), encoding, model, namespace, route,
+                                         authorization, self.max_request_bytes)
+            except BerthError as err:
+                self._fail(conn, stream, err, started)
+                return
+            if piped is not None:
+                seldon_route = (b"x-seldon-route", piped[1].encode())
+                conn.respond(stream, [*_HEAD_OK, seldon_route], framed(piped[0]), [*_TRAILERS_OK, seldon_route])
+                return
         try:
             request, decision = self._route(method.decode(), stream.body(), encoding, model, namespace, route)
         except BerthError as err:
@@ -173,7 +192,7 @@ class GrpcGateway:
                route: str | None) -> tuple[bytes, Decision]:
         """The request message to send upstream (renamed when the chosen model is not the one it names) and
         the routing decision; a BerthError saying what is wrong with the request otherwise."""
-        request = message(body, encoding)
+        request = message(body, encoding, self.max_request_bytes)
         try:
             asked = protowire.last_string(request, 1)
         except protowire.WireError as exc:
@@ -183,7 +202,8 @@ class GrpcGateway:
             raise InvalidInput(f"{method} request names no model: set model_name (name) or the seldon-model "
                                "metadata key")
         decision = self.router.decide(namespace or "default", wanted, route)
-        return (request if asked == decision.target.name else request + decision.target.pb_name), decision
+        upstream = decision.target.upstream or decision.target.name  # the serving version's name upstream
+        return (request if asked == upstream else request + decision.target.pb_name), decision
 
     async def _stream(self, conn: ServerConnection, stream: Stream, path: bytes, model: str | None,
                       namespace: str | None, route: str | None, encoding: bytes | None, extra: list[Field],
@@ -193,20 +213,39 @@ class GrpcGateway:
         ``timeout`` bounds each wait for the inference server's next event."""
         inbox = stream.inbox
         assert inbox is not None
-        buffered = b""
+        chunks: list[bytes] = []
+        size = 0
+        need = 5  # bytes up to the end of the first message, once its prefix is known
         ended = False
-        while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
+        limit = self.max_request_bytes
+        while size < need:
             kind, payload = await inbox.get()
             if kind != "data":
                 ended = True
                 break
-            buffered += payload
-        if not buffered:
+            chunks.append(payload)
+            size += len(payload)
+            conn.release(stream, len(payload))
+            if need == 5 and size >= 5:
+                prefix = chunks[0] if len(chunks[0]) >= 5 else b"".join(chunks)
+                length = int.from_bytes(prefix[1:5], "big")
+                if length > limit:  # refused at its prefix, before it is held
+                    self._fail(conn, stream, PayloadTooLarge(
+                        f"the first message of the stream is {length} bytes, over the gateway's limit of {limit} "
+                        "bytes per message; send smaller messages or raise --max-request-bytes",
+                        details={"limit_bytes": limit}), started)
+                    return
+                need = 5 + length
+        if not size:
             self._fail(conn, stream, InvalidInput("ModelStreamInfer carried no request message"), started)
             return
+        buffered = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         length = int.from_bytes(buffered[1:5], "big") if len(buffered) >= 5 else 0
         first, rest = buffered[:5 + length], buffered[5 + length:]
+        counter = MessageCounter(limit)
+        counter.messages = 1  # the first, routed here
         try:
+            counter.feed(rest)
             request, decision = self._route("ModelStreamInfer", first, encoding, model, namespace, route)
         except BerthError as err:
             self._fail(conn, stream, err, started)
@@ -214,7 +253,7 @@ class GrpcGateway:
         target = decision.target
         if encoding is not None:  # the first message goes uncompressed; later ones as sent, so the server needs it
             extra = [*extra, (b"grpc-encoding", encoding)]
-        address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
+        address = self.core.pick(target)
         if address is None:
             self._fail(conn, stream, target.not_ready(), started, decision)
             return
@@ -223,7 +262,7 @@ class GrpcGateway:
             upstream = await self.upstreams.get(upstream_address)
             call = upstream.open(self._head(path, upstream_address, extra))
         except (ConnectFailed, Vanished) as exc:
-            self._down.eject(address, time.monotonic() + EJECT_S)
+            self.core.failed(address)
             self._fail(conn, stream, Unavailable(
                 describe_connect_error(f"inference server {upstream_address} (gRPC)", exc) if isinstance(
                     exc, ConnectFailed) else f"inference server {upstream_address} (gRPC) went away: {exc}",
@@ -232,10 +271,10 @@ class GrpcGateway:
             return
         upstream.push(call, None, framed(request) + rest, end=ended)
         self.balancer.acquire(address)
-        pump = None if ended else asyncio.ensure_future(_pump(inbox, upstream, call))
-        route_field = (b"x-seldon-route", decision.route.encode())
         answers = call.inbox
         assert answers is not None
+        pump = None if ended else asyncio.ensure_future(_pump(conn, stream, upstream, call, counter))
+        route_field = (b"x-seldon-route", decision.route.encode())
         head: list[Field] | None = None
         sent_head = False
         code = UNAVAILABLE
@@ -260,6 +299,14 @@ class GrpcGateway:
                     else:
                         conn.respond_part(stream, head or _HEAD_OK, b"")
                         conn.respond_end(stream, trailers)
+                    break
+                elif kind == "refused":  # the client's side broke a limit: the call ends here
+                    code, failure = error_fields(payload)
+                    failure.append(route_field)
+                    if sent_head:
+                        conn.respond_end(stream, failure)
+                    else:
+                        conn.respond(stream, [*_HEAD_OK, *failure], None, None)
                     break
                 else:  # the server went away, reset the stream, or fell silent
                     broke: BerthError = Timeout(
@@ -314,60 +361,23 @@ class GrpcGateway:
 
     async def _forward(self, conn: ServerConnection, stream: Stream, path: bytes, method: bytes, decision: Decision,
                        request: bytes, extra: list[Field], timeout: float, started: float) -> None:
+        """A unary call through the forwarding core (replica choice, retry, errors: :mod:`forward`)."""
         target = decision.target
-        balancer = self.balancer
         body = framed(request)
-        failed: list[str] = []
-        problems: list[str] = []
-        address = self._down.pick(balancer, target.key, target.addresses, failed, time.monotonic)
-        while address is not None:
-            upstream = target.grpc[address]
-            balancer.acquire(address)
-            try:
-                answer = await self._call(upstream, self._head(path, upstream, extra), body, timeout)
-            except ConnectFailed as exc:
-                problems.append(describe_connect_error(f"inference server {upstream} (gRPC)", exc))
-            except (Vanished, Cut) as exc:  # the replica died with the request: nothing reached the client
-                if not target.idempotent and not getattr(exc, "unprocessed", False):
-                    self._fail(conn, stream, not_resent(target, f"{upstream} (gRPC)", exc), started, decision)
-                    return
-                problems.append(f"inference server {upstream} (gRPC) went away: {exc}")
-            except TimeoutError:
-                self._fail(conn, stream, Timeout(
-                    f"inference server {upstream} did not answer model {target.name} in namespace "
-                    f"{target.namespace} within {timeout:g}s; raise the gateway's upstream timeout if the model "
-                    "is this slow, or check the server's load",
-                    details={"model": target.name, "namespace": target.namespace, "address": upstream,
-                             "timeout_s": timeout}), started, decision)
-                return
-            except StreamReset as exc:
-                self._fail(conn, stream, Unavailable(
-                    f"inference server {upstream} failed while answering model {target.name} in namespace "
-                    f"{target.namespace}: {exc}; the request was not retried",
-                    details={"model": target.name, "namespace": target.namespace, "address": upstream}),
-                    started, decision)
-                return
-            else:
-                self._down.restore(address)
-                self._answer(conn, stream, answer, decision, started)
-                if decision.mirror is not None and method == b"ModelInfer":
-                    self.mirrors.send(decision.mirror_labels, "grpc",
-                                      self._copy(path, decision.mirror, request, extra))
-                return
-            finally:
-                balancer.release(address)
-            failed.append(address)
-            self._down.eject(address, time.monotonic() + EJECT_S)
-            if len(failed) >= 2:
-                break
-            address = self._down.pick(balancer, target.key, target.addresses, failed, time.monotonic)
-        total = len(target.addresses)
-        tried = f"; tried {len(failed)} of {total} replicas" if total > 1 else ""
-        self._fail(conn, stream, Unavailable(
-            f"model {target.name} in namespace {target.namespace}: " + "; ".join(problems) + tried
-            + "; check that the inference server is running (berth get servers)",
-            details={"model": target.name, "namespace": target.namespace,
-                     "tried": [target.grpc[a] for a in failed], "errors": problems}), started, decision)
+        grpc = target.grpc
+
+        def attempt(address: str) -> Awaitable[Stream]:
+            upstream = grpc[address]
+            return self._call(upstream, self._head(path, upstream, extra), body, timeout)
+
+        try:
+            answer = await self.core.call(target, attempt, grpc.__getitem__, timeout)
+        except BerthError as err:
+            self._fail(conn, stream, err, started, decision)
+            return
+        self._answer(conn, stream, answer, decision, started)
+        if decision.mirror is not None and method == b"ModelInfer":
+            self.mirrors.send(decision.mirror_labels, "grpc", self._copy(path, decision.mirror, request, extra))
 
     def _answer(self, conn: ServerConnection, stream: Stream, answer: Stream, decision: Decision,
                 started: float) -> None:
@@ -382,24 +392,14 @@ class GrpcGateway:
             conn.respond(stream, [*answer.headers, route], answer.body(), [*(trailers or ()), route])
 
     async def _copy(self, path: bytes, target: Target, request: bytes, extra: list[Field]) -> str:
-        address = self._down.pick(self.balancer, target.key, target.addresses, [], time.monotonic)
-        if address is None:
-            return "unavailable"
-        upstream = target.grpc[address]
-        self.balancer.acquire(address)
-        try:
-            answer = await self._call(upstream, self._head(path, upstream, extra), framed(request + target.pb_name),
-                                      self.upstream_timeout)
-            return "ok" if grpc_status(answer.trailers) == OK else "error"
-        except ConnectFailed:
-            self._down.eject(address, time.monotonic() + EJECT_S)
-            return "unavailable"
-        except TimeoutError:
-            return "timeout"
-        except (ConnectionError, StreamReset):
-            return "error"
-        finally:
-            self.balancer.release(address)
+        body = framed(request + target.pb_name)
+
+        async def attempt(address: str) -> bool:
+            upstream = target.grpc[address]
+            answer = await self._call(upstream, self._head(path, upstream, extra), body, self.upstream_timeout)
+            return grpc_status(answer.trailers) == OK
+
+        return await self.core.copy(target, attempt)
 
     async def probe(self, upstream: str, timeout: float) -> dict[str, Any]:
         """``ServerReady`` on one inference server's gRPC port, over the connection calls use (what
@@ -417,7 +417,7 @@ class GrpcGateway:
             error = describe_connect_error("the gRPC port", exc)
         except TimeoutError:
             error = f"no answer to ServerReady within {timeout:.1f}s"
-        except (ConnectionError, StreamReset) as exc:
+        except Disconnected as exc:
             error = str(exc)
         return {"address": upstream, "ok": error is None, "error": error,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
@@ -452,14 +452,28 @@ class GrpcGateway:
         conn.respond(stream, head, None, None)
 
 
-async def _pump(inbox: asyncio.Queue[tuple[str, Any]], upstream: ClientConnection, call: Stream) -> None:
-    """The client's further messages of a streaming call, to the inference server as they come."""
+async def _pump(conn: ServerConnection, stream: Stream, upstream: ClientConnection, call: Stream,
+                counter: MessageCounter) -> None:
+    """The client's further messages of a streaming call, to the inference server as they come, each held to the
+    per-message limit.  The client's window is given back only once the inference server's side has taken what
+    came before (no more than a window is ever held for a stream that is not read)."""
+    inbox = stream.inbox
+    answers = call.inbox
+    assert inbox is not None and answers is not None
     while True:
         kind, payload = await inbox.get()
         if upstream.streams.get(call.sid) is not call:
             return
         if kind == "data":
+            try:
+                counter.feed(payload)
+            except PayloadTooLarge as err:
+                answers.put_nowait(("refused", err))
+                return
             upstream.push(call, None, payload)
+            while call.sid in upstream.blocked and upstream.streams.get(call.sid) is call:
+                await asyncio.sleep(0.005)  # the inference server is not reading yet
+            conn.release(stream, len(payload))
         else:
             upstream.push(call, None, b"", end=True)
             return

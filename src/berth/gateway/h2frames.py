@@ -7,6 +7,9 @@ import asyncio
 import struct
 from typing import Any
 
+from berth.gateway.failures import Cut as Cut  # the failures of a call, re-exported for h2's users
+from berth.gateway.failures import StreamReset as StreamReset
+from berth.gateway.failures import Vanished as Vanished
 from berth.gateway.headerblock import Field
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -15,6 +18,7 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, FRAME_SIZE_ERROR = 0x7, 0x8, 0x9, 0x6
 S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 1, 2, 3, 4, 5
+S_MAX_HEADER_LIST_SIZE = 6
 
 FRAME_MAX = 16384  # what we accept and what we send (every peer accepts at least this)
 STREAM_WINDOW = 1 << 24
@@ -30,14 +34,6 @@ class ProtocolError(Exception):
 
     def __init__(self, message: str, code: int = PROTOCOL_ERROR) -> None:
         super().__init__(message)
-        self.code = code
-
-
-class StreamReset(Exception):
-    """The server reset the stream (RST_STREAM) before answering it."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"the server reset the stream (HTTP/2 error code {code})")
         self.code = code
 
 
@@ -68,7 +64,8 @@ class Stream:
     """One request/answer exchange: what arrived, and what still waits to be sent."""
 
     __slots__ = ("sid", "headers", "trailers", "chunks", "size", "recv_unacked", "send_window", "out", "out_pos",
-                 "out_end", "after", "ended", "closed", "future", "task", "answered", "cut_short", "inbox")
+                 "out_end", "after", "ended", "closed", "future", "task", "answered", "cut_short", "inbox", "held",
+                 "stalled_at", "streaming")
 
     def __init__(self, sid: int, send_window: int) -> None:
         self.sid = sid
@@ -91,20 +88,10 @@ class Stream:
         # a streaming call's events as they arrive, instead of a whole message: ("headers", fields),
         # ("data", bytes), ("end", trailers or None), ("error", exception)
         self.inbox: asyncio.Queue[tuple[str, Any]] | None = None
+        self.held = 0  # server side: DATA bytes received and not yet consumed (the connection window's share)
+        self.stalled_at = 0.0  # when the answer last made progress before waiting for window (while it waits)
+        self.streaming = False  # a streaming call: its data goes on as events, not gathered in ``chunks``
 
     def body(self) -> bytes:
         chunks = self.chunks
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class Vanished(ConnectionError):
-    """The connection ended (or the server went away) before any of the answer arrived.  ``unprocessed``:
-    the server certainly did not act on the request (never sent, refused, or past its GOAWAY)."""
-
-    def __init__(self, message: str, *, unprocessed: bool = False) -> None:
-        super().__init__(message)
-        self.unprocessed = unprocessed
-
-
-class Cut(ConnectionError):
-    """The connection ended in the middle of the answer."""

@@ -1,176 +1,162 @@
-"""The gateway's end of a client's HTTP/2 connection (:mod:`h2`): each request stream goes to a handler,
-whole (unary calls) or at its headers (streaming calls), and answers go back through ``respond*``."""
+"""The gateway's end of a client's HTTP/2 connection: an asyncio adapter around :class:`~h2core.ServerCore`.
+
+Each request stream goes to a handler, whole (unary calls) or at its headers (streaming calls, whose data and
+end then arrive in the stream's ``inbox``), and answers go back through ``respond*``.  The protocol and every
+bound of :class:`~h2limits.Limits` are the core's; this adapter feeds it the transport's bytes, runs the
+clocks (:meth:`ServerConnection.tick`, every fraction of the shortest timeout), turns events into handler
+calls, cancels the handler of a stream that was reset (counting it against the concurrent streams until it
+is gone), and writes what the core has to send.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from berth.gateway import headerblock
 from berth.gateway.h2 import Connection
-from berth.gateway.h2frames import (
-    FRAME_MAX,
-    NO_ERROR,
-    PREFACE,
-    PROTOCOL_ERROR,
-    REFUSED_STREAM,
-    RST_STREAM,
-    S_INITIAL_WINDOW_SIZE,
-    S_MAX_CONCURRENT_STREAMS,
-    S_MAX_FRAME_SIZE,
-    STREAM_WINDOW,
-    U32,
-    ProtocolError,
-    Stream,
-    frame,
-    headers_frames,
+from berth.gateway.h2core import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    RequestReceived,
+    ServerCore,
+    StreamEnded,
+    StreamReset,
 )
+from berth.gateway.h2frames import Stream
+from berth.gateway.h2limits import Limits
 from berth.gateway.headerblock import Field
 
 Handler = Callable[["ServerConnection", Stream], None]
 
 
-class ServerConnection(Connection):
+class ServerConnection(Connection[ServerCore]):
     """A client's connection to the gateway: each request stream, once whole, goes to ``handler``."""
 
     def __init__(self, handler: Handler, on_lost: Callable[[ServerConnection], None] | None = None, *,
-                 max_streams: int = 10000, max_body: int = 256 << 20,
+                 limits: Limits | None = None, max_streams: int | None = None, max_body: int = 256 << 20,
                  streaming: frozenset[bytes] = frozenset()) -> None:
-        super().__init__({S_MAX_CONCURRENT_STREAMS: max_streams, S_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                          S_MAX_FRAME_SIZE: FRAME_MAX})
+        limits = limits or Limits()
+        if max_streams is not None:
+            limits = replace(limits, max_concurrent_streams=max_streams)
+        super().__init__(ServerCore(limits, max_body=max_body, streaming=streaming, now=time.monotonic()))
+        self.limits = limits
         self.handler = handler
         self.on_lost = on_lost
-        self.max_streams = max_streams
-        self.max_body = max_body
-        self.streaming = streaming  # :path values whose calls are handed over at once, their data as it comes
-        self._preface = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick_s = min(max(min(limits.preface_timeout, limits.idle_timeout, limits.send_timeout) / 4, 0.01), 1.0)
+
+    @property
+    def running(self) -> int:
+        return self.core.running
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.write(self._greeting())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand (tests): the caller calls tick() with its own clock
+            return
+        self._timer = loop.call_later(self._tick_s, self._on_timer)
 
-    def data_received(self, data: bytes) -> None:
-        if self._preface:
-            if self._buf:
-                data = self._buf + data
-                self._buf = b""
-            if len(data) < len(PREFACE):
-                if not PREFACE.startswith(data):
-                    self.close()
-                self._buf = data
-                return
-            if not data.startswith(PREFACE):  # not HTTP/2 with prior knowledge (an HTTP/1.1 client, say)
-                self.goaway(PROTOCOL_ERROR, "this port speaks gRPC (HTTP/2) only")
-                self.close()
-                return
-            self._preface = False
-            data = data[len(PREFACE):]
-            if not data:
-                return
-        super().data_received(data)
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.tick(time.monotonic()):
+            self._timer = asyncio.get_running_loop().call_later(self._tick_s, self._on_timer)
 
-    def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:
-        stream = self.streams.get(sid)
-        if stream is None:
-            if sid % 2 == 0:
-                raise ProtocolError(f"stream {sid} cannot be opened by a client")
-            if sid <= self._last_peer_sid:
-                return  # a stream we already answered or reset: what the client still sends on it is dropped
-            self._last_peer_sid = sid
-            if self.going_away:
-                self.reset(sid, REFUSED_STREAM)
-                return
-            if len(self.streams) >= self.max_streams:
-                self.reset(sid, REFUSED_STREAM)
-                return
-            stream = Stream(sid, self.peer_window)
-            stream.headers = fields
-            self.streams[sid] = stream
-            if self.streaming and any(n == b":path" and v in self.streaming for n, v in fields):
-                stream.inbox = asyncio.Queue()
+    def tick(self, now: float) -> bool:
+        """The clocks at ``now`` (``time.monotonic``): preface, idle connection, answers that make no
+        progress.  False once the connection is closed."""
+        transport = self.transport
+        if self.core.closed or transport is None:
+            return False
+        events = self.core.tick(now, transport.get_write_buffer_size())
+        if events:
+            self.dispatch(events)
+        self.flush()
+        return not self.core.closed
+
+    def dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if type(event) is RequestReceived:
+                stream = event.stream
+                if stream.streaming:
+                    stream.inbox = asyncio.Queue()
                 self.handler(self, stream)
-        elif not stream.ended:
-            stream.trailers = fields  # a client's trailers: nothing in them matters to a unary call
-        elif stream.cut_short:
-            return  # the end of a request already refused as too large
-        else:
-            raise ProtocolError(f"HEADERS on closed stream {sid}")
-        if end_stream:
-            stream.ended = True
-            self.on_end(stream)
+            elif type(event) is DataReceived:
+                if event.stream.inbox is not None:
+                    event.stream.inbox.put_nowait(("data", event.data))
+            elif type(event) is StreamEnded:
+                if event.stream.inbox is not None:
+                    event.stream.inbox.put_nowait(("end", event.trailers))
+            elif type(event) is StreamReset:
+                self._stop_handler(event)
+            elif type(event) is ConnectionTerminated:
+                self.terminated(event)
 
-    def on_end(self, stream: Stream) -> None:
-        if stream.inbox is not None:
-            stream.inbox.put_nowait(("end", stream.trailers))
-        else:
-            self.handler(self, stream)
+    def _stop_handler(self, event: StreamReset) -> None:
+        task = event.stream.task
+        if task is not None and not task.done():
+            task.cancel()
+            if event.remote:
+                self.core.handler_started()  # until the handler is really gone, the stream still counts
+                task.add_done_callback(self._handler_done)
 
-    def on_data(self, stream: Stream) -> None:
-        if stream.size > self.max_body:  # answered now (the handler sees the size); the rest is dropped
-            stream.chunks = []
-            stream.ended = stream.cut_short = True
-            self.handler(self, stream)
+    def _handler_done(self, _: object) -> None:
+        self.core.handler_finished()
+
+    def _after_send(self) -> None:
+        core = self.core
+        if core.outbound and self.transport is not None:
+            self.transport.write(core.data_to_send())
+        if core.finished:  # going away and the last answer is written: close right after
+            self.core.finished = False
+            asyncio.get_running_loop().call_soon(self.close)
+
+    def release(self, stream: Stream, size: int) -> None:
+        """The handler consumed ``size`` bytes of a streaming call's data: the client may send as many again."""
+        self.core.release(stream, size)
+        self.flush()
 
     def respond(self, stream: Stream, head: list[Field], body: bytes | None, trailers: list[Field] | None) -> None:
         """Answer ``stream``: headers, then (when ``trailers`` are given) the body and the trailers; with
         ``trailers`` None, ``head`` alone ends the stream (a gRPC trailers-only answer)."""
-        if stream.closed or self.streams.get(stream.sid) is not stream:
-            return
-        if trailers is None:
-            stream.closed = True
-            parts = [headers_frames(stream.sid, headerblock.encode(head), True)]
-            self._maybe_forget(stream, parts)
-            self.write(b"".join(parts))
-            return
-        self.send(stream, headers_frames(stream.sid, headerblock.encode(head), False), body,
-                  headers_frames(stream.sid, headerblock.encode(trailers), True))
+        self.core.respond(stream, head, body, trailers)
+        self._after_send()
 
     def respond_part(self, stream: Stream, head: list[Field] | None, data: bytes) -> None:
         """A streaming answer, in parts: its headers (the first time) and messages as they come."""
-        if not stream.closed and self.streams.get(stream.sid) is stream:
-            self.push(stream, headers_frames(stream.sid, headerblock.encode(head), False) if head else None, data)
+        self.core.respond_part(stream, head, data)
+        self._after_send()
 
     def respond_end(self, stream: Stream, trailers: list[Field]) -> None:
         """End a streaming answer whose headers were sent: the trailers follow what is still queued."""
-        if not stream.closed and self.streams.get(stream.sid) is stream:
-            self.push(stream, None, b"", trailers=headers_frames(stream.sid, headerblock.encode(trailers), True))
-
-    def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
-        if stream.closed:
-            self.streams.pop(stream.sid, None)
-            self.blocked.pop(stream.sid, None)
-            if not stream.ended or stream.cut_short:  # answered before the client finished: stop it (RFC 9113 8.1)
-                parts.append(frame(RST_STREAM, 0, stream.sid, U32.pack(NO_ERROR)))
-            if self.going_away and not self.streams:  # close after this answer is written
-                asyncio.get_running_loop().call_soon(self.close)
-
-    def on_reset(self, sid: int, code: int) -> None:
-        stream = self.streams.pop(sid, None)
-        self.blocked.pop(sid, None)
-        if stream is not None:
-            stream.closed = stream.ended = True
-            if stream.task is not None:
-                stream.task.cancel()
-
-    def on_goaway(self, last_sid: int, code: int) -> None:
-        self.going_away = True
-        if not self.streams:
-            self.close()
+        self.core.respond_end(stream, trailers)
+        self._after_send()
 
     def shutdown(self) -> None:
         """Stop taking new streams; close once those in progress are answered."""
-        if not self.going_away:
-            self.goaway(NO_ERROR, "the gateway is stopping")
-        if not self.streams:
+        if self.core.shutdown():
+            self.core.finished = False
             self.close()
+        else:
+            self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        for stream in list(self.streams.values()):
+        core = self.core
+        core.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for stream in list(core.streams.values()):
             stream.closed = True
             if stream.task is not None:
                 stream.task.cancel()
-        self.streams.clear()
-        self.blocked.clear()
+        core.streams.clear()
+        core.blocked.clear()
         if self.on_lost is not None:
             self.on_lost(self)
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection {len(self.core.streams)} streams>"

@@ -29,6 +29,17 @@ class HeaderError(ValueError):
     """A header block that does not decode (a COMPRESSION_ERROR in HTTP/2 terms)."""
 
 
+class HeaderListTooLarge(ValueError):
+    """A header block that decodes to more than the decoder's ``max_list_size`` (RFC 7541 sizes).  The block
+    was decoded to its end (so the dynamic table stays in step with the peer's) but no field of it was kept."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the header list is over {limit} bytes (at least {size}; each field counts its name, "
+                         "value and 32)")
+        self.size = size
+        self.limit = limit
+
+
 def _integer(data: bytes, pos: int, bits: int) -> tuple[int, int]:
     mask = (1 << bits) - 1
     value = data[pos] & mask
@@ -52,13 +63,14 @@ def _integer(data: bytes, pos: int, bits: int) -> tuple[int, int]:
 class Decoder:
     """One per connection direction: decodes the blocks a peer sends, keeping its dynamic table."""
 
-    __slots__ = ("_table", "_size", "_max", "limit", "_huffman")
+    __slots__ = ("_table", "_size", "_max", "limit", "_huffman", "max_list_size")
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 4096, max_list_size: int = 1 << 30) -> None:
         self._table: deque[Field] = deque()  # newest first: index 62 is _table[0]
         self._size = 0
         self._max = limit
         self.limit = limit  # what our SETTINGS_HEADER_TABLE_SIZE allows the peer
+        self.max_list_size = max_list_size  # what our SETTINGS_MAX_HEADER_LIST_SIZE allows the peer
         self._huffman: dict[bytes, bytes] = {}
 
     def _string(self, data: bytes, pos: int) -> tuple[bytes, int]:
@@ -113,21 +125,29 @@ class Decoder:
             self._size -= len(old[0]) + len(old[1]) + _ENTRY_OVERHEAD
 
     def decode(self, data: bytes) -> list[Field]:
-        """The fields of one complete header block, in order."""
+        """The fields of one complete header block, in order; :class:`HeaderListTooLarge` when they add up to
+        more than ``max_list_size`` (counted as they are decoded: an over-long list is never held)."""
         fields: list[Field] = []
         pos = 0
         end = len(data)
+        total = 0
+        limit = self.max_list_size
         while pos < end:
             byte = data[pos]
             if byte & 0x80:  # indexed field
                 index, pos = _integer(data, pos, 7)
-                fields.append(self._lookup(index))
+                field = self._lookup(index)
+                total += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+                if total > limit:
+                    fields.clear()  # keep decoding (the table must stay in step), keep nothing
+                    continue
+                fields.append(field)
                 continue
             if byte & 0x40:  # literal, added to the table
                 index, pos = _integer(data, pos, 6)
                 indexed = True
             elif byte & 0x20:  # dynamic table size update
-                if fields:
+                if total:
                     raise HeaderError("dynamic table size update after a header field (RFC 7541 4.2)")
                 size, pos = _integer(data, pos, 5)
                 self._resize(size)
@@ -143,7 +163,13 @@ class Decoder:
             field = (name, value)
             if indexed:
                 self._add(field)
+            total += len(name) + len(value) + _ENTRY_OVERHEAD
+            if total > limit:
+                fields.clear()
+                continue
             fields.append(field)
+        if total > limit:
+            raise HeaderListTooLarge(total, limit)
         return fields
 
 

@@ -14,27 +14,15 @@ import asyncio
 import time
 from collections import deque
 
+from berth.gateway.failures import ConnectFailed as ConnectFailed  # one tree for both transports, re-exported
+from berth.gateway.failures import Cut as Cut
+from berth.gateway.failures import Disconnected as Disconnected
+from berth.gateway.failures import Vanished as Vanished
+
 KEEPALIVE_S = 4.0  # uvicorn (MLServer) drops idle connections after 5 s: reuse only younger ones
 IDLE_PER_ADDRESS = 256
 _HEAD_END = b"\r\n\r\n"
 _KEPT = {b"content-type": "Content-Type", b"content-encoding": "Content-Encoding", b"x-request-id": "x-request-id"}
-
-
-class ConnectFailed(OSError):
-    """The connection to the upstream could not be opened: the request was not sent."""
-
-
-class Disconnected(ConnectionError):
-    """The upstream closed the connection (or sent garbage) before a whole answer arrived."""
-
-
-class Cut(Disconnected):
-    """The connection ended in the middle of the answer (the server died while answering)."""
-
-
-class Vanished(Disconnected):
-    """The connection died before a single byte of an answer: the replica went away (killed, restarted,
-    or it had closed an idle connection as the request went out)."""
 
 
 class Answer:

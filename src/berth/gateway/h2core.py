@@ -1,0 +1,933 @@
+"""The gateway's HTTP/2 protocol core (RFC 9113, cleartext with prior knowledge), sans-IO: bytes in, events out.
+
+Shaped as python-hyper's ``h2`` is: :meth:`H2Connection.receive_data` takes the bytes a peer sent (and the time,
+and how many bytes the transport still holds unsent) and returns what they meant as :class:`Event` objects;
+whatever the connection has to say (acknowledgements, window updates, answers, resets, GOAWAY) accumulates
+until :meth:`H2Connection.data_to_send` takes it.  Nothing here touches a socket, an event loop or a clock:
+the asyncio adapters (:mod:`h2server`, :mod:`h2client`, sharing :mod:`h2`) feed bytes, dispatch the events
+to their handlers and write what is due; tests drive the core with bytes alone.
+
+:class:`ServerCore` is the gateway's end of a client's connection, :class:`ClientCore` its end of a connection
+to an inference server; both hold stream state, flow-control windows and HPACK, and enforce every bound of one
+:class:`~h2limits.Limits` object: header list and block sizes, CONTINUATION frames, the HPACK table, flood
+budgets (PING, SETTINGS, RST_STREAM, empty frames), queued control bytes, concurrent streams and the
+rapid-reset budget, receive windows refilled only as data is consumed, and (:meth:`ServerCore.tick`) the
+preface, idle and stalled-answer clocks.  A peer past one gets GOAWAY ``ENHANCE_YOUR_CALM`` (RFC 9113 error
+codes otherwise) and a :class:`ConnectionTerminated` event.
+
+What is deliberately small: no priorities, no server push, no TLS, frames of at most 16 KiB.  Unary calls are
+held whole (a request is :class:`RequestReceived` once its stream ends); streaming calls (the server's
+``streaming`` paths, :meth:`ClientCore.open`) are handed over at their HEADERS and their data arrives as
+:class:`DataReceived` events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from berth.gateway import headerblock
+from berth.gateway.h2frames import (
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONN_WINDOW,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_HEAD,
+    FRAME_MAX,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_HEADER_TABLE_SIZE,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTING,
+    SETTINGS,
+    STREAM_WINDOW,
+    U32,
+    WINDOW_UPDATE,
+    ProtocolError,
+    Stream,
+    frame,
+    headers_frames,
+    settings_frame,
+)
+from berth.gateway.h2limits import ENHANCE_YOUR_CALM, Budget, Limits, MiB
+from berth.gateway.headerblock import Field, HeaderError, HeaderListTooLarge
+
+_SETTINGS_ACK = frame(SETTINGS, ACK, 0)
+
+# An inference server is one of ours, not a stranger: its answers' metadata may be large (it is passed on
+# as is), and its answers are consumed as they arrive.
+UPSTREAM_LIMITS = Limits(max_header_list_size=4 * MiB, max_header_block_bytes=4 * MiB, max_continuation_frames=1024,
+                         stream_window=STREAM_WINDOW)
+
+
+# ---- events ----
+
+class Event:
+    """Something the peer's bytes (or the clock) made happen on a connection."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class RequestReceived(Event):
+    """Server: a request to hand to the handler: whole (unary; ``stream.cut_short`` when it outgrew the body
+    limit, its rest dropped), or at its HEADERS (``stream.streaming``: its data follows as events)."""
+
+    stream: Stream
+
+
+@dataclass(slots=True)
+class ResponseReceived(Event):
+    """Client: the first header block of an answer (``stream.headers``)."""
+
+    stream: Stream
+    headers: list[Field]
+
+
+@dataclass(slots=True)
+class DataReceived(Event):
+    """A streaming call's data (unary calls' data is gathered in ``stream.chunks``)."""
+
+    stream: Stream
+    data: bytes
+
+
+@dataclass(slots=True)
+class StreamEnded(Event):
+    """The peer ended its side of a stream (client: the answer is whole); ``trailers`` if it sent any."""
+
+    stream: Stream
+    trailers: list[Field] | None
+
+
+@dataclass(slots=True)
+class StreamReset(Event):
+    """A stream ended abnormally: reset by the peer (``remote``), or by this end (a stalled answer, a request
+    whose metadata was over the limit); its handler, if any, should stop."""
+
+    stream: Stream
+    code: int
+    remote: bool = True
+
+
+@dataclass(slots=True)
+class WindowUpdated(Event):
+    """The peer gave more send window: to stream ``sid``, or (0) to the connection."""
+
+    sid: int
+    delta: int
+
+
+@dataclass(slots=True)
+class PingReceived(Event):
+    """A PING (already acknowledged)."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
+class SettingsChanged(Event):
+    """The peer's SETTINGS (already acknowledged and applied)."""
+
+    changed: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ConnectionTerminated(Event):
+    """The connection ends: this end sent GOAWAY ``code`` (``remote`` False: the peer broke a rule or a clock
+    ran out), or the peer sent one (``remote``: it handles no stream above ``last_sid``).  ``close``: the
+    transport should be closed now (``abort``: without flushing, nothing useful being left to say)."""
+
+    code: int
+    last_sid: int
+    reason: str = ""
+    remote: bool = False
+    close: bool = True
+    abort: bool = False
+
+
+# ---- what both ends share ----
+
+class H2Connection:
+    """Framing, settings, PING, flow control, HPACK and the limits both ends need; no I/O, no clock."""
+
+    def __init__(self, settings: dict[int, int], limits: Limits, connection_window: int = CONN_WINDOW,
+                 now: float = 0.0) -> None:
+        self.limits = limits
+        self.now = now  # the time the caller last passed in (time.monotonic)
+        self.buffered = 0  # bytes the transport holds unsent, as the caller last said
+        self.decoder = headerblock.Decoder(limits.header_table_size, limits.max_header_list_size)
+        self.streams: dict[int, Stream] = {}
+        self.peer_window = 65535  # the peer's initial stream window (its SETTINGS)
+        self.peer_max_streams = 1 << 31
+        self.conn_window = 65535  # what we may still send on the connection
+        self.conn_unacked = 0
+        self.blocked: dict[int, Stream] = {}  # streams waiting for window, in order
+        self.closed = False
+        self.going_away = False
+        self.outbound: list[bytes] = []  # frames queued for data_to_send
+        self._events: list[Event] = []
+        self._buf = b""
+        self._block: tuple[int, int, list[bytes]] | None = None  # sid, flags, parts of an unfinished block
+        self._block_size = 0
+        self._settings = settings
+        self._last_peer_sid = 0
+        self._preface = False  # a server: the client's preface is still due
+        self.recv_window = connection_window  # what we let the peer send on the connection, unconsumed
+        self.sent = 0  # DATA bytes sent so far (progress, for the stalled-answer timeout)
+        self._pings = Budget(limits.pings_per_second, limits.pings_burst, now)
+        self._settings_budget = Budget(limits.settings_per_second, limits.settings_burst, now)
+        self._empty = Budget(limits.empty_frames_per_second, limits.empty_frames_burst, now)
+
+    # ---- bytes out ----
+
+    def data_to_send(self) -> bytes:
+        """What the connection has to send, taken (empty when nothing is due)."""
+        out = self.outbound
+        if not out:
+            return b""
+        self.outbound = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _greeting(self) -> bytes:
+        return (settings_frame(self._settings)
+                + frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_window - 65535)))
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.outbound.append(data)
+
+    def control(self, data: bytes) -> None:
+        """Queue a frame the peer's own frames made due (an acknowledgement, a reset): refused, with the
+        connection, when the peer has let more than ``max_queued_control_bytes`` pile up unread."""
+        if self.buffered > self.limits.max_queued_control_bytes:
+            raise ProtocolError(f"over {self.limits.max_queued_control_bytes} bytes are queued for a peer that does "
+                                "not read them", ENHANCE_YOUR_CALM)
+        self.write(data)
+
+    def consumed(self, size: int) -> None:
+        """``size`` received bytes were consumed (handed on, or dropped): the peer may send as many again."""
+        self.conn_unacked += size
+        if self.conn_unacked >= self.recv_window // 2:
+            self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.conn_unacked)))
+            self.conn_unacked = 0
+
+    def send(self, stream: Stream, head: bytes | None, data: bytes | None, trailers: bytes | None) -> None:
+        """Queue ``head`` (HEADERS frames), DATA ``data`` and ``trailers`` (HEADERS frames that end the stream),
+        as much as the windows allow now.  With no ``trailers`` the DATA ends the stream."""
+        parts: list[bytes] = []
+        if head is not None:
+            parts.append(head)
+        stream.out = data or b""
+        stream.out_pos = 0
+        stream.out_end = trailers is None
+        stream.after = trailers
+        self._drain(stream, parts)
+        if parts:
+            self.write(b"".join(parts))
+
+    def push(self, stream: Stream, head: bytes | None, data: bytes, *, end: bool = False,
+             trailers: bytes | None = None) -> None:
+        """Streaming send: ``head`` (HEADERS frames) if given, then ``data`` after what still waits for window;
+        ``end`` ends the stream with the data, ``trailers`` (HEADERS frames ending it) after it."""
+        parts: list[bytes] = [head] if head is not None else []
+        if stream.out_pos < len(stream.out):
+            stream.out = stream.out[stream.out_pos:] + data
+        else:
+            stream.out = data
+        stream.out_pos = 0
+        stream.out_end = end and trailers is None
+        stream.after = trailers
+        self._drain(stream, parts)
+        if parts:
+            self.write(b"".join(parts))
+
+    def _drain(self, stream: Stream, parts: list[bytes]) -> None:
+        out = stream.out
+        pos = stream.out_pos
+        total = len(out)
+        while pos < total:
+            n = min(total - pos, stream.send_window, self.conn_window, FRAME_MAX)
+            if n <= 0:
+                if pos != stream.out_pos or stream.sid not in self.blocked:  # progress, or newly blocked
+                    stream.stalled_at = self.now
+                stream.out_pos = pos
+                self.blocked[stream.sid] = stream
+                return
+            pos += n
+            last = pos >= total
+            parts.append(frame(DATA, END_STREAM if last and stream.out_end else 0, stream.sid,
+                               out[pos - n:pos] if n != total else out))
+            stream.send_window -= n
+            self.conn_window -= n
+            self.sent += n
+        if total == 0 and stream.out_end:
+            parts.append(frame(DATA, END_STREAM, stream.sid))
+        stream.out = b""
+        stream.out_pos = 0
+        self.blocked.pop(stream.sid, None)
+        if stream.after is not None:
+            parts.append(stream.after)
+            stream.after = None
+        elif not stream.out_end:
+            return  # a streaming call with more to come
+        stream.closed = True
+        self._maybe_forget(stream, parts)
+
+    def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
+        """Drop a stream once both sides are done with it (hook for the two ends; frames to send go to ``parts``,
+        after the stream's own)."""
+
+    def reset(self, sid: int, code: int) -> None:
+        self.write(frame(RST_STREAM, 0, sid, U32.pack(code)))
+
+    def calm(self, reason: str) -> None:
+        """The peer misbehaves: GOAWAY ``ENHANCE_YOUR_CALM`` saying why, and the connection ends."""
+        raise ProtocolError(reason, ENHANCE_YOUR_CALM)
+
+    def goaway(self, code: int = NO_ERROR, reason: str = "") -> None:
+        self.going_away = True
+        self.write(frame(GOAWAY, 0, 0, U32.pack(self._last_peer_sid) + U32.pack(code) + reason.encode()[:200]))
+
+    def _terminate(self, code: int, reason: str, *, abort: bool = False, say: bool = True) -> None:
+        """End the connection from this side: GOAWAY (unless ``say`` is False) and a ConnectionTerminated."""
+        if say:
+            self.goaway(code, reason)
+        self.closed = True  # nothing more is read or written on it
+        self._events.append(ConnectionTerminated(code, self._last_peer_sid, reason, abort=abort))
+
+    # ---- bytes in ----
+
+    def receive_data(self, data: bytes, now: float, buffered: int = 0) -> list[Event]:
+        """Take ``data`` the peer sent at ``now`` (``time.monotonic``), with ``buffered`` bytes still unsent on
+        the transport; returns the events it made (what to send is then in :meth:`data_to_send`)."""
+        if self._preface:
+            return self._receive_preface(data, now, buffered)
+        self.now = now
+        self.buffered = buffered
+        events: list[Event] = []
+        self._events = events
+        if self.closed:
+            return events
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        try:
+            pos = self._frames(data)
+        except ProtocolError as exc:
+            self._terminate(exc.code, str(exc))
+            return events
+        if pos < len(data):
+            self._buf = data[pos:]
+        return events
+
+    def _receive_preface(self, data: bytes, now: float, buffered: int) -> list[Event]:
+        """A server's connection before the client's preface (:class:`ServerCore`)."""
+        raise NotImplementedError
+
+    def _frames(self, data: bytes) -> int:
+        pos = 0
+        end = len(data)
+        unpack = FRAME_HEAD.unpack_from
+        while end - pos >= 9:
+            hi, lo, ftype, flags, sid = unpack(data, pos)
+            length = hi << 16 | lo
+            if length > FRAME_MAX:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {FRAME_MAX} allowed", FRAME_SIZE_ERROR)
+            stop = pos + 9 + length
+            if stop > end:
+                break
+            payload = data[pos + 9:stop]
+            pos = stop
+            sid &= 0x7FFFFFFF
+            if self._block is not None and ftype != CONTINUATION:
+                raise ProtocolError("a header block was interrupted by another frame")
+            if ftype == DATA:
+                if not length and not flags & END_STREAM and not self._empty.take(self.now):
+                    self.calm("too many empty DATA frames")
+                self._on_data(sid, flags, payload)
+            elif ftype == HEADERS:
+                self._on_headers(sid, flags, payload)
+            elif ftype == WINDOW_UPDATE:
+                self._on_window_update(sid, payload)
+            elif ftype == SETTINGS:
+                self._on_settings(sid, flags, payload)
+            elif ftype == PING:
+                if sid:
+                    raise ProtocolError("PING on a stream")
+                if len(payload) != 8:
+                    raise ProtocolError("malformed PING", FRAME_SIZE_ERROR)
+                if not flags & ACK:
+                    if not self._pings.take(self.now):
+                        self.calm(f"more than {self.limits.pings_burst} PINGs at once (allowed: "
+                                  f"{self.limits.pings_per_second:g} a second)")
+                    self.control(frame(PING, ACK, 0, payload))
+                    self._events.append(PingReceived(payload))
+            elif ftype == RST_STREAM:
+                if not sid:
+                    raise ProtocolError("RST_STREAM on stream 0")
+                if len(payload) != 4:
+                    raise ProtocolError("malformed RST_STREAM", FRAME_SIZE_ERROR)
+                self.on_reset(sid, U32.unpack(payload)[0])
+            elif ftype == GOAWAY:
+                if sid:
+                    raise ProtocolError("GOAWAY on a stream")
+                if len(payload) < 8:
+                    raise ProtocolError("malformed GOAWAY", FRAME_SIZE_ERROR)
+                self.on_goaway(U32.unpack_from(payload)[0] & 0x7FFFFFFF, U32.unpack_from(payload, 4)[0])
+            elif ftype == CONTINUATION:
+                self._on_continuation(sid, flags, payload)
+            elif ftype == PUSH_PROMISE:
+                raise ProtocolError("server push is disabled on this connection")
+            elif not self._empty.take(self.now):  # PRIORITY and unknown frame types are ignored, as RFC 9113 asks
+                self.calm("too many frames that carry nothing (PRIORITY, unknown types)")
+        return pos
+
+    def _on_settings(self, sid: int, flags: int, payload: bytes) -> None:
+        if sid:
+            raise ProtocolError("SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                raise ProtocolError("SETTINGS acknowledgement with a payload", FRAME_SIZE_ERROR)
+            return
+        if len(payload) % 6:
+            raise ProtocolError("malformed SETTINGS", FRAME_SIZE_ERROR)
+        limits = self.limits
+        if not self._settings_budget.take(self.now):
+            self.calm(f"more than {limits.settings_burst} SETTINGS frames at once (allowed: "
+                      f"{limits.settings_per_second:g} a second)")
+        if len(payload) // 6 > limits.max_settings_entries:
+            self.calm(f"a SETTINGS frame of {len(payload) // 6} entries (at most {limits.max_settings_entries})")
+        window = None
+        changed: dict[int, int] = {}
+        for i in range(0, len(payload), 6):
+            key, value = SETTING.unpack_from(payload, i)
+            changed[key] = value
+            if key == S_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ProtocolError("initial window size too large", FLOW_CONTROL_ERROR)
+                window = value
+            elif key == S_MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
+            elif key == S_MAX_FRAME_SIZE and not 16384 <= value <= 16777215:
+                raise ProtocolError("invalid SETTINGS_MAX_FRAME_SIZE")
+        if window is not None and window != self.peer_window:  # the last value counts: one pass over the streams
+            delta = window - self.peer_window
+            self.peer_window = window
+            for stream in self.streams.values():
+                stream.send_window += delta
+        self.control(_SETTINGS_ACK)
+        self._events.append(SettingsChanged(changed))
+        self._unblock()
+
+    def _on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolError("malformed WINDOW_UPDATE", FRAME_SIZE_ERROR)
+        increment = U32.unpack(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if not increment:
+                raise ProtocolError("WINDOW_UPDATE of 0")
+            self.conn_window += increment
+            if self.conn_window > MAX_WINDOW:
+                raise ProtocolError("connection window overflow", FLOW_CONTROL_ERROR)
+            self._events.append(WindowUpdated(0, increment))
+            self._unblock()
+            return
+        stream = self.streams.get(sid)
+        if stream is None or not increment:
+            if not self._empty.take(self.now):
+                self.calm("too many WINDOW_UPDATE frames that change nothing")
+            return
+        stream.send_window += increment
+        self._events.append(WindowUpdated(sid, increment))
+        if stream.sid in self.blocked:
+            parts: list[bytes] = []
+            self._drain(stream, parts)
+            if parts:
+                self.write(b"".join(parts))
+
+    def _unblock(self) -> None:
+        if not self.blocked:
+            return
+        parts: list[bytes] = []
+        for stream in list(self.blocked.values()):
+            self._drain(stream, parts)
+            if self.conn_window <= 0:
+                break
+        if parts:
+            self.write(b"".join(parts))
+
+    def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ProtocolError("HEADERS on stream 0")
+        start = 0
+        end = len(payload)
+        if flags & PADDED:
+            if not payload:
+                raise ProtocolError("padded HEADERS without a pad length")
+            start = 1
+            end -= payload[0]
+        if flags & PRIORITY_FLAG:
+            start += 5
+        if start > end:
+            raise ProtocolError("HEADERS padding exceeds the frame")
+        fragment = payload[start:end]
+        if flags & END_HEADERS:
+            self._header_block(sid, flags, fragment)
+        else:
+            self._block = (sid, flags, [fragment])
+            self._block_size = len(fragment)
+
+    def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
+        if self._block is None or self._block[0] != sid:
+            raise ProtocolError("CONTINUATION without a header block to continue")
+        parts = self._block[2]
+        parts.append(payload)
+        self._block_size += len(payload)
+        limits = self.limits
+        if len(parts) > limits.max_continuation_frames + 1:
+            self.calm(f"a header block in more than {limits.max_continuation_frames} CONTINUATION frames")
+        if self._block_size > limits.max_header_block_bytes:
+            self.calm(f"a header block over {limits.max_header_block_bytes} bytes")
+        if flags & END_HEADERS:
+            block_sid, block_flags, parts = self._block
+            self._block = None
+            self._header_block(block_sid, block_flags, b"".join(parts))
+
+    def _header_block(self, sid: int, flags: int, block: bytes) -> None:
+        if len(block) > self.limits.max_header_block_bytes:
+            self.calm(f"a header block over {self.limits.max_header_block_bytes} bytes")
+        try:
+            fields = self.decoder.decode(block)
+        except HeaderError as exc:
+            raise ProtocolError(str(exc), COMPRESSION_ERROR) from exc
+        except HeaderListTooLarge as exc:
+            self.on_oversized(sid, exc, bool(flags & END_STREAM))
+            return
+        self.on_headers(sid, fields, bool(flags & END_STREAM))
+
+    def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ProtocolError("DATA on stream 0")
+        size = len(payload)
+        if flags & PADDED:
+            if not payload or payload[0] >= size:
+                raise ProtocolError("bad padding on DATA")
+            data = payload[1:size - payload[0]]
+        else:
+            data = payload
+        stream = self.streams.get(sid)
+        if stream is None or stream.ended:
+            self.consumed(size)
+            return  # a stream already reset or finished: its data is dropped (and counts as consumed)
+        if size != len(data):  # padding: consumed at once
+            self.consumed(size - len(data))
+            self.refill(stream, size - len(data))
+        self.received(stream, len(data))
+        if data:
+            if stream.streaming:
+                self._events.append(DataReceived(stream, data))
+            else:
+                stream.chunks.append(data)
+                stream.size += len(data)
+        if flags & END_STREAM:
+            stream.ended = True
+            self.on_end(stream)
+        elif data:
+            self.on_data(stream)
+
+    def received(self, stream: Stream, size: int) -> None:
+        """``size`` bytes of DATA arrived on ``stream``: here consumed at once (both windows refilled)."""
+        self.consumed(size)
+        self.refill(stream, size)
+
+    def refill(self, stream: Stream, size: int) -> None:
+        """``stream``'s receive window may take ``size`` bytes more (sent in big steps)."""
+        stream.recv_unacked += size
+        if stream.recv_unacked >= self.limits.stream_window // 2:
+            self.write(frame(WINDOW_UPDATE, 0, stream.sid, U32.pack(stream.recv_unacked)))
+            stream.recv_unacked = 0
+
+    def on_oversized(self, sid: int, error: HeaderListTooLarge, end_stream: bool) -> None:
+        """A header block decoded to more than ``max_header_list_size``: nothing of it was kept."""
+        raise ProtocolError(str(error), ENHANCE_YOUR_CALM)
+
+    # ---- what each end does (ServerCore, ClientCore) ----
+
+    def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_data(self, stream: Stream) -> None:
+        """More of a message arrived (the stream is still open)."""
+
+    def on_end(self, stream: Stream) -> None:
+        raise NotImplementedError
+
+    def on_reset(self, sid: int, code: int) -> None:
+        raise NotImplementedError
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        raise NotImplementedError
+
+
+# ---- the gateway's end of a client's connection ----
+
+class ServerCore(H2Connection):
+    """A client's connection to the gateway: requests become :class:`RequestReceived` events (whole, or at
+    their HEADERS for ``streaming`` paths), answers go out through ``respond*``.
+
+    The bounds only a server needs live here: concurrent streams (reset ones whose handler still runs count:
+    :meth:`handler_started` / :meth:`handler_finished`), the rapid-reset budget, the connection window refilled
+    as requests are consumed (a unary request when it is handed over, a streaming call's data as the handler
+    takes it, :meth:`release`), and three clocks (:meth:`tick`): the preface, idleness, and answers that make
+    no progress (zero window, or a transport the client does not read)."""
+
+    def __init__(self, limits: Limits, *, max_body: int = 256 << 20, streaming: frozenset[bytes] = frozenset(),
+                 now: float = 0.0) -> None:
+        settings = {S_MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                    S_INITIAL_WINDOW_SIZE: limits.stream_window, S_MAX_FRAME_SIZE: FRAME_MAX,
+                    S_MAX_HEADER_LIST_SIZE: limits.max_header_list_size}
+        if limits.header_table_size != 4096:
+            settings[S_HEADER_TABLE_SIZE] = limits.header_table_size
+        # one request of the largest size accepted must fit in the connection window, which is refilled only
+        # once a request is whole
+        super().__init__(settings, limits, max(limits.connection_window, max_body + FRAME_MAX), now)
+        self.max_streams = limits.max_concurrent_streams
+        self.max_body = max_body
+        self.streaming = streaming  # :path values whose calls are handed over at once, their data as it comes
+        self.running = 0  # streams the client reset whose handler has not finished yet
+        self.finished = False  # going away and every answer written: the transport may close
+        self._resets = Budget(limits.resets_per_second, limits.resets_burst, now)
+        self._preface = True
+        self._opened = self._idle_since = self._progress_at = now
+        self._last_sent = 0
+        self._last_buffered = 0
+        self.write(self._greeting())
+
+    def handler_started(self) -> None:
+        """A reset stream's handler still runs: it counts against the concurrent streams until it finishes."""
+        self.running += 1
+
+    def handler_finished(self) -> None:
+        self.running -= 1
+
+    def _receive_preface(self, data: bytes, now: float, buffered: int) -> list[Event]:
+        self.now = now
+        events: list[Event] = []
+        self._events = events
+        if self.closed:
+            return events
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        if len(data) < len(PREFACE):
+            if not PREFACE.startswith(data):
+                self._terminate(PROTOCOL_ERROR, "not an HTTP/2 preface", say=False)
+            else:
+                self._buf = data
+            return events
+        if not data.startswith(PREFACE):  # not HTTP/2 with prior knowledge (an HTTP/1.1 client, say)
+            self._terminate(PROTOCOL_ERROR, "this port speaks gRPC (HTTP/2) only")
+            return events
+        self._preface = False
+        data = data[len(PREFACE):]
+        if not data:
+            return events
+        return self.receive_data(data, now, buffered)
+
+    def tick(self, now: float, buffered: int = 0) -> list[Event]:
+        """The clocks at ``now`` (``time.monotonic``), with ``buffered`` bytes unsent on the transport: preface,
+        idle connection, answers that make no progress.  The connection is ``closed`` after it when one ran out."""
+        self.now = now
+        events: list[Event] = []
+        self._events = events
+        if self.closed:
+            return events
+        limits = self.limits
+        if self._preface:
+            if now - self._opened > limits.preface_timeout:  # nothing HTTP/2 was said: nothing to say back
+                self._terminate(PROTOCOL_ERROR, "no preface", abort=True, say=False)
+            return events
+        if self.streams or self.running:
+            self._idle_since = now
+        elif now - self._idle_since > limits.idle_timeout:
+            self._terminate(NO_ERROR, f"no stream for {limits.idle_timeout:g}s")
+            return events
+        if (not self.blocked and not buffered) or self.sent != self._last_sent or buffered < self._last_buffered:
+            self._progress_at = now
+        elif now - self._progress_at > limits.send_timeout:
+            if buffered:  # the client does not read what was already written
+                self._terminate(ENHANCE_YOUR_CALM, "the client does not read", abort=True, say=False)
+                return events
+            if self.conn_window <= 0:
+                self._terminate(ENHANCE_YOUR_CALM, f"the connection's flow-control window stayed at zero for "
+                                                   f"{limits.send_timeout:g}s")
+                return events
+        if self.conn_window > 0:
+            for stream in [s for s in self.blocked.values() if now - s.stalled_at > limits.send_timeout]:
+                # it waits on its own zero window while the connection could send: reset it
+                stream.closed = True
+                self.streams.pop(stream.sid, None)
+                self.blocked.pop(stream.sid, None)
+                self._release_all(stream)
+                self.reset(stream.sid, CANCEL)
+                events.append(StreamReset(stream, CANCEL, remote=False))
+        self._last_sent = self.sent
+        self._last_buffered = buffered
+        return events
+
+    def received(self, stream: Stream, size: int) -> None:
+        if not stream.streaming:  # a unary request: its window refills as it comes (its size is bounded)
+            self.refill(stream, size)
+        stream.held += size  # the connection's window refills when it is consumed
+
+    def release(self, stream: Stream, size: int) -> None:
+        """The handler consumed ``size`` bytes of a streaming call's data: the client may send as many again."""
+        size = min(size, stream.held)
+        if size > 0:
+            stream.held -= size
+            self.consumed(size)
+            if not stream.closed:
+                self.refill(stream, size)
+
+    def _release_all(self, stream: Stream) -> None:
+        if stream.held:
+            self.consumed(stream.held)
+            stream.held = 0
+
+    def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            if sid % 2 == 0:
+                raise ProtocolError(f"stream {sid} cannot be opened by a client")
+            if sid <= self._last_peer_sid:
+                return  # a stream we already answered or reset: what the client still sends on it is dropped
+            self._last_peer_sid = sid
+            if self.going_away:
+                self.reset(sid, REFUSED_STREAM)
+                return
+            if len(self.streams) + self.running >= self.max_streams:
+                self._count_reset("streams refused for concurrency")
+                self.control(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
+                return
+            stream = Stream(sid, self.peer_window)
+            stream.headers = fields
+            self.streams[sid] = stream
+            if self.streaming and any(n == b":path" and v in self.streaming for n, v in fields):
+                stream.streaming = True
+                self._events.append(RequestReceived(stream))
+        elif not stream.ended:
+            stream.trailers = fields  # a client's trailers: nothing in them matters to a unary call
+        elif stream.cut_short:
+            return  # the end of a request already refused as too large
+        else:
+            raise ProtocolError(f"HEADERS on closed stream {sid}")
+        if end_stream:
+            stream.ended = True
+            self.on_end(stream)
+
+    def on_oversized(self, sid: int, error: HeaderListTooLarge, end_stream: bool) -> None:
+        """A request whose header list is over the advertised limit: answered RESOURCE_EXHAUSTED (trailers
+        only) and its stream reset; nothing of it is kept or forwarded."""
+        self._count_reset("requests with header lists over the limit")
+        stream = self.streams.get(sid)
+        if stream is None:
+            if sid % 2 == 0:
+                raise ProtocolError(f"stream {sid} cannot be opened by a client")
+            if sid <= self._last_peer_sid:
+                return
+            self._last_peer_sid = sid
+            stream = Stream(sid, self.peer_window)
+            self.streams[sid] = stream
+        else:
+            self._events.append(StreamReset(stream, PROTOCOL_ERROR, remote=False))
+        stream.ended = stream.cut_short = True
+        self._release_all(stream)
+        message = (f"the request's metadata is over the gateway's limit of {error.limit} bytes "
+                   "(SETTINGS_MAX_HEADER_LIST_SIZE; each entry counts its name, value and 32); send less metadata")
+        self.respond(stream, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                              (b"grpc-status", b"8"), (b"grpc-message", quote(message, safe=" /:;,()").encode()),
+                              (b"berth-error-code", b"PayloadTooLarge")], None, None)
+
+    def _count_reset(self, what: str) -> None:
+        if not self._resets.take(self.now):
+            self.calm(f"too many reset streams ({what} count too): more than {self.limits.resets_burst} at once, "
+                      f"allowed {self.limits.resets_per_second:g} a second")
+
+    def on_end(self, stream: Stream) -> None:
+        if stream.streaming:
+            self._events.append(StreamEnded(stream, stream.trailers))
+        else:
+            self._release_all(stream)  # the whole request goes to the handler: it is consumed
+            self._events.append(RequestReceived(stream))
+
+    def on_data(self, stream: Stream) -> None:
+        if stream.size > self.max_body:  # answered now (the handler sees the size); the rest is dropped
+            stream.chunks = []
+            stream.ended = stream.cut_short = True
+            self._release_all(stream)
+            self._events.append(RequestReceived(stream))
+
+    def respond(self, stream: Stream, head: list[Field], body: bytes | None, trailers: list[Field] | None) -> None:
+        """Answer ``stream``: headers, then (when ``trailers`` are given) the body and the trailers; with
+        ``trailers`` None, ``head`` alone ends the stream (a gRPC trailers-only answer)."""
+        if stream.closed or self.streams.get(stream.sid) is not stream:
+            return
+        if trailers is None:
+            stream.closed = True
+            parts = [headers_frames(stream.sid, headerblock.encode(head), True)]
+            self._maybe_forget(stream, parts)
+            self.write(b"".join(parts))
+            return
+        self.send(stream, headers_frames(stream.sid, headerblock.encode(head), False), body,
+                  headers_frames(stream.sid, headerblock.encode(trailers), True))
+
+    def respond_part(self, stream: Stream, head: list[Field] | None, data: bytes) -> None:
+        """A streaming answer, in parts: its headers (the first time) and messages as they come."""
+        if not stream.closed and self.streams.get(stream.sid) is stream:
+            self.push(stream, headers_frames(stream.sid, headerblock.encode(head), False) if head else None, data)
+
+    def respond_end(self, stream: Stream, trailers: list[Field]) -> None:
+        """End a streaming answer whose headers were sent: the trailers follow what is still queued."""
+        if not stream.closed and self.streams.get(stream.sid) is stream:
+            self.push(stream, None, b"", trailers=headers_frames(stream.sid, headerblock.encode(trailers), True))
+
+    def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
+        if stream.closed:
+            self.streams.pop(stream.sid, None)
+            self.blocked.pop(stream.sid, None)
+            self._release_all(stream)
+            if not stream.ended or stream.cut_short:  # answered before the client finished: stop it (RFC 9113 8.1)
+                parts.append(frame(RST_STREAM, 0, stream.sid, U32.pack(NO_ERROR)))
+            if self.going_away and not self.streams:  # close once this answer is written
+                self.finished = True
+
+    def on_reset(self, sid: int, code: int) -> None:
+        self._count_reset("RST_STREAM")
+        stream = self.streams.pop(sid, None)
+        self.blocked.pop(sid, None)
+        if stream is not None:
+            stream.closed = stream.ended = True
+            self._release_all(stream)
+            self._events.append(StreamReset(stream, code))
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        self.going_away = True
+        self._events.append(ConnectionTerminated(code, last_sid, remote=True, close=not self.streams))
+
+    def shutdown(self) -> bool:
+        """Stop taking new streams; True when none is in progress (the transport may close now)."""
+        if not self.going_away:
+            self.goaway(NO_ERROR, "the gateway is stopping")
+        if not self.streams:
+            self.finished = True
+        return not self.streams
+
+
+# ---- the gateway's end of a connection to an inference server ----
+
+class ClientCore(H2Connection):
+    """The gateway's connection to one inference server's gRPC port; many requests at once.  Answers arrive as
+    :class:`ResponseReceived`, :class:`DataReceived` (streaming calls), :class:`StreamEnded` and
+    :class:`StreamReset` events; a stream stays in ``streams`` until its answer ends or fails."""
+
+    def __init__(self, limits: Limits = UPSTREAM_LIMITS, now: float = 0.0) -> None:
+        super().__init__({S_ENABLE_PUSH: 0, S_INITIAL_WINDOW_SIZE: STREAM_WINDOW, S_MAX_FRAME_SIZE: FRAME_MAX},
+                         limits, CONN_WINDOW, now)
+        self.next_sid = 1
+        self.write(PREFACE + self._greeting())
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.going_away and self.next_sid < (1 << 31) - 2
+
+    def has_room(self) -> bool:
+        return len(self.streams) < self.peer_max_streams
+
+    def request(self, head: list[Field], body: bytes) -> Stream:
+        """Send a request (``head`` must hold the pseudo-headers first); its answer comes as events."""
+        sid = self.next_sid
+        self.next_sid += 2
+        stream = Stream(sid, self.peer_window)
+        self.streams[sid] = stream
+        self.send(stream, headers_frames(sid, headerblock.encode(head), False), body, None)
+        return stream
+
+    def open(self, head: list[Field]) -> Stream:
+        """Start a streaming call: HEADERS only; send with :meth:`push`; the answer comes as events."""
+        sid = self.next_sid
+        self.next_sid += 2
+        stream = Stream(sid, self.peer_window)
+        stream.streaming = True
+        self.streams[sid] = stream
+        self.write(headers_frames(sid, headerblock.encode(head), False))
+        return stream
+
+    def cancel(self, stream: Stream) -> bool:
+        """Give up on ``stream``: reset it upstream.  False when it was already over."""
+        if self.streams.pop(stream.sid, None) is None:
+            return False
+        self.blocked.pop(stream.sid, None)
+        self.reset(stream.sid, CANCEL)
+        return True
+
+    def forget(self, stream: Stream) -> None:
+        """``stream``'s answer ended or failed: it no longer counts."""
+        self.streams.pop(stream.sid, None)
+        self.blocked.pop(stream.sid, None)
+
+    def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            if sid % 2 == 0 or sid >= self.next_sid:
+                raise ProtocolError(f"the server sent HEADERS on stream {sid}, which was never opened")
+            return  # a stream we cancelled
+        stream.answered = True
+        if not stream.headers:
+            stream.headers = fields
+            self._events.append(ResponseReceived(stream, fields))
+            if end_stream:
+                stream.trailers = fields  # trailers-only answer
+        else:
+            stream.trailers = fields
+        if end_stream:
+            stream.ended = True
+            self.on_end(stream)
+
+    def on_data(self, stream: Stream) -> None:
+        stream.answered = True
+
+    def on_end(self, stream: Stream) -> None:
+        stream.answered = True
+        self.forget(stream)
+        self._events.append(StreamEnded(stream, stream.trailers))
+
+    def on_reset(self, sid: int, code: int) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            self.blocked.pop(sid, None)
+            self._events.append(StreamReset(stream, code))
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        self.going_away = True
+        self._events.append(ConnectionTerminated(code, last_sid, remote=True, close=False))
