@@ -69,9 +69,9 @@ class _Rest(asyncio.Protocol):
 async def _serve_upstream(rest_port: int, grpc_port: int) -> None:
     from mlserver.grpc import dataplane_pb2 as pb
 
-    from berth.gateway.grpcmessages import framed
-    from berth.gateway.h2frames import Stream
-    from berth.gateway.h2server import ServerConnection
+    from berth.gateway.http2.frames import Stream
+    from berth.gateway.http2.server import ServerConnection
+    from berth.gateway.transports.grpcmessages import framed
 
     output = pb.ModelInferResponse.InferOutputTensor(name="predict", datatype="INT64", shape=[2, 1],
                                                      contents=pb.InferTensorContents(int64_contents=[0, 1]))

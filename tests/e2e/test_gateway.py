@@ -23,7 +23,7 @@ from aiohttp import web
 from berth.adapters.mlserver_proc import MLServerProcess, free_port
 from berth.errors import ConfigError, InvalidInput
 from berth.gateway.app import run_gateway
-from berth.gateway.table import load_routes
+from berth.gateway.routing.table import load_routes
 from berth.wire.routes import RoutingTable
 from tests.support.gateway import Gateway, LoopThread, RoutesStandIn, eventually, route, start_mlserver
 from tests.support.models import IRIS_INPUT

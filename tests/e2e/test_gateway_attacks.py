@@ -25,8 +25,8 @@ from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
 
 from berth.adapters.mlserver_proc import MLServerProcess
-from berth.gateway.h2limits import Limits
-from berth.gateway.restlimits import RestLimits
+from berth.gateway.http2.limits import Limits
+from berth.gateway.transports.restlimits import RestLimits
 from berth.wire.routes import RoutingTable
 from tests.support.gateway import Gateway, LoopThread, route, start_mlserver
 from tests.support.models import IRIS_INPUT

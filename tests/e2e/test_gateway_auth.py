@@ -25,7 +25,7 @@ from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
 from berth.adapters.mlserver_proc import MLServerProcess, free_port
 from berth.client.http import BerthClient
 from berth.control.routes import INFERENCE_AUTH_ANNOTATION
-from berth.gateway.auth import NEEDS_TOKEN, NO_ROLE
+from berth.gateway.routing.auth import NEEDS_TOKEN, NO_ROLE
 from berth.resources.identity import hash_token, new_token
 from berth.wire.routes import NamespaceAuth, RoutingTable, TableAuth
 from tests.support.gateway import Gateway, LoopThread, RoutesStandIn, eventually, route, start_mlserver

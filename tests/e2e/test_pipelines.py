@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from berth.adapters.mlserver_proc import MLServerProcess
-from berth.gateway.restlimits import RestLimits
+from berth.gateway.transports.restlimits import RestLimits
 from berth.wire.routes import Candidate, ExperimentRoute, PipelineRoute, RoutingTable
 from tests.support.gateway import Gateway, LoopThread, eventually, route
 from tests.support.models import IRIS_INPUT, train_sklearn

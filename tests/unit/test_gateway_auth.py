@@ -18,10 +18,10 @@ from berth.control.routes import INFERENCE_AUTH_ANNOTATION, RoutesPublisher, req
 from berth.control.tokens import TokenRegistry
 from berth.errors import BerthError, Forbidden, NotFound, Unauthenticated, Unavailable
 from berth.gateway.app import make_app
-from berth.gateway.auth import NEEDS_TOKEN, NO_ROLE, TokenHashes
-from berth.gateway.grpcmessages import PERMISSION_DENIED, UNAUTHENTICATED, error_fields
-from berth.gateway.routing import Router
-from berth.gateway.watch import TableWatcher
+from berth.gateway.routing.auth import NEEDS_TOKEN, NO_ROLE, TokenHashes
+from berth.gateway.routing.router import Router
+from berth.gateway.routing.watch import TableWatcher
+from berth.gateway.transports.grpcmessages import PERMISSION_DENIED, UNAUTHENTICATED, error_fields
 from berth.resources.identity import hash_token
 from berth.wire.routes import ROUTES_WATCH_PATH, NamespaceAuth, RoutingTable, TableAuth
 from tests.support.gateway import route
@@ -111,7 +111,7 @@ def test_hash_cache_is_bounded_and_keeps_the_recently_used() -> None:
 
 
 def test_a_repeated_token_costs_a_lookup_not_a_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    import berth.gateway.auth as auth
+    import berth.gateway.routing.auth as auth
 
     router = Router(table())
     counted: list[str] = []

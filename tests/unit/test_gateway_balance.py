@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from berth.gateway.balance import Balancer
+from berth.gateway.forwarding.balance import Balancer
 
 A, B, C = "10.0.0.1:9500", "10.0.0.2:9500", "10.0.0.3:9500"
 

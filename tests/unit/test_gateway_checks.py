@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from berth.errors import InvalidInput
-from berth.gateway.checks import check_infer_body, is_plain_json
+from berth.gateway.transports.checks import check_infer_body, is_plain_json
 
 
 def body(*inputs: dict[str, Any]) -> bytes:

@@ -12,9 +12,13 @@ import hpack
 import pytest
 
 from berth.errors import BerthError, InvalidInput, NotFound, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway import h2frames, headerblock
-from berth.gateway.balance import Balancer
-from berth.gateway.grpcmessages import (
+from berth.gateway.forwarding.balance import Balancer
+from berth.gateway.forwarding.mirror import Mirrors
+from berth.gateway.http2 import frames as h2frames
+from berth.gateway.http2 import headerblock
+from berth.gateway.metrics import Metrics
+from berth.gateway.routing.router import Decision, Router
+from berth.gateway.transports.grpcmessages import (
     DEADLINE_EXCEEDED,
     INTERNAL,
     INVALID_ARGUMENT,
@@ -27,10 +31,7 @@ from berth.gateway.grpcmessages import (
     message,
     status_of,
 )
-from berth.gateway.grpcserver import GrpcGateway
-from berth.gateway.metrics import Metrics
-from berth.gateway.mirror import Mirrors
-from berth.gateway.routing import Decision, Router
+from berth.gateway.transports.grpcserver import GrpcGateway
 from berth.wire import protowire
 from berth.wire.routes import Endpoint, ModelRoute, RoutingTable
 from tests.unit.test_gateway_h2 import FakeTransport

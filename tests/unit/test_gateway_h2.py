@@ -1,4 +1,4 @@
-"""HTTP/2 framing, flow control and stream life cycles through the asyncio adapters (berth.gateway.h2server,
+"""HTTP/2 framing, flow control and stream life cycles through the asyncio adapters (berth.gateway.http2.server,
 h2client over the h2core protocol core), driven through fake transports."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any, cast
 import hpack
 import pytest
 
-from berth.gateway.h2client import ClientConnection
-from berth.gateway.h2frames import Cut, Stream, StreamReset, Vanished, headers_frames
-from berth.gateway.h2limits import Limits
-from berth.gateway.h2server import ServerConnection
-from berth.gateway.headerblock import Field
+from berth.gateway.http2.client import ClientConnection
+from berth.gateway.http2.frames import Cut, Stream, StreamReset, Vanished, headers_frames
+from berth.gateway.http2.headerblock import Field
+from berth.gateway.http2.limits import Limits
+from berth.gateway.http2.server import ServerConnection
 
 # the wire format, written out here rather than taken from the module under test
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -1,4 +1,4 @@
-"""The bounds of berth.gateway.h2 (h2limits.Limits) that need no sockets: driven by hand, with a fake
+"""The bounds of berth.gateway.http2.connection (h2limits.Limits) that need no sockets: driven by hand, with a fake
 transport and a hand-held clock (``ServerConnection.tick(now)``)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import hpack
 import pytest
 
 from berth.errors import InvalidInput, PayloadTooLarge
-from berth.gateway.grpcmessages import MessageCounter, inflate, message
-from berth.gateway.h2frames import Stream
-from berth.gateway.h2limits import Budget, Limits
-from berth.gateway.h2server import ServerConnection
-from berth.gateway.headerblock import Decoder, HeaderListTooLarge
+from berth.gateway.http2.frames import Stream
+from berth.gateway.http2.headerblock import Decoder, HeaderListTooLarge
+from berth.gateway.http2.limits import Budget, Limits
+from berth.gateway.http2.server import ServerConnection
+from berth.gateway.transports.grpcmessages import MessageCounter, inflate, message
 from tests.unit.test_gateway_h2 import (
     DATA,
     END_HEADERS,

@@ -1,4 +1,4 @@
-"""The sans-IO HTTP/2 core (berth.gateway.h2core) driven with bytes alone: no socket, no event loop, no clock.
+"""The sans-IO HTTP/2 core (berth.gateway.http2.core) driven with bytes alone: no socket, no event loop, no clock.
 
 The peer is python-hyper's ``h2`` (an independent implementation): its bytes go into the core, the core's
 ``data_to_send`` goes back into it, and both sides' events are checked."""
@@ -15,7 +15,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from berth.gateway.h2core import (
+from berth.gateway.http2.core import (
     ClientCore,
     ConnectionTerminated,
     DataReceived,
@@ -28,7 +28,7 @@ from berth.gateway.h2core import (
     StreamEnded,
     StreamReset,
 )
-from berth.gateway.h2limits import ENHANCE_YOUR_CALM, Limits
+from berth.gateway.http2.limits import ENHANCE_YOUR_CALM, Limits
 
 PATH = b"/inference.GRPCInferenceService/ModelInfer"
 STREAM_PATH = b"/inference.GRPCInferenceService/ModelStreamInfer"

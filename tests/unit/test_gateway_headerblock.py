@@ -1,4 +1,5 @@
-"""HPACK header blocks (berth.gateway.headerblock) checked against the ``hpack`` package and RFC 7541 Appendix C."""
+"""HPACK header blocks (berth.gateway.http2.headerblock) checked against the ``hpack`` package and
+RFC 7541 Appendix C."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from hpack.hpack import encode_integer
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from berth.gateway import headerblock
-from berth.gateway.headerblock import STATIC, Decoder, Field, HeaderError
+from berth.gateway.http2 import headerblock
+from berth.gateway.http2.headerblock import STATIC, Decoder, Field, HeaderError
 
 PROPS = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

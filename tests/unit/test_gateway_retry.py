@@ -17,20 +17,21 @@ from typing import Any
 import pytest
 
 from berth.adapters.mlserver_proc import free_ports
-from berth.gateway import forward, headerblock
-from berth.gateway.balance import Balancer
-from berth.gateway.grpcmessages import DEADLINE_EXCEEDED, OK, UNAVAILABLE, framed, grpc_message, grpc_status
-from berth.gateway.grpcserver import GrpcGateway
-from berth.gateway.grpcupstream import Upstreams
-from berth.gateway.h2client import ClientConnection
-from berth.gateway.h2frames import INTERNAL_ERROR, REFUSED_STREAM, Stream
-from berth.gateway.h2server import ServerConnection
+from berth.gateway.forwarding import core as forward
+from berth.gateway.forwarding.balance import Balancer
+from berth.gateway.forwarding.grpcupstream import Upstreams
+from berth.gateway.forwarding.mirror import Mirrors
+from berth.gateway.forwarding.rest import EJECT_S, Proxy
+from berth.gateway.forwarding.upstream import Answer, Pool
+from berth.gateway.http2 import headerblock
+from berth.gateway.http2.client import ClientConnection
+from berth.gateway.http2.frames import INTERNAL_ERROR, REFUSED_STREAM, Stream
+from berth.gateway.http2.server import ServerConnection
 from berth.gateway.metrics import Metrics
-from berth.gateway.mirror import Mirrors
-from berth.gateway.proxy import EJECT_S, Proxy
-from berth.gateway.routing import Decision, Router
-from berth.gateway.table import compile_route
-from berth.gateway.upstream import Answer, Pool
+from berth.gateway.routing.router import Decision, Router
+from berth.gateway.routing.table import compile_route
+from berth.gateway.transports.grpcmessages import DEADLINE_EXCEEDED, OK, UNAVAILABLE, framed, grpc_message, grpc_status
+from berth.gateway.transports.grpcserver import GrpcGateway
 from berth.wire import protowire
 from berth.wire.routes import Endpoint, ModelRoute, RoutingTable
 from tests.unit.test_gateway_h2 import (

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from berth.errors import BerthError, ModelNotReady, NotFound, Unavailable
-from berth.gateway.routing import Router, weighted_index
+from berth.gateway.routing.router import Router, weighted_index
 from berth.wire.routes import Candidate, Endpoint, ExperimentRoute, ModelRoute, RoutingTable
 
 A, B = "10.0.0.1:9500", "10.0.0.2:9500"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from berth.adapters.mlserver_proc import free_port
-from berth.gateway.table import describe_connect_error
-from berth.gateway.upstream import ConnectFailed, Cut, Disconnected, Pool, Vanished
+from berth.gateway.forwarding.upstream import ConnectFailed, Cut, Disconnected, Pool, Vanished
+from berth.gateway.routing.table import describe_connect_error
 
 BODY = b'{"model_name":"iris","outputs":[]}'
 

@@ -11,7 +11,7 @@ import pytest
 from berth.control.pipelines import pipeline_statuses
 from berth.control.routes import RoutesPublisher
 from berth.errors import BerthError, NotFound
-from berth.gateway.routing import Router
+from berth.gateway.routing.router import Router
 from berth.resources.identity import hash_token
 from berth.wire.routes import Candidate, ExperimentRoute, NamespaceAuth, PipelineRoute, RoutingTable, TableAuth
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from berth.errors import BerthError, Timeout
-from berth.gateway.pipeline import PipelineError, Result, execute
+from berth.gateway.pipelines.dag import PipelineError, Result, execute
 from berth.resources.pipelines import check_namespace, compile_pipeline, parse_ref
 
 

@@ -113,7 +113,7 @@ def test_a_model_scaled_to_zero_has_nothing_to_roll_out() -> None:
 
 
 def test_gateway_sends_requests_to_the_serving_version_by_its_upstream_name() -> None:
-    from berth.gateway.table import compile_route
+    from berth.gateway.routing.table import compile_route
     from berth.wire import protowire
     from berth.wire.routes import Endpoint, ModelRoute
 

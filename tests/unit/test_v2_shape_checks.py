@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from berth.errors import InvalidInput
-from berth.gateway.checks import MAX_SHAPE_DIMS, check_infer_body
+from berth.gateway.transports.checks import MAX_SHAPE_DIMS, check_infer_body
 
 
 def body(*inputs: dict[str, Any]) -> bytes:

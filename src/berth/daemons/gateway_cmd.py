@@ -14,8 +14,8 @@ from berth.daemons.options import with_settings_options
 from berth.daemons.runtime import run_until_signalled, setup_logging
 from berth.errors import ConfigError
 from berth.gateway.app import run_gateway
+from berth.gateway.routing.table import load_routes
 from berth.gateway.settings import GatewaySettings
-from berth.gateway.table import load_routes
 
 
 @with_settings_options(GatewaySettings)

@@ -43,7 +43,8 @@ from berth.resources.process_settings import QUANTITY, ProcessSettings, setting
 
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
 RUNTIMES = {"mlserver_sklearn": ["sklearn", "scikit-learn"], "mlserver_mlflow": ["mlflow"],
-            "mlserver_xgboost": ["xgboost"], "mlserver_lightgbm": ["lightgbm"]}
+            "mlserver_xgboost": ["xgboost"], "mlserver_lightgbm": ["lightgbm"],
+            "torch": ["torch", "pytorch"]}  # MLflow models of PyTorch networks (the seeds' requirements)
 
 
 class UpSettings(ProcessSettings):

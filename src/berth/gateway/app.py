@@ -10,7 +10,7 @@ is checked (it parses; each input's data fills its shape) before it is forwarded
 
 A namespace the table guards (its SeldonRuntime says ``berth.io/inference-auth: "required"``) answers only
 callers whose ``Authorization: Bearer <token>`` has a role there: 401/403 otherwise, decided before the model
-is looked up (:mod:`berth.gateway.auth`).  ``/metrics`` and the probe answer only operators once the table
+is looked up (:mod:`berth.gateway.routing.auth`).  ``/metrics`` and the probe answer only operators once the table
 carries auth; the health endpoints and ``GET /v2`` stay open.
 """
 
@@ -27,17 +27,17 @@ from aiohttp import web
 import berth
 from berth.aiotasks import GuardedTask, guarded
 from berth.errors import BerthError, ConfigError, NotFound, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway.checks import check_infer_body, is_plain_json
-from berth.gateway.grpcserver import GrpcGateway, GrpcListener, start_grpc
-from berth.gateway.h2limits import Limits
+from berth.gateway.forwarding.mirror import Mirrors
+from berth.gateway.forwarding.rest import Proxy, error_response
+from berth.gateway.http2.limits import Limits
 from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
-from berth.gateway.mirror import Mirrors
-from berth.gateway.pipeline_serve import PipelineServer
+from berth.gateway.pipelines.serve import PipelineServer
 from berth.gateway.probe import PROBE_PATH, GrpcSide, probe_handler
-from berth.gateway.proxy import Proxy, error_response
-from berth.gateway.restlimits import RestLimits
-from berth.gateway.routing import Decision, Router
-from berth.gateway.watch import TableWatcher
+from berth.gateway.routing.router import Decision, Router
+from berth.gateway.routing.watch import TableWatcher
+from berth.gateway.transports.checks import check_infer_body, is_plain_json
+from berth.gateway.transports.grpcserver import GrpcGateway, GrpcListener, start_grpc
+from berth.gateway.transports.restlimits import RestLimits
 from berth.wire.routes import RoutingTable
 
 log = logging.getLogger("berth.gateway")

@@ -17,9 +17,9 @@ import aiohttp
 from aiohttp import web
 
 from berth.errors import BerthError
-from berth.gateway.grpcserver import GrpcGateway
-from berth.gateway.proxy import error_response
-from berth.gateway.routing import Router
+from berth.gateway.forwarding.rest import error_response
+from berth.gateway.routing.router import Router
+from berth.gateway.transports.grpcserver import GrpcGateway
 
 PROBE_PATH = "/berth/v1/probe"
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from berth.errors import InvalidInput
-from berth.gateway.grpcmessages import message
-from berth.gateway.pipeline_serve import PipelineServer
+from berth.gateway.pipelines.serve import PipelineServer
+from berth.gateway.transports.grpcmessages import message
 from berth.wire import protowire, v2proto
 
 _LEN = 2

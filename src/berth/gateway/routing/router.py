@@ -11,10 +11,10 @@ itself).  Candidates share traffic by weight ÷ sum of weights.  The route of an
 ``:<experiment>.experiment:<candidate>:``; a request whose ``x-seldon-route`` names one of the
 experiment's candidates (any ``:``-separated part equal to the candidate's name) goes to that candidate
 (sticky sessions).  A direct model answers ``:<model>:``.  Pipelines (``<name>.pipeline``) and experiments
-over pipelines are compiled by :mod:`berth.gateway.pipeline_routes` and chosen by :meth:`Router.pipeline`.
+over pipelines are compiled by :mod:`berth.gateway.pipelines.table` and chosen by :meth:`Router.pipeline`.
 
 Before any of that, :meth:`Router.admit` checks the caller's token when the namespace requires one (see
-:mod:`berth.gateway.auth`); a 404 in such a namespace names only what was asked for, never what exists.
+:mod:`berth.gateway.routing.auth`); a 404 in such a namespace names only what was asked for, never what exists.
 """
 
 from __future__ import annotations
@@ -25,9 +25,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from berth.errors import ExperimentNotReady, NotFound, Unavailable
-from berth.gateway.auth import NOT_OPERATOR, OPERATORS_ONLY, Guard, TokenHashes, denied, no_table_yet, unauthenticated
-from berth.gateway.pipeline_routes import PipelineChoice, PipelineTable
-from berth.gateway.table import Target, compile_route
+from berth.gateway.pipelines.table import PipelineChoice, PipelineTable
+from berth.gateway.routing.auth import (
+    NOT_OPERATOR,
+    OPERATORS_ONLY,
+    Guard,
+    TokenHashes,
+    denied,
+    no_table_yet,
+    unauthenticated,
+)
+from berth.gateway.routing.table import Target, compile_route
 from berth.wire.routes import ExperimentRoute, RoutingTable
 
 EXPERIMENT_SUFFIX = ".experiment"

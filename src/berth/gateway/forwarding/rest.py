@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Mapping
 from aiohttp import web
 
 from berth.errors import BerthError, Timeout, Unavailable
-from berth.gateway.balance import Balancer
-from berth.gateway.forward import EJECT_S as EJECT_S  # re-exported: where REST's users found them
-from berth.gateway.forward import Forwarder
-from berth.gateway.forward import not_resent as not_resent
-from berth.gateway.routing import Decision
-from berth.gateway.table import Target
-from berth.gateway.upstream import Answer, Pool
+from berth.gateway.forwarding.balance import Balancer
+from berth.gateway.forwarding.core import EJECT_S as EJECT_S  # re-exported: where REST's users found them
+from berth.gateway.forwarding.core import Forwarder
+from berth.gateway.forwarding.core import not_resent as not_resent
+from berth.gateway.forwarding.upstream import Answer, Pool
+from berth.gateway.routing.router import Decision
+from berth.gateway.routing.table import Target
 
 _BAD_GATEWAY = 502
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="berth"'}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from berth.gateway.h2client import ClientConnection
-from berth.gateway.upstream import ConnectFailed
+from berth.gateway.forwarding.upstream import ConnectFailed
+from berth.gateway.http2.client import ClientConnection
 
 
 class Upstreams:

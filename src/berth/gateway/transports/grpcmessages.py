@@ -16,7 +16,7 @@ from berth.errors import (
     Unauthenticated,
     Unavailable,
 )
-from berth.gateway.headerblock import Field
+from berth.gateway.http2.headerblock import Field
 
 SERVICE = "inference.GRPCInferenceService"
 STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",

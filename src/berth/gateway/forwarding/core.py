@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from berth.errors import Timeout, Unavailable
-from berth.gateway.balance import Balancer, Ejections
-from berth.gateway.failures import ConnectFailed, Cut, Disconnected, Vanished
-from berth.gateway.table import Target, describe_connect_error
+from berth.gateway.forwarding.balance import Balancer, Ejections
+from berth.gateway.forwarding.failures import ConnectFailed, Cut, Disconnected, Vanished
+from berth.gateway.routing.table import Target, describe_connect_error
 
 # A replica that refused a connection is passed over this long (unless no other replica is left), so
 # one dead replica in the table does not cost every request a failed connect before its retry.

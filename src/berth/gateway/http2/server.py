@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from berth.gateway.h2 import Connection
-from berth.gateway.h2core import (
+from berth.gateway.http2.connection import Connection
+from berth.gateway.http2.core import (
     ConnectionTerminated,
     DataReceived,
     Event,
@@ -25,9 +25,9 @@ from berth.gateway.h2core import (
     StreamEnded,
     StreamReset,
 )
-from berth.gateway.h2frames import Stream
-from berth.gateway.h2limits import Limits
-from berth.gateway.headerblock import Field
+from berth.gateway.http2.frames import Stream
+from berth.gateway.http2.headerblock import Field
+from berth.gateway.http2.limits import Limits
 
 Handler = Callable[["ServerConnection", Stream], None]
 

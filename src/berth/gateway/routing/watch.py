@@ -15,8 +15,8 @@ import aiohttp
 from pydantic import ValidationError
 
 from berth.errors import BerthError, InvalidInput, Unavailable
-from berth.gateway.routing import Router
-from berth.gateway.table import describe_connect_error
+from berth.gateway.routing.router import Router
+from berth.gateway.routing.table import describe_connect_error
 from berth.wire.routes import ROUTES_WATCH_PATH, RoutingTable
 
 log = logging.getLogger("berth.gateway")

@@ -16,7 +16,8 @@ errors, and the error's code (``NotFound``, ``ModelNotReady``, ...) in the trail
 ``berth-error-code``.  ``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the
 gateway itself, as is ``grpc.health.v1.Health/Check``; ``ModelStreamInfer`` is routed by its first
 message and then forwarded message by message; other methods answer UNIMPLEMENTED.  A ``ModelInfer`` naming
-``NAME.pipeline`` (or an experiment over pipelines) is decoded and run as a DAG (:mod:`berth.gateway.pipeline_grpc`).
+``NAME.pipeline`` (or an experiment over pipelines) is decoded and run as a DAG
+(:mod:`berth.gateway.pipelines.grpc_hook`).
 
 In a namespace that requires inference tokens, the ``authorization`` metadata (``Bearer <token>``) is
 checked before anything else of a routed call (UNAUTHENTICATED / PERMISSION_DENIED otherwise, naming no
@@ -33,10 +34,22 @@ from typing import Any
 
 import berth
 from berth.errors import BerthError, ConfigError, InvalidInput, PayloadTooLarge, Timeout, Unavailable
-from berth.gateway.balance import Balancer
-from berth.gateway.failures import ConnectFailed, Disconnected, Vanished
-from berth.gateway.forward import Forwarder
-from berth.gateway.grpcmessages import (
+from berth.gateway.forwarding.balance import Balancer
+from berth.gateway.forwarding.core import Forwarder
+from berth.gateway.forwarding.failures import ConnectFailed, Disconnected, Vanished
+from berth.gateway.forwarding.grpcupstream import Upstreams
+from berth.gateway.forwarding.mirror import Mirrors
+from berth.gateway.http2.client import ClientConnection
+from berth.gateway.http2.frames import Stream
+from berth.gateway.http2.headerblock import Field
+from berth.gateway.http2.limits import Limits
+from berth.gateway.http2.server import ServerConnection
+from berth.gateway.metrics import Metrics, error_labels
+from berth.gateway.pipelines.grpc_hook import grpc_infer
+from berth.gateway.pipelines.serve import PipelineServer
+from berth.gateway.routing.router import Decision, Router
+from berth.gateway.routing.table import Target, describe_connect_error
+from berth.gateway.transports.grpcmessages import (
     OK,
     SERVICE,
     STATUS_TEXT,
@@ -51,18 +64,6 @@ from berth.gateway.grpcmessages import (
     message,
     status_name,
 )
-from berth.gateway.grpcupstream import Upstreams
-from berth.gateway.h2client import ClientConnection
-from berth.gateway.h2frames import Stream
-from berth.gateway.h2limits import Limits
-from berth.gateway.h2server import ServerConnection
-from berth.gateway.headerblock import Field
-from berth.gateway.metrics import Metrics, error_labels
-from berth.gateway.mirror import Mirrors
-from berth.gateway.pipeline_grpc import grpc_infer
-from berth.gateway.pipeline_serve import PipelineServer
-from berth.gateway.routing import Decision, Router
-from berth.gateway.table import Target, describe_connect_error
 from berth.wire import protowire
 
 log = logging.getLogger("berth.gateway")
@@ -97,7 +98,8 @@ class GrpcGateway:
         self.upstreams = Upstreams(min(connect_timeout, upstream_timeout))
         self.core = Forwarder(balancer, " (gRPC)")  # its own ejections: a replica's gRPC port fails on its own
         self._heads: dict[tuple[bytes, str], list[Field]] = {}
-        self.pipelines: PipelineServer | None = None  # set by run_gateway: NAME.pipeline (berth.gateway.pipeline_grpc)
+        # set by run_gateway: NAME.pipeline (berth.gateway.pipelines.grpc_hook)
+        self.pipelines: PipelineServer | None = None
 
     def forget_unrouted(self) -> None:
         """Close the upstream connections of replicas the new table no longer holds."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from berth.gateway.h2 import Connection
-from berth.gateway.h2core import (
+from berth.gateway.http2.connection import Connection
+from berth.gateway.http2.core import (
     UPSTREAM_LIMITS,
     ClientCore,
     ConnectionTerminated,
@@ -18,10 +18,10 @@ from berth.gateway.h2core import (
     StreamEnded,
     StreamReset,
 )
-from berth.gateway.h2frames import REFUSED_STREAM, Cut, Stream, Vanished
-from berth.gateway.h2frames import StreamReset as StreamResetError
-from berth.gateway.h2limits import Limits
-from berth.gateway.headerblock import Field
+from berth.gateway.http2.frames import REFUSED_STREAM, Cut, Stream, Vanished
+from berth.gateway.http2.frames import StreamReset as StreamResetError
+from berth.gateway.http2.headerblock import Field
+from berth.gateway.http2.limits import Limits
 
 __all__ = ["UPSTREAM_LIMITS", "ClientConnection"]
 

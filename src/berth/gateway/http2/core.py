@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from berth.gateway import headerblock
-from berth.gateway.h2frames import (
+from berth.gateway.http2 import headerblock
+from berth.gateway.http2.frames import (
     ACK,
     CANCEL,
     COMPRESSION_ERROR,
@@ -69,8 +69,8 @@ from berth.gateway.h2frames import (
     headers_frames,
     settings_frame,
 )
-from berth.gateway.h2limits import ENHANCE_YOUR_CALM, Budget, Limits, MiB
-from berth.gateway.headerblock import Field, HeaderError, HeaderListTooLarge
+from berth.gateway.http2.headerblock import Field, HeaderError, HeaderListTooLarge
+from berth.gateway.http2.limits import ENHANCE_YOUR_CALM, Budget, Limits, MiB
 
 _SETTINGS_ACK = frame(SETTINGS, ACK, 0)
 

@@ -14,10 +14,12 @@ import asyncio
 import time
 from collections import deque
 
-from berth.gateway.failures import ConnectFailed as ConnectFailed  # one tree for both transports, re-exported
-from berth.gateway.failures import Cut as Cut
-from berth.gateway.failures import Disconnected as Disconnected
-from berth.gateway.failures import Vanished as Vanished
+from berth.gateway.forwarding.failures import (
+    ConnectFailed as ConnectFailed,  # one tree for both transports, re-exported
+)
+from berth.gateway.forwarding.failures import Cut as Cut
+from berth.gateway.forwarding.failures import Disconnected as Disconnected
+from berth.gateway.forwarding.failures import Vanished as Vanished
 
 KEEPALIVE_S = 4.0  # uvicorn (MLServer) drops idle connections after 5 s: reuse only younger ones
 IDLE_PER_ADDRESS = 256

@@ -1,7 +1,7 @@
 """Serving pipelines: the one decision layer under the REST and gRPC hooks.
 
 :class:`PipelineServer` admits the caller (the namespace's token rule first, as for models), chooses the
-pipeline (:meth:`Router.pipeline`), and runs its DAG (:func:`berth.gateway.pipeline.execute`) with a model
+pipeline (:meth:`Router.pipeline`), and runs its DAG (:func:`berth.gateway.pipelines.dag.execute`) with a model
 call that goes through the same :class:`Proxy` as a direct request: the same replica choice, retry on a
 refused connection, upstream timeout and error wording.  Steps exchange V2 JSON with their models.  The
 answer carries ``x-seldon-route``: ``:NAME.pipeline:`` (or ``:EXP.experiment:NAME:NAME.pipeline:``) followed
@@ -20,13 +20,13 @@ from typing import Any
 from aiohttp import web
 
 from berth.errors import BerthError, InvalidInput, PayloadTooLarge, Timeout
-from berth.gateway.checks import check_infer_body, is_plain_json
+from berth.gateway.forwarding.mirror import Mirrors
+from berth.gateway.forwarding.rest import Proxy, error_response
 from berth.gateway.metrics import Metrics, error_labels
-from berth.gateway.mirror import Mirrors
-from berth.gateway.pipeline import Result, execute
-from berth.gateway.pipeline_routes import PipelineChoice, not_ready
-from berth.gateway.proxy import Proxy, error_response
-from berth.gateway.routing import Router
+from berth.gateway.pipelines.dag import Result, execute
+from berth.gateway.pipelines.table import PipelineChoice, not_ready
+from berth.gateway.routing.router import Router
+from berth.gateway.transports.checks import check_infer_body, is_plain_json
 
 MAX_NESTING = 8  # pipelines reading pipelines' outputs, deepest (the control plane refuses cycles already)
 _JSON = {"Content-Type": "application/json"}

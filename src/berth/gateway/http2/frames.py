@@ -7,10 +7,10 @@ import asyncio
 import struct
 from typing import Any
 
-from berth.gateway.failures import Cut as Cut  # the failures of a call, re-exported for h2's users
-from berth.gateway.failures import StreamReset as StreamReset
-from berth.gateway.failures import Vanished as Vanished
-from berth.gateway.headerblock import Field
+from berth.gateway.forwarding.failures import Cut as Cut  # the failures of a call, re-exported for h2's users
+from berth.gateway.forwarding.failures import StreamReset as StreamReset
+from berth.gateway.forwarding.failures import Vanished as Vanished
+from berth.gateway.http2.headerblock import Field
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)

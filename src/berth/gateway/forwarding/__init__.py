@@ -1,0 +1,1 @@
+"""Forwarding written once for REST and gRPC: replica choice, retries, mirrors, timeouts, upstream errors."""

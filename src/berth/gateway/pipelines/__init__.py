@@ -1,0 +1,1 @@
+"""Pipelines on the request path: the compiled table, the DAG executor, and its REST/gRPC entry points."""

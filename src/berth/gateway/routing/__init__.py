@@ -1,0 +1,1 @@
+"""Routing: the table the control plane publishes, its watcher, the router's decisions, inference auth."""
