@@ -72,6 +72,17 @@ def test_values_are_parsed_once_into_types() -> None:
         GatewaySettings.from_env({}, no_such=1)
 
 
+def test_gateway_limits_come_from_its_settings() -> None:
+    g = GatewaySettings.from_env({"BERTH_H2_MAX_CONCURRENT_STREAMS": "32", "BERTH_H2_MAX_HEADER_LIST_SIZE": "8Ki",
+                                  "BERTH_REST_BODY_TIMEOUT": "5"}, h2_idle_timeout=30.0)
+    rest, h2 = g.limits()
+    assert (h2.max_concurrent_streams, h2.max_header_list_size, h2.idle_timeout) == (32, 8192, 30.0)
+    assert (rest.body_timeout, rest.header_timeout) == (5.0, 20.0)
+    assert h2.max_continuation_frames == 16  # a bound with no setting keeps its default
+    with pytest.raises(ConfigError, match="BERTH_H2_MAX_CONCURRENT_STREAMS='0': .*integer 1–10000"):
+        GatewaySettings.from_env({"BERTH_H2_MAX_CONCURRENT_STREAMS": "0"})
+
+
 def test_control_options_carry_every_setting(tmp_path: Path) -> None:
     c = ControlSettings.from_env({"BERTH_STORE": ":memory:", "BERTH_IDLE_TIMEOUT": "5"},
                                  storage_policy=tmp_path / "policy.yaml", data_dir=tmp_path)

@@ -25,12 +25,13 @@ def gateway(**flags: Any) -> None:
     setup_logging(s.log_level)
     table = load_routes(s.routes) if s.routes is not None else None
     token = _token(s.token_file)
+    rest_limits, h2_limits = s.limits()
 
     async def main(stop: asyncio.Event) -> None:
         await run_gateway(s.host, s.port, s.control or None, stop, routes=table,
                           grpc_port=s.grpc_port if s.grpc_port >= 0 else None, upstream_timeout=s.upstream_timeout,
                           connect_timeout=s.connect_timeout, max_request_bytes=s.max_request_bytes,
-                          check_inputs=s.check_inputs, token=token)
+                          check_inputs=s.check_inputs, token=token, rest_limits=rest_limits, grpc_limits=h2_limits)
 
     run_until_signalled(main)
 

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from berth.gateway.app import MAX_REQUEST_BYTES
+from berth.gateway.http2.limits import Limits
+from berth.gateway.transports.restlimits import RestLimits
 from berth.resources.process_settings import QUANTITY, ProcessSettings, setting
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_REST = RestLimits()  # the defaults
+_H2 = Limits()
 
 
 class GatewaySettings(ProcessSettings):
@@ -40,4 +44,30 @@ class GatewaySettings(ProcessSettings):
                                  doc="Check that JSON bodies parse and data fills each input's shape")
     token_file: Path | None = setting(None, "BERTH_GATEWAY_TOKEN_FILE", flag="--token-file",
                                       doc="File holding the token to watch routes with (else BERTH_TOKEN)")
+    rest_header_timeout: float = setting(_REST.header_timeout, "BERTH_REST_HEADER_TIMEOUT",
+                                         flag="--rest-header-timeout", gt=0, le=3600,
+                                         doc="Seconds for a REST request head, and for an idle keep-alive "
+                                             "connection; then the connection is closed")
+    rest_body_timeout: float = setting(_REST.body_timeout, "BERTH_REST_BODY_TIMEOUT",
+                                       flag="--rest-body-timeout", gt=0, le=3600,
+                                       doc="Seconds for a REST request body once its head arrived (408 after)")
+    h2_max_concurrent_streams: int = setting(_H2.max_concurrent_streams, "BERTH_H2_MAX_CONCURRENT_STREAMS",
+                                             flag="--h2-max-concurrent-streams", ge=1, le=10_000,
+                                             doc="gRPC: streams one connection may have open (advertised)")
+    h2_max_header_list_size: int = setting(_H2.max_header_list_size, "BERTH_H2_MAX_HEADER_LIST_SIZE",
+                                           flag="--h2-max-header-list-size", fmt=QUANTITY, ge=1024, le=16 << 20,
+                                           doc="gRPC: largest decoded header list of a request (advertised)")
+    h2_preface_timeout: float = setting(_H2.preface_timeout, "BERTH_H2_PREFACE_TIMEOUT",
+                                        flag="--h2-preface-timeout", gt=0, le=3600,
+                                        doc="gRPC: seconds for a new connection's HTTP/2 preface")
+    h2_idle_timeout: float = setting(_H2.idle_timeout, "BERTH_H2_IDLE_TIMEOUT", flag="--h2-idle-timeout",
+                                     gt=0, le=86_400, doc="gRPC: seconds a connection with no open stream is kept")
     log_level: str = setting("INFO", "BERTH_LOG_LEVEL", flag="--log-level", choices=LOG_LEVELS, doc="Log level")
+
+    def limits(self) -> tuple[RestLimits, Limits]:
+        """The REST and HTTP/2 limits these settings change (every other bound keeps its default)."""
+        rest = RestLimits(header_timeout=self.rest_header_timeout, body_timeout=self.rest_body_timeout)
+        h2 = Limits(max_concurrent_streams=self.h2_max_concurrent_streams,
+                    max_header_list_size=self.h2_max_header_list_size,
+                    preface_timeout=self.h2_preface_timeout, idle_timeout=self.h2_idle_timeout)
+        return rest, h2
