@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from berth.adapters import secrets, storage, storage_azure, storage_gcs
+from berth.adapters import secrets, storage, storage_azure, storage_gcs, storage_http
 from berth.errors import StorageError
 from berth.wire.agent import ModelSource
 
@@ -213,7 +213,7 @@ def routes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     monkeypatch.setattr(storage_gcs, "fetch", lambda uri, rest, dest, access: seen.append(("gcs", rest)) or dest)
     monkeypatch.setattr(storage_azure, "fetch",
                         lambda uri, scheme, rest, dest, source: seen.append(("azure", rest)) or dest)
-    monkeypatch.setattr(storage, "_fetch_http", lambda uri, dest: seen.append(("http", uri)) or dest)
+    monkeypatch.setattr(storage_http, "fetch_http", lambda uri, dest: seen.append(("http", uri)) or dest)
     monkeypatch.setattr(storage, "_fetch_s3", lambda uri, rest, dest, access: seen.append(("s3", rest)) or dest)
     return seen
 

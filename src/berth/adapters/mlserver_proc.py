@@ -1,7 +1,8 @@
 """Start and stop a real MLServer process on loopback (used by the local provisioner and tests).
 
 The process gets its own folder holding ``settings.json`` (ports, no parallel workers, an empty model
-repository that agents load into through the repository API) and a log file.
+repository that agents load into through the repository API, read by Berth's own repository class) and a
+log file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,21 @@ def free_ports(count: int, host: str = "127.0.0.1", *, avoid: tuple[int, ...] = 
     return ports
 
 
+# What an inference server process inherits: nothing of the control plane's or agent's environment (tokens,
+# cloud credentials, BERTH_*) but what it needs to run: its program path and home, locale and time zone, a temp
+# folder, its own MLSERVER_* settings, proxy and CA settings when set, and the GPU runtime's device selection.
+KEPT_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+                      "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                      "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                      "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"})
+KEPT_ENV_PREFIXES = ("LC_", "MLSERVER_")
+
+
+def scrubbed_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment an inference server starts with: :data:`KEPT_ENV` and :data:`KEPT_ENV_PREFIXES` only."""
+    return {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith(KEPT_ENV_PREFIXES)}
+
+
 def mlserver_executable() -> str:
     """Path of the ``mlserver`` program: ``BERTH_MLSERVER``, else next to this Python, else on PATH."""
     chosen = os.environ.get("BERTH_MLSERVER")
@@ -68,6 +85,9 @@ def mlserver_executable() -> str:
 
 
 GRPC_MAX_MESSAGE = 256 << 20  # bytes, each way
+# MLServer finds a model by reading <repository>/<name>/model-settings.json only, not by parsing every model's
+# settings on each load (see berth.adapters.mlserver_repo; named here so the control plane need not import MLServer)
+REPOSITORY_IMPLEMENTATION = "berth.adapters.mlserver_repo.BerthModelRepository"
 
 
 @dataclass
@@ -109,6 +129,9 @@ class MLServerProcess:
             "parallel_workers": 0,
             "load_models_at_startup": False,
             "model_repository_root": str(self.repository),
+            "model_repository_implementation": REPOSITORY_IMPLEMENTATION,
+            # `mlserver start WORKDIR` sets model_repository_root to WORKDIR; Berth's class reads this folder
+            "model_repository_implementation_args": {"folder": str(self.repository)},
             "debug": False,
             # gRPC's 4 MiB default would refuse tensors REST takes; the gateway's own limit is the same
             "grpc_max_message_length": GRPC_MAX_MESSAGE,
@@ -120,7 +143,7 @@ class MLServerProcess:
         exe = mlserver_executable()
         self.write_settings()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ)
+        env = scrubbed_env(os.environ)
         env.setdefault("MLSERVER_LOGGING_LEVEL", "WARNING")
         self.process = subprocess.Popen(
             [exe, "start", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT,

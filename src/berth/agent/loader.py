@@ -8,8 +8,15 @@ Files an agent owns:
 * ``<repository>/<name>/`` — the copy MLServer loads (hard links where possible) with its
   ``model-settings.json``.
 
-Operations on one model are serialised; different models load concurrently, except for the short
-window where the server loads and its memory is measured (so one load's RSS delta is not another's).
+Operations on one model are serialised; different models fetch and place concurrently, up to
+:data:`PREPARE_CONCURRENCY` at once (so the first models reach the server early).  The inference server's
+load calls pass a gate (:class:`LoadGate`):
+
+* a model that declares its memory (``spec.memory``) loads beside others, up to :data:`LOAD_CONCURRENCY`
+  load calls at once; its load is not measured (with loads overlapping, an RSS delta is not one model's),
+  so it reports memory 0 ("not measured") and its declaration is what counts;
+* a model that declares none loads alone, the gate drained of other loads first, and reports the server's
+  RSS delta across its load call as its memory, as before.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from berth.adapters import settings, storage
@@ -27,13 +35,68 @@ from berth.adapters.base import InferenceServer
 from berth.adapters.mlserver import pid_listening_on, rss_of
 from berth.agent.config import AgentConfig
 from berth.errors import BerthError, LoadError, StorageError, Unavailable
-from berth.resources.names import name_problem
+from berth.resources.instances import instance_problem
 from berth.wire.agent import Load, LoadedModel, ModelEvent
 
 log = logging.getLogger("berth.agent.loader")
 
 Emit = Callable[[ModelEvent], Awaitable[None]]
 STATE_FILE = "loaded.json"
+LOAD_CONCURRENCY = 4  # MLServer load calls at once per replica, for models that declare their memory
+# Models fetched and placed at once. Without a bound, 1,000 loads queue 1,000 file jobs in the thread pool
+# ahead of each other's next step and the first load call waits for most of the file work of all of them.
+PREPARE_CONCURRENCY = 8
+
+
+class LoadGate:
+    """Up to ``limit`` shared holders at once, or one exclusive holder alone; a waiting exclusive holder
+    goes before shared holders that arrive after it (so measured loads are not starved)."""
+
+    def __init__(self, limit: int = LOAD_CONCURRENCY) -> None:
+        if limit < 1:
+            raise ValueError(f"a load gate needs a limit of at least 1, got {limit}")
+        self.limit = limit
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._exclusive_waiting = 0
+        self.peak = 0  # most shared holders seen at once (for tests and benchmarks)
+
+    @property
+    def active(self) -> int:
+        return self._shared + (1 if self._exclusive else 0)
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and not self._exclusive_waiting
+                                      and self._shared < self.limit)
+            self._shared += 1
+            self.peak = max(self.peak, self._shared)
+        try:
+            yield
+        finally:
+            self._shared -= 1  # before waiting for the condition's lock: a cancellation there loses nothing
+            async with self._cond:
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._exclusive_waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            finally:
+                self._exclusive_waiting -= 1
+                if not self._exclusive:  # cancelled while waiting: let shared holders on
+                    self._cond.notify_all()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            async with self._cond:
+                self._cond.notify_all()
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -64,7 +127,8 @@ class ModelLoader:
         self.emit = emit
         self.loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._measure = asyncio.Lock()
+        self.gate = LoadGate(LOAD_CONCURRENCY)
+        self._prepare = asyncio.Semaphore(PREPARE_CONCURRENCY)
         self._pid: int | None = config.inference_pid
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -101,7 +165,7 @@ class ModelLoader:
     async def load(self, msg: Load) -> ModelEvent:
         async with self.lock(msg.name):
             started = time.monotonic()
-            problem = name_problem(msg.name, what="model name")
+            problem = instance_problem(msg.name)  # a model, or one of its versions (NAME_GEN)
             if problem:
                 return _event(msg.name, msg.generation, "LOAD_FAILED", started, message=problem)
             current = self.loaded.get(msg.name)
@@ -134,19 +198,21 @@ class ModelLoader:
         """Fetch, place and load; returns (RSS delta in bytes, seconds MLServer's load call took)."""
         source = msg.source
         local = self.config.models_dir / msg.name / str(msg.generation)
-        try:
-            await asyncio.to_thread(_remove, local)
-        except OSError as exc:
-            raise StorageError(f"cannot clear {local} for the download: {exc}") from exc
-        await asyncio.to_thread(storage.fetch, source.storage_uri, local, source)
-        try:
-            await asyncio.to_thread(self._place, msg, local)
-        except OSError as exc:
-            raise LoadError(f"cannot place {msg.name} in the model repository {self.config.repository}: "
-                            f"{exc}") from exc
-        async with self._measure:
-            pid = self.inference_pid()
-            before = rss_of(pid)
+        async with self._prepare:
+            try:
+                await asyncio.to_thread(_remove, local)
+            except OSError as exc:
+                raise StorageError(f"cannot clear {local} for the download: {exc}") from exc
+            await asyncio.to_thread(storage.fetch, source.storage_uri, local, source)
+            try:
+                await asyncio.to_thread(self._place, msg, local)
+            except OSError as exc:
+                raise LoadError(f"cannot place {msg.name} in the model repository {self.config.repository}: "
+                                f"{exc}") from exc
+        measure = msg.source.memory <= 0  # declared memory: load in parallel, unmeasured
+        async with self.gate.exclusive() if measure else self.gate.shared():
+            pid = self.inference_pid() if measure else None
+            before = rss_of(pid) if pid is not None else 0
             load_started = time.monotonic()
             try:
                 await self.client.load(msg.name)
@@ -155,7 +221,7 @@ class ModelLoader:
                                 f"{exc.message}", details=exc.details) from exc
             seconds = time.monotonic() - load_started
             await self.client.metadata(msg.name)
-            after = rss_of(pid)
+            after = rss_of(pid) if pid is not None else 0
         await asyncio.to_thread(self._drop_other_generations, msg.name, msg.generation)
         return max(0, after - before), seconds
 
@@ -166,6 +232,8 @@ class ModelLoader:
         staging = repo / f".staging-{msg.name}"  # dot folders are invisible to MLServer's repository scan
         _remove(staging)
         shutil.copytree(local, staging, copy_function=_link_or_copy, symlinks=False)
+        settings.check_artifact_settings(staging, name=msg.name, requirements=msg.source.requirements,
+                                         allow_custom=msg.source.allow_custom_runtime)
         settings.prepare(staging, name=msg.name, requirements=msg.source.requirements,
                          artifact_version=msg.source.artifact_version, extra=msg.source.parameters)
         target, old = repo / msg.name, repo / f".old-{msg.name}"
@@ -194,7 +262,7 @@ class ModelLoader:
         async with self.lock(name):
             started = time.monotonic()
             generation = self.loaded[name].generation if name in self.loaded else 0
-            if name_problem(name, what="model name") is None:
+            if instance_problem(name) is None:
                 try:
                     await self.client.unload(name)
                 except Unavailable as exc:
