@@ -13,6 +13,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import h2.config
@@ -30,19 +31,23 @@ from berth.gateway.transports.restlimits import RestLimits
 from berth.wire.routes import RoutingTable
 from tests.support.gateway import Gateway, LoopThread, route, start_mlserver
 from tests.support.models import IRIS_INPUT
+from tests.support.runtimes import load_custom
 
 pytestmark = pytest.mark.e2e
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS = 0x1, 0x4
-NO_ERROR, CANCEL, COMPRESSION_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM = 0x0, 0x8, 0x9, 0x7, 0xB
+NO_ERROR, FLOW_CONTROL_ERROR, CANCEL, COMPRESSION_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM = (0x0, 0x3, 0x8, 0x9, 0x7,
+                                                                                           0xB)
 S_HEADER_TABLE_SIZE, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE, S_MAX_HEADER_LIST_SIZE = 1, 3, 4, 6
 MAX_REQUEST = 1 << 20
 LIMITS = Limits(max_concurrent_streams=8, resets_per_second=10, resets_burst=40, pings_per_second=5,
                 pings_burst=20, settings_per_second=5, settings_burst=20, empty_frames_per_second=20,
                 empty_frames_burst=50, preface_timeout=0.5, idle_timeout=1.0, send_timeout=1.0)
 REST_LIMITS = RestLimits(header_timeout=1.0, body_timeout=1.0)
+SLEEP_S = 3.0  # the slow model's answer time
+BIG_ANSWER = 8 << 20  # the size of the big model's answer
 INFER = b"/inference.GRPCInferenceService/ModelInfer"
 STREAM_INFER = b"/inference.GRPCInferenceService/ModelStreamInfer"
 
@@ -64,7 +69,8 @@ def infer_message(model: str = "iris") -> bytes:
     spec = IRIS_INPUT["inputs"][0]
     tensor = pb.ModelInferRequest.InferInputTensor(name=spec["name"], datatype="FP64", shape=[2, 4],
                                                    contents=pb.InferTensorContents(fp64_contents=spec["data"]))
-    return pb.ModelInferRequest(model_name=model, inputs=[tensor]).SerializeToString()
+    data: bytes = pb.ModelInferRequest(model_name=model, inputs=[tensor]).SerializeToString()
+    return data
 
 
 def grpc_framed(data: bytes, compressed: bool = False) -> bytes:
@@ -74,9 +80,15 @@ def grpc_framed(data: bytes, compressed: bool = False) -> bytes:
 class Hostile:
     """A raw HTTP/2 connection to the gateway: the test writes frames, reads what comes back."""
 
-    def __init__(self, address: str, *, preface: bool = True) -> None:
+    def __init__(self, address: str, *, preface: bool = True, rcvbuf: int = 0) -> None:
         host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        if rcvbuf:  # a small receive buffer (set before connecting): what the client does not read backs up fast
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(5)
+            self.sock.connect((host, int(port)))
+        else:
+            self.sock = socket.create_connection((host, int(port)), timeout=5)
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.decoder.max_header_list_size = 1 << 20
@@ -153,18 +165,28 @@ class Hostile:
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
     proc = start_mlserver(tmp_path_factory.mktemp("mlserver"), "iris")
+    try:
+        load_custom(proc, "sleepy", "Sleeper", seconds=SLEEP_S)  # a slow model
+        load_custom(proc, "big", "Big", size=BIG_ANSWER)  # a large answer to a small call
+    except BaseException:
+        proc.stop()
+        raise
     yield proc
     proc.stop()
 
 
 @pytest.fixture(scope="module")
 def gw(mlserver: MLServerProcess, lt: LoopThread) -> Iterator[Gateway]:
-    table = RoutingTable(revision=1, models=[route("iris", mlserver.http_address,
-                                                   grpc=(f"127.0.0.1:{mlserver.grpc_port}",))])
-    gateway = Gateway(lt, grpc=True, routes=table, max_request_bytes=MAX_REQUEST, grpc_limits=LIMITS,
+    gateway = Gateway(lt, grpc=True, routes=_table(mlserver), max_request_bytes=MAX_REQUEST, grpc_limits=LIMITS,
                       rest_limits=REST_LIMITS)
     yield gateway
     gateway.stop()
+
+
+def _table(mlserver: MLServerProcess) -> RoutingTable:
+    grpc_address = (f"127.0.0.1:{mlserver.grpc_port}",)
+    return RoutingTable(revision=1, models=[route(name, mlserver.http_address, grpc=grpc_address)
+                                            for name in ("iris", "sleepy", "big")])
 
 
 @pytest.fixture
@@ -436,3 +458,112 @@ def test_rest_a_body_sent_slowly_gets_408(gw: Gateway) -> None:
         assert b'"code": "Timeout"' in answer and b"did not arrive within 1s" in answer
     finally:
         sock.close()
+
+
+# ---- HTTP/2: what one client makes the gateway hold ----
+
+# a second gateway whose clocks stay out of the way (what these tests see is the limit itself, not a timeout), with
+# a small cap on what may pile up for a client that does not read and a small connection window
+TIGHT = replace(LIMITS, max_queued_control_bytes=32 << 10, connection_window=64 << 10, idle_timeout=30.0,
+                send_timeout=30.0)
+TIGHT_REQUEST = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def tight(mlserver: MLServerProcess, lt: LoopThread) -> Iterator[Gateway]:
+    gateway = Gateway(lt, grpc=True, routes=_table(mlserver), max_request_bytes=TIGHT_REQUEST, grpc_limits=TIGHT,
+                      rest_limits=REST_LIMITS)
+    yield gateway
+    gateway.stop()
+
+
+def _unary(conn: Hostile, sid: int, model: str) -> bytes:
+    return conn.headers(sid, request_fields()) + frame(DATA, END_STREAM, sid, grpc_framed(infer_message(model)))
+
+
+def test_reset_streams_whose_handlers_still_run_count_against_the_maximum(gw: Gateway, hostile: Hostile) -> None:
+    slow = list(range(1, 17, 2))  # as many calls to the slow model as the connection may have (8)
+    hostile.send(b"".join(_unary(hostile, sid, "sleepy") for sid in slow))
+    hostile.read(time.monotonic() + 0.5)  # their handlers now wait on the model
+    assert not hostile.of(RST_STREAM) and not hostile.of(HEADERS) and not hostile.closed
+    # reset them all and open as many again at once: the reset ones still count while their handlers stop
+    more = list(range(17, 33, 2))
+    hostile.send(b"".join(frame(RST_STREAM, 0, sid, CANCEL.to_bytes(4, "big")) for sid in slow)
+                 + b"".join(_unary(hostile, sid, "iris") for sid in more))
+    hostile.wait(lambda: len(hostile.of(RST_STREAM)) >= len(more), 3)
+    assert [(f[2], int.from_bytes(f[3], "big")) for f in hostile.of(RST_STREAM)] == [(sid, REFUSED_STREAM)
+                                                                                     for sid in more]
+    assert not hostile.of(HEADERS) and not hostile.of(GOAWAY)
+    hostile.read(time.monotonic() + 0.3)  # the handlers are stopped: the connection takes streams again
+    hostile.send(_unary(hostile, 33, "iris"))
+    assert_served(gw)
+    hostile.wait(lambda: any(f[1] & END_STREAM for f in hostile.of(HEADERS, 33)), 5)
+    assert hostile.fields(33).get(b"grpc-status") == b"0" and not hostile.closed
+
+
+def test_data_beyond_the_receive_window_is_a_flow_control_error(tight: Gateway) -> None:
+    # the tight gateway lets a connection hold about 80 KiB it has not consumed (64 KiB, raised to its 64 KiB
+    # request limit + 16 KiB); a unary request is consumed when it is whole, so its bytes hold the window until then
+    body = b"\x00" * 60000
+    attacker = Hostile(tight.grpc)
+    try:
+        attacker.wait(lambda: bool(attacker.of(WINDOW_UPDATE, 0)), 2)
+        window = 65535 + int.from_bytes(attacker.of(WINDOW_UPDATE, 0)[0][3], "big")  # the greeting's
+        assert TIGHT_REQUEST + 16384 <= window < 2 * len(body)
+        attacker.send(attacker.headers(1, request_fields()) + b"".join(frame(DATA, 0, 1, c) for c in _chunks(body)))
+        attacker.read(time.monotonic() + 0.3)
+        assert not attacker.of(WINDOW_UPDATE, 0)[1:] and not attacker.closed  # held: nothing given back
+        attacker.send(frame(DATA, END_STREAM, 1))  # now whole, handed on: its 60,000 bytes are given back
+        attacker.wait(lambda: len(attacker.of(WINDOW_UPDATE, 0)) > 1, 3)
+        assert [int.from_bytes(f[3], "big") for f in attacker.of(WINDOW_UPDATE, 0)[1:]] == [len(body)]
+        # two requests that never end, 120,000 bytes held at once: past the window it was given
+        attacker.send(attacker.headers(3, request_fields()) + attacker.headers(5, request_fields())
+                      + b"".join(frame(DATA, 0, 3, c) + frame(DATA, 0, 5, c) for c in _chunks(body)))
+        assert_served(tight)
+        code, text = attacker.goaway()
+        assert code == FLOW_CONTROL_ERROR and f"connection's flow-control window of {window} bytes" in text
+    finally:
+        attacker.close()
+
+
+def _drain(sock: socket.socket, until: float, enough: int = 1 << 40) -> tuple[bytes, bool]:
+    """Read ``sock`` until it ends (True), ``enough`` bytes came, or ``until`` (monotonic) passes."""
+    got = b""
+    while len(got) < enough and time.monotonic() < until:
+        sock.settimeout(max(until - time.monotonic(), 0.01))
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        except OSError:
+            return got, True
+        if not chunk:
+            return got, True
+        got += chunk
+    return got, False
+
+
+def test_a_client_that_does_not_read_is_dropped_when_a_control_frame_is_due(tight: Gateway) -> None:
+    ping = frame(PING, 0, 0, b"12345678")
+    # two clients open every window wide, ask for an 8 MiB answer and read nothing: the answers back up in the
+    # gateway; one of them then sends PINGs (well within their budget), the other waits
+    reader = Hostile(tight.grpc, preface=False, rcvbuf=4096)
+    patient = Hostile(tight.grpc, preface=False, rcvbuf=4096)
+    try:
+        for conn in (reader, patient):
+            conn.send(PREFACE + settings({S_INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+                      + frame(WINDOW_UPDATE, 0, 0, ((1 << 31) - 1 - 65535).to_bytes(4, "big")) + _unary(conn, 1, "big"))
+        time.sleep(1.0)
+        for _ in range(4):
+            reader.send(ping)
+            time.sleep(0.5)
+        assert_served(tight)
+        got, ended = _drain(reader.sock, time.monotonic() + 3)
+        # dropped: what the kernel still held came, then the end; never the whole answer, nor a PING's ACK
+        assert ended and len(got) < BIG_ANSWER and frame(PING, 0x1, 0, b"12345678") not in got, (ended, len(got))
+        # the one that only waited was not dropped: it reads its whole answer now
+        got, ended = _drain(patient.sock, time.monotonic() + 5, enough=BIG_ANSWER + 1024)
+        assert not ended and len(got) > BIG_ANSWER, (ended, len(got))
+    finally:
+        reader.close()
+        patient.close()

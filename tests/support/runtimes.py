@@ -44,6 +44,33 @@ RUNTIMES = textwrap.dedent('''
     class Failing(MLModel):
         async def predict(self, payload: InferenceRequest) -> InferenceResponse:
             raise MLServerError("this model always fails", status_code=500)
+
+
+    class Sleeper(MLModel):
+        """Answers its first input back after sleeping `extra.seconds` (a slow model)."""
+
+        async def load(self) -> bool:
+            self.seconds = float((self.settings.parameters.extra or {}).get("seconds", 1))
+            return True
+
+        async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+            import asyncio
+            await asyncio.sleep(self.seconds)
+            x = NumpyCodec.decode_input(payload.inputs[0])
+            return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("SLEPT", x)])
+
+
+    class Big(MLModel):
+        """Answers any request with one BYTES element of `extra.size` bytes (a large answer from a small call)."""
+
+        async def load(self) -> bool:
+            self.size = int((self.settings.parameters.extra or {}).get("size", 1 << 20))
+            return True
+
+        async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+            from mlserver.types import ResponseOutput
+            out = ResponseOutput(name="BIG", shape=[1], datatype="BYTES", data=[b"b" * self.size])
+            return InferenceResponse(model_name=self.name, outputs=[out])
 ''')
 
 

@@ -194,6 +194,10 @@ class H2Connection:
         self._last_peer_sid = 0
         self._preface = False  # a server: the client's preface is still due
         self.recv_window = connection_window  # what we let the peer send on the connection, unconsumed
+        self.recv_taken = 0  # DATA bytes received that the connection's window has not been refilled for
+        # a stream's receive window as the peer may use it (65,535 until it has taken our SETTINGS)
+        self.stream_recv_window = max(settings.get(S_INITIAL_WINDOW_SIZE, 65535), 65535)
+        self.just_reset = 0  # streams the peer reset in the bytes being read (their handlers still run)
         self.sent = 0  # DATA bytes sent so far (progress, for the stalled-answer timeout)
         self._pings = Budget(limits.pings_per_second, limits.pings_burst, now)
         self._settings_budget = Budget(limits.settings_per_second, limits.settings_burst, now)
@@ -230,6 +234,7 @@ class H2Connection:
         self.conn_unacked += size
         if self.conn_unacked >= self.recv_window // 2:
             self.write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.conn_unacked)))
+            self.recv_taken -= self.conn_unacked
             self.conn_unacked = 0
 
     def send(self, stream: Stream, head: bytes | None, data: bytes | None, trailers: bytes | None) -> None:
@@ -325,6 +330,7 @@ class H2Connection:
             return self._receive_preface(data, now, buffered)
         self.now = now
         self.buffered = buffered
+        self.just_reset = 0
         events: list[Event] = []
         self._events = events
         if self.closed:
@@ -530,6 +536,10 @@ class H2Connection:
         if not sid:
             raise ProtocolError("DATA on stream 0")
         size = len(payload)
+        self.recv_taken += size
+        if self.recv_taken > self.recv_window:
+            raise ProtocolError(f"DATA beyond the connection's flow-control window of {self.recv_window} bytes",
+                                FLOW_CONTROL_ERROR)
         if flags & PADDED:
             if not payload or payload[0] >= size:
                 raise ProtocolError("bad padding on DATA")
@@ -540,6 +550,10 @@ class H2Connection:
         if stream is None or stream.ended:
             self.consumed(size)
             return  # a stream already reset or finished: its data is dropped (and counts as consumed)
+        stream.recv_taken += size
+        if stream.recv_taken > self.stream_recv_window:
+            raise ProtocolError(f"DATA beyond stream {sid}'s flow-control window of {self.stream_recv_window} bytes",
+                                FLOW_CONTROL_ERROR)
         if size != len(data):  # padding: consumed at once
             self.consumed(size - len(data))
             self.refill(stream, size - len(data))
@@ -566,6 +580,7 @@ class H2Connection:
         stream.recv_unacked += size
         if stream.recv_unacked >= self.limits.stream_window // 2:
             self.write(frame(WINDOW_UPDATE, 0, stream.sid, U32.pack(stream.recv_unacked)))
+            stream.recv_taken -= stream.recv_unacked
             stream.recv_unacked = 0
 
     def on_oversized(self, sid: int, error: HeaderListTooLarge, end_stream: bool) -> None:
@@ -726,7 +741,7 @@ class ServerCore(H2Connection):
             if self.going_away:
                 self.reset(sid, REFUSED_STREAM)
                 return
-            if len(self.streams) + self.running >= self.max_streams:
+            if len(self.streams) + self.running + self.just_reset >= self.max_streams:
                 self._count_reset("streams refused for concurrency")
                 self.control(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
                 return
@@ -827,6 +842,8 @@ class ServerCore(H2Connection):
         stream = self.streams.pop(sid, None)
         self.blocked.pop(sid, None)
         if stream is not None:
+            if stream.ended or stream.streaming:  # handed to a handler: it counts until the adapter takes over
+                self.just_reset += 1
             stream.closed = stream.ended = True
             self._release_all(stream)
             self._events.append(StreamReset(stream, code))

@@ -65,7 +65,7 @@ class Stream:
 
     __slots__ = ("sid", "headers", "trailers", "chunks", "size", "recv_unacked", "send_window", "out", "out_pos",
                  "out_end", "after", "ended", "closed", "future", "task", "answered", "cut_short", "inbox", "held",
-                 "stalled_at", "streaming")
+                 "stalled_at", "streaming", "recv_taken")
 
     def __init__(self, sid: int, send_window: int) -> None:
         self.sid = sid
@@ -91,6 +91,7 @@ class Stream:
         self.held = 0  # server side: DATA bytes received and not yet consumed (the connection window's share)
         self.stalled_at = 0.0  # when the answer last made progress before waiting for window (while it waits)
         self.streaming = False  # a streaming call: its data goes on as events, not gathered in ``chunks``
+        self.recv_taken = 0  # DATA bytes received on it that its receive window has not been refilled for
 
     def body(self) -> bytes:
         chunks = self.chunks

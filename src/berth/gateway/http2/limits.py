@@ -85,7 +85,7 @@ class Budget:
         now = time.monotonic() if now is None else now
         tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if tokens < 1.0:
+        if tokens < 1.0 - 1e-9:  # (a whole token refilled must count as one, whatever the clock's rounding)
             self.tokens = tokens
             return False
         self.tokens = tokens - 1.0
