@@ -30,6 +30,17 @@ SWITCH_INTERVAL = 0.001  # seconds (CPython's default is 0.005)
 _listener: logging.handlers.QueueListener | None = None
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is written (a test runner swaps and closes it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr through a queue and its writer thread (once per process; later calls set the level)."""
     global _listener
@@ -40,7 +51,7 @@ def setup_logging(level: str = "INFO") -> None:
     if _listener is not None:
         return
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = logging.StreamHandler(sys.stderr)
+    writer = _Stderr()
     writer.setFormatter(logging.Formatter(FORMAT))
     _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=True)
     _listener.start()
