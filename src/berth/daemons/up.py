@@ -146,7 +146,7 @@ def up(**flags: Any) -> None:
                                                  "--admin-token-file", str(admin_file),
                                                  "--gateway-token-file", str(gateway_file)]
                           + (["--storage-policy", str(storage_policy.resolve())] if storage_policy else []),
-                          logs / "control.log", env=child_env))
+                          logs / "control.log", env={**child_env, "BERTH_GATEWAY": gateway_url}))
             _wait(lambda: httpx.get(f"{control_url}/healthz", timeout=1).status_code == 200, 30,
                   f"control plane at {control_url} (log {logs / 'control.log'})")
             credentials.register(control_url, admin_file, [gateway_url, f"{host}:{grpc_port}"])
