@@ -66,7 +66,9 @@ def test_healthy_namespace_passes(cli: Any, platform: Platform) -> None:
     assert sum(r["target"].endswith("(gRPC)") for r in replica_rows) == len(replica_rows) // 2 > 0
     code, report, _ = _doctor(cli, platform, "-A")
     storage = _row(report, "model storage", "default/iris")["detail"]
-    assert code == 0 and storage.endswith("object ✓ (n/a: secret, credentials)")
+    assert code == 0 and "policy ✓ object ✓ (" in storage
+    assert "secret: no secretName on the model; none needed" in storage
+    assert "credentials: a local path needs none (checked on replica default/mlserver/0)" in storage
 
 
 def test_requirement_nobody_offers_and_stuck_model(cli: Any, platform: Platform, tmp_path: Path) -> None:

@@ -182,30 +182,30 @@ def test_a_model_applied_while_open_appears_and_turns_ready(up: Up, tab: Any, tm
 def test_an_unplaceable_model_shows_its_reason(up: Up, tab: Any) -> None:
     page = tab()
     signed_in(up, page)
-    up.berth("apply", "-f", "-", stdin=model_yaml("needs-torch", "file:///tmp/nowhere", "[torch]"))
-    cell = page.locator('tr[data-model="default/needs-torch"] td.reason')
+    up.berth("apply", "-f", "-", stdin=model_yaml("needs-gpu", "file:///tmp/nowhere", "[nvidia-a100]"))
+    cell = page.locator('tr[data-model="default/needs-gpu"] td.reason')
     cell.wait_for(timeout=15000)
-    page.locator('tr[data-model="default/needs-torch"] td.reason', has_text="torch").wait_for(timeout=30000)
+    page.locator('tr[data-model="default/needs-gpu"] td.reason', has_text="nvidia-a100").wait_for(timeout=30000)
     text = cell.inner_text()
-    assert "Failed to schedule model" in text and "torch" in text, text
-    page.goto(f"{up.url}/ui/#/model/default/needs-torch")
+    assert "Failed to schedule model" in text and "nvidia-a100" in text, text
+    page.goto(f"{up.url}/ui/#/model/default/needs-gpu")
     reasons = page.get_by_role("table", name="Placement reasons")
     reasons.wait_for()
-    assert "mlserver" in reasons.inner_text() and "torch" in reasons.inner_text()
+    assert "mlserver" in reasons.inner_text() and "nvidia-a100" in reasons.inner_text()
     shot(page, "model-unplaceable", full=True)
     page.goto(f"{up.url}/ui/#/placement")
     page.wait_for_selector(".server")
-    assert "needs-torch" in page.inner_text(".why")
+    assert "needs-gpu" in page.inner_text(".why")
     page.wait_for_selector(".replica .chips a:has-text('iris')", timeout=30000)
     shot(page, "placement")
 
 
 def test_experiments_pipelines_namespaces_doctor_and_audit(up: Up, tab: Any) -> None:
-    docs = ("apiVersion: mlops.seldon.io/v1alpha1\nkind: Experiment\nmetadata: {name: iris-vs-torch}\n"
-            "spec: {default: iris, candidates: [{name: iris, weight: 75}, {name: needs-torch, weight: 25}]}\n---\n"
+    docs = ("apiVersion: mlops.seldon.io/v1alpha1\nkind: Experiment\nmetadata: {name: iris-vs-gpu}\n"
+            "spec: {default: iris, candidates: [{name: iris, weight: 75}, {name: needs-gpu, weight: 25}]}\n---\n"
             "apiVersion: mlops.seldon.io/v1alpha1\nkind: Pipeline\nmetadata: {name: chain}\n"
-            "spec: {steps: [{name: iris}, {name: needs-torch, inputs: [iris.outputs]}], "
-            "output: {steps: [needs-torch]}}\n")
+            "spec: {steps: [{name: iris}, {name: needs-gpu, inputs: [iris.outputs]}], "
+            "output: {steps: [needs-gpu]}}\n")
     iris = up.berth("get", "model", "iris", "-o", "json").stdout
     uri = json.loads(iris)["spec"]["storageUri"]
     docs += "---\n" + model_yaml("iris2", uri) + (
@@ -219,8 +219,8 @@ def test_experiments_pipelines_namespaces_doctor_and_audit(up: Up, tab: Any) -> 
         assert r.status_code == 200, r.text
     page = tab()
     signed_in(up, page, "experiments")
-    page.wait_for_selector("text=iris-vs-torch")
-    split = page.get_by_role("table", name="Split of iris-vs-torch").inner_text()
+    page.wait_for_selector("text=iris-vs-gpu")
+    split = page.get_by_role("table", name="Split of iris-vs-gpu").inner_text()
     assert "75%" in split and "25%" in split
     observed = page.get_by_role("table", name="Split of iris-split")
     observed.locator("td", has_text="(").first.wait_for(timeout=30000)  # "NN% (count)" once the gateway is read
@@ -229,9 +229,9 @@ def test_experiments_pipelines_namespaces_doctor_and_audit(up: Up, tab: Any) -> 
     assert sum(counts) == 40 and min(counts) > 0, cells
     shot(page, "experiments")
     page.goto(f"{up.url}/ui/#/pipelines")
-    page.wait_for_selector(".graph .step:has-text('needs-torch')")
+    page.wait_for_selector(".graph .step:has-text('needs-gpu')")
     stages = page.locator(".graph > li")
-    assert stages.count() == 2 and "iris" in stages.nth(1).inner_text()  # needs-torch ← iris, one stage later
+    assert stages.count() == 2 and "iris" in stages.nth(1).inner_text()  # needs-gpu ← iris, one stage later
     shot(page, "pipelines")
     page.goto(f"{up.url}/ui/#/namespaces")
     page.wait_for_selector("table >> text=default")
@@ -240,8 +240,8 @@ def test_experiments_pipelines_namespaces_doctor_and_audit(up: Up, tab: Any) -> 
     matrix = page.get_by_role("table", name="Doctor matrix")
     matrix.locator("tr", has_text="default/mlserver/0").first.wait_for()
     agent = matrix.locator("tr", has_text="agent").filter(has_text="default/mlserver/0").inner_text()
-    placement = matrix.locator("tr", has_text="placement").filter(has_text="default/needs-torch").inner_text()
-    assert "✓ pass" in agent and "✗ fail" in placement and "torch" in placement
+    placement = matrix.locator("tr", has_text="placement").filter(has_text="default/needs-gpu").inner_text()
+    assert "✓ pass" in agent and "✗ fail" in placement and "nvidia-a100" in placement
     shot(page, "doctor", full=True)
     page.goto(f"{up.url}/ui/#/audit")
     page.wait_for_selector("table >> text=apply", timeout=15000)
@@ -267,7 +267,7 @@ def test_a_viewer_of_another_namespace_sees_nothing_of_this_one(up: Up, tab: Any
         page.goto(f"{up.url}/ui/#/{view}")
         page.wait_for_selector("main h1")
         text = page.inner_text("main")
-        assert "iris" not in text and "mlserver" not in text and "needs-torch" not in text, (view, text)
+        assert "iris" not in text and "mlserver" not in text and "needs-gpu" not in text, (view, text)
     page.goto(f"{up.url}/ui/#/model/default/iris")  # a name typed into the address bar: nothing of it shows
     page.wait_for_selector("text=No model iris in namespace default")
     assert "Conditions" not in page.inner_text("main") and "sklearn" not in page.inner_text("main")

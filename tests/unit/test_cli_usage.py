@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import typer.main
@@ -97,3 +98,15 @@ def test_a_wrong_option_is_a_usage_error_naming_it(cli, args: tuple[str, ...], n
     r = cli(*args)
     assert r.code == 2, (r.code, r.err)
     assert named in r.err and "internal error" not in r.err
+
+
+def test_a_cluster_without_the_kubernetes_client_is_one_line(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pip install modelberth` has no Kubernetes client: naming a cluster says which extra to install."""
+    loaded = ("kubernetes_asyncio", "berth.client.kube", "berth.cli.doctor_network")
+    for name in [m for m in list(sys.modules) if m.startswith(loaded)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "kubernetes_asyncio", None)  # as if not installed
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    r = cli("get", "models")
+    assert r.code != 0 and "internal error" not in r.err
+    assert "needs the Kubernetes client: pip install 'modelberth[kube]'" in r.err

@@ -199,6 +199,8 @@ def test_sas_signatures_are_redacted_from_http_logs(caplog: pytest.LogCaptureFix
     # another library's logging.config call earlier in the run may have disabled the logger: enable it
     monkeypatch.setattr(logging.getLogger("urllib3.connectionpool"), "disabled", False)
     caplog.set_level(logging.DEBUG)
+    # and may have set urllib3's level (kubernetes_asyncio's Configuration sets it to WARNING): this logger's own
+    caplog.set_level(logging.DEBUG, logger="urllib3.connectionpool")
     logging.getLogger("urllib3.connectionpool").debug('%s "GET /c?restype=container&%s HTTP/1.1" 200', "http://h",
                                                       SAS)
     assert "TOPSECRETSIGNATURE" not in caplog.text  # another library may mark it first: sig=[REDACTED]

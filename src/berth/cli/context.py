@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
     from click.exceptions import UsageError  # type: ignore[assignment]
 
 from berth.client.http import BerthClient
+from berth.errors import ConfigError
 
 
 @dataclass
@@ -37,8 +38,10 @@ class Settings:
         --context or KUBECONFIG), a client reading the cluster's API as kubectl does (client/kube.py)."""
         if self.server is None and not os.environ.get("BERTH_ADDRESS") and (
                 self.kubeconfig or self.kube_context or os.environ.get("KUBECONFIG")):
-            from berth.client.kube import KubeClient  # the Kubernetes client only when a cluster is named
-
+            try:
+                from berth.client.kube import KubeClient  # the Kubernetes client only when a cluster is named
+            except ModuleNotFoundError as exc:
+                raise kube_missing("reading a cluster named by --kubeconfig, --context or KUBECONFIG") from exc
             return KubeClient(self.kubeconfig, self.kube_context, timeout=timeout)
         return BerthClient(self.server, timeout=timeout, token=self.token)
 
@@ -140,3 +143,9 @@ def hoist_globals(root: Any, args: Sequence[str]) -> list[str]:
         rest.append(token)
         i += 1
     return head + path + early + rest
+
+
+def kube_missing(what: str) -> ConfigError:
+    """The one-line answer when the Kubernetes client (the ``kube`` extra) is not installed."""
+    return ConfigError(f"{what} needs the Kubernetes client: pip install 'modelberth[kube]' (or pass --server to "
+                       "reach a control plane directly)")

@@ -21,9 +21,8 @@ from rich.table import Table
 
 from berth.cli import output as out
 from berth.cli import render
-from berth.cli.context import settings
+from berth.cli.context import kube_missing, settings
 from berth.cli.doctor_gateway import gateway_rows
-from berth.cli.doctor_network import kube_network_rows
 from berth.cli.doctor_rows import QUICK, RUNTIMES, Row, capability_rows, key, parallel
 from berth.client.gateway import gateway_from_env
 from berth.client.http import BerthClient, connect_reason
@@ -142,11 +141,13 @@ def storage_rows(client: BerthClient, models: list[dict[str, Any]]) -> list[Row]
             return Row("model storage", f"{ns}/{name}", False, f"storage check failed: {exc.message}")
         if ans.get("ok"):
             done = " ".join(f"{c['name']} ✓" for c in ans.get("checks", []) if c.get("ok"))
-            idle = [c for c in ans.get("checks", []) if c.get("ok") is None]
-            why = sorted({str(c.get("detail") or "not checked") for c in idle})
-            names = ", ".join(c["name"] for c in idle)
+            idle: dict[str, list[str]] = {}  # why a check was not run -> the checks it concerns
+            for c in ans.get("checks", []):
+                if c.get("ok") is None:
+                    idle.setdefault(str(c.get("detail") or "not checked"), []).append(str(c.get("name")))
+            why = " | ".join(f"{', '.join(names)}: {detail}" for detail, names in idle.items())
             return Row("model storage", f"{ns}/{name}", True,
-                       f"{ans.get('uri')}: {done}" + (f" ({names}: {'; '.join(why)})" if idle else ""))
+                       f"{ans.get('uri')}: {done}" + (f" ({why})" if why else ""))
         failed = [c for c in ans.get("checks", []) if c.get("ok") is False]
         return Row("model storage", f"{ns}/{name}", False,
                    "; ".join(f"{c['name']}: {c['detail']}" for c in failed) or str(ans.get("message")))
@@ -296,6 +297,10 @@ def doctor(
         rows = diagnose(client, gateway_from_env(settings.gateway), None if all_namespaces else namespace,
                         threshold)
     if kube:
+        try:
+            from berth.cli.doctor_network import kube_network_rows  # the Kubernetes client only for --kube
+        except ModuleNotFoundError as exc:
+            raise kube_missing("berth doctor --kube") from exc
         rows += kube_network_rows(kubeconfig, context, namespace, control_namespace)
     failed = sum(r.ok is False for r in rows)
     ran = sum(r.ok is not None for r in rows)
