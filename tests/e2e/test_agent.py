@@ -168,7 +168,9 @@ def test_agent_loads_fails_reconnects_and_unloads(mlserver: MLServerProcess, tmp
             standin = await StandIn(port).start()
             hello = await standin.wait_for(lambda f: f["type"] == "hello", 15)
             assert hello["loaded"] == [{"name": "iris", "generation": 2, "memory": loaded["memory"]}]
-            assert hello["readiness"]["ready"] is True
+            if not hello["readiness"]["ready"]:  # MLServer may answer 400 on ready for a moment after a failed load:
+                # the agent greets with what it last probed, then reports the change (the control plane's view)
+                await standin.wait_for(lambda f: f["type"] == "status" and f["readiness"]["ready"] is True, 10)
 
             # the agent restarts: it adopts what MLServer still holds instead of reloading it
             stop.set()
