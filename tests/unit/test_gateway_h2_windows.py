@@ -7,8 +7,9 @@ import struct
 
 import hpack
 
-from berth.gateway.http2.core import ConnectionTerminated, RequestReceived, ServerCore, StreamReset
+from berth.gateway.http2.core import ConnectionTerminated, RequestReceived, StreamReset
 from berth.gateway.http2.limits import Limits
+from berth.gateway.http2.servercore import ServerCore
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 7, 8

@@ -15,20 +15,20 @@ import h2.events
 import h2.settings
 import pytest
 
+from berth.gateway.http2.clientcore import ClientCore
 from berth.gateway.http2.core import (
-    ClientCore,
     ConnectionTerminated,
     DataReceived,
     Event,
     PingReceived,
     RequestReceived,
     ResponseReceived,
-    ServerCore,
     SettingsChanged,
     StreamEnded,
     StreamReset,
 )
 from berth.gateway.http2.limits import ENHANCE_YOUR_CALM, Limits
+from berth.gateway.http2.servercore import ServerCore
 
 PATH = b"/inference.GRPCInferenceService/ModelInfer"
 STREAM_PATH = b"/inference.GRPCInferenceService/ModelStreamInfer"

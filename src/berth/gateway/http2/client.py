@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from berth.gateway.http2.clientcore import ClientCore
 from berth.gateway.http2.connection import Connection
 from berth.gateway.http2.core import (
     UPSTREAM_LIMITS,
-    ClientCore,
     ConnectionTerminated,
     DataReceived,
     Event,

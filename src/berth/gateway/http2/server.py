@@ -21,13 +21,13 @@ from berth.gateway.http2.core import (
     DataReceived,
     Event,
     RequestReceived,
-    ServerCore,
     StreamEnded,
     StreamReset,
 )
 from berth.gateway.http2.frames import Stream
 from berth.gateway.http2.headerblock import Field
 from berth.gateway.http2.limits import Limits
+from berth.gateway.http2.servercore import ServerCore
 
 Handler = Callable[["ServerConnection", Stream], None]
 
