@@ -303,12 +303,7 @@ class GrpcGateway:
                         conn.respond_end(stream, trailers)
                     break
                 elif kind == "refused":  # the client's side broke a limit: the call ends here
-                    code, failure = error_fields(payload)
-                    failure.append(route_field)
-                    if sent_head:
-                        conn.respond_end(stream, failure)
-                    else:
-                        conn.respond(stream, [*_HEAD_OK, *failure], None, None)
+                    code = _end_failed(conn, stream, payload, route_field, sent_head)
                     break
                 else:  # the server went away, reset the stream, or fell silent
                     broke: BerthError = Timeout(
@@ -316,12 +311,7 @@ class GrpcGateway:
                         f"for {timeout:g}s") if kind == "timeout" else Unavailable(
                         f"inference server {upstream_address} failed during the stream for model {target.name}: "
                         f"{payload}; the stream was not retried")
-                    code, failure = error_fields(broke)
-                    failure.append(route_field)
-                    if sent_head:
-                        conn.respond_end(stream, failure)
-                    else:
-                        conn.respond(stream, [*_HEAD_OK, *failure], None, None)
+                    code = _end_failed(conn, stream, broke, route_field, sent_head)
                     break
         finally:
             self.balancer.release(address)
@@ -524,3 +514,14 @@ async def start_grpc(gateway: GrpcGateway, host: str, port: int) -> tuple[GrpcLi
                           "another port (--grpc-port) or stop what uses it") from exc
     bound = listener.server.sockets[0].getsockname()[1]
     return listener, bound
+
+
+def _end_failed(conn: ServerConnection, stream: Stream, err: BerthError, route_field: Field, sent_head: bool) -> int:
+    """End a streaming call with ``err`` as its gRPC status (in trailers once the head went out); its code."""
+    code, failure = error_fields(err)
+    failure.append(route_field)
+    if sent_head:
+        conn.respond_end(stream, failure)
+    else:
+        conn.respond(stream, [*_HEAD_OK, *failure], None, None)
+    return code
