@@ -121,9 +121,7 @@ def test_apply_warns_about_every_field_it_keeps_but_does_not_act_on(control: Con
                                                "env": [{"name": "SELDON_OVERCOMMIT_PERCENTAGE", "value": "20"},
                                                        {"name": "SELDON_LOG_LEVEL", "value": "debug"}]}]}}}],
         dry_run=True)
-    assert answer["warnings"] == [
-        f"Server {NS}/mlserver: spec.maxReplicas: not acted on (Berth does not autoscale servers; it runs "
-        "spec.replicas, else minReplicas, else 1); kept",
+    assert answer["warnings"] == [  # maxReplicas is acted on: autoscaling (docs/autoscaling.md)
         node_selector,
         f"Server {NS}/mlserver: spec.podSpec.tolerations: not used by local replicas (Berth runs each replica as "
         "processes on this machine); kept",

@@ -69,7 +69,9 @@ def test_loads_run_concurrently_and_unmeasured_ones_alone(mlserver: MLServerProc
 
     outcomes = asyncio.run(scenario())
     assert [o.state for o in outcomes] == ["LOADED"] * (len(names) + 1), [o.message for o in outcomes]
-    assert all(o.memory == 0 for o in outcomes[:-1])  # declared memory: loaded beside others, not measured
+    # declared memory: loaded beside others; a load that overlapped another is not measured (peak >= 2: at least
+    # two overlapped), one that happened to run alone is
+    assert sum(o.memory == 0 for o in outcomes[:-1]) >= 2
     assert outcomes[-1].memory > 0  # no declaration: loaded alone and measured
     for name in [*names, "measured"]:
         r = httpx.post(f"http://{mlserver.http_address}/v2/models/{name}/infer", json=IRIS_INPUT, timeout=10)

@@ -167,9 +167,16 @@ class ApiServer:
         self._sync(run)
 
     def issue_token(self, namespace: str, account: str, audiences: list[str],
-                    pod: dict[str, Any] | None = None) -> str:
-        """A ServiceAccount token as the kubelet projects it (bound to ``pod`` when given)."""
+                    pod: dict[str, Any] | None = None, expires_in: float | None = None) -> str:
+        """A ServiceAccount token as the kubelet projects it (bound to ``pod`` when given); with ``expires_in``,
+        shaped as a JWT whose ``exp`` claim is that many seconds on (the signature is random: only this
+        server's TokenReview vouches for it)."""
         token = secrets.token_urlsafe(24)
+        if expires_in is not None:
+            claims = {"exp": time.time() + expires_in, "aud": audiences, "sub": f"system:serviceaccount:{namespace}:"
+                      f"{account}"}
+            token = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                             for part in ({"alg": "RS256", "typ": "JWT"}, claims)) + "." + token
         extra = ({"authentication.kubernetes.io/pod-name": [pod["metadata"]["name"]],
                   "authentication.kubernetes.io/pod-uid": [pod["metadata"]["uid"]]} if pod else {})
         self.tokens[token] = {"audiences": audiences, "user": {

@@ -1,20 +1,26 @@
-"""A test harness that plays the kubelet (and the StatefulSet controller) for Berth's pods, without containers.
+"""A test harness that plays the kubelet (and the StatefulSet and Deployment controllers) for Berth's pods,
+without containers.
 
 For every StatefulSet in the emulated API server it creates the pods ``NAME-0 … NAME-(replicas-1)`` through
-the API (labels from the pod template, owned by the StatefulSet), and runs each pod's containers as local
-processes from the template's own ``command``, ``args`` and ``env``:
+the API (labels from the pod template, owned by the StatefulSet), and for every Deployment the pods
+``NAME-HASH-N`` (owned by the ReplicaSet ``NAME-HASH`` a Deployment controller would make, ``HASH`` from the
+pod template, so a changed template replaces them), and runs each pod's containers as local processes from
+the template's own ``command``, ``args`` and ``env``:
 
 - **env** as the kubelet resolves it: ``fieldRef`` (``metadata.name``, ``metadata.namespace``,
-  ``status.podIP`` → 127.0.0.1), ``resourceFieldRef`` (``requests.memory`` of a container, in bytes);
+  ``status.podIP``), ``resourceFieldRef`` (``requests.memory`` of a container, in bytes);
 - **volumes** become folders of the pod (``emptyDir``; a ``projected`` ServiceAccount token is issued by the
   API server for the pod's ServiceAccount and audience, bound to the pod, and written there); a path under
   a mount in an env value or argument is rewritten to that folder;
-- **network**: the pods share the host's loopback (no network namespace here), so each pod gets distinct
-  ports: every container port, and every ``*_PORT`` variable, is mapped to a free port of its own, except
-  a Service's port (``services``: ``{host: {port: real port}}``), which maps to what the test runs; a
-  ``*.svc`` host becomes 127.0.0.1;
-- **readiness**: a container's ``readinessProbe`` (``httpGet``) is polled on its mapped port and the pod's
-  ``Ready`` condition written back through ``pods/status``;
+- **network**: each pod gets an IP of its own on the host's loopback network (``127.0.0.N``, N ≥ 2: Linux
+  answers the whole 127/8 on ``lo``), its ``status.podIP`` and what ``0.0.0.0`` means in its env; the pod's
+  ``127.0.0.1`` is the host's, shared (no network namespace here), so each pod also gets distinct ports:
+  every container port, and every ``*_PORT`` variable, is mapped to a free port of its own, except a
+  Service's port (``services``: ``{host: {port: real port}}``), which maps to what the test runs; a
+  ``*.svc`` host becomes 127.0.0.1, and so does a ``http://HOST.svc:PORT`` URL's (with the Service's port);
+- **readiness**: a container's ``readinessProbe`` (``httpGet`` or ``tcpSocket``) is polled at the pod's IP on
+  its mapped port, as a kubelet probes, and the pod's ``Ready`` condition and IP written back through
+  ``pods/status``;
 - **restarts**: a container whose process exits is started again (``restartPolicy: Always``), as a kubelet
   heals a crashed MLServer; a pod whose StatefulSet is gone or scaled down is stopped and deleted.
 
@@ -23,11 +29,15 @@ Commands are found beside this interpreter (``berth``, ``mlserver``: the image's
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +57,7 @@ class Container:
     argv: list[str]
     env: dict[str, str]
     log: Path
-    probe: tuple[str, int] | None  # (path, host port) of its readinessProbe
+    probe: tuple[str | None, int] | None  # (path, host port) of its readinessProbe (path None: tcpSocket)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -58,6 +68,7 @@ class Pod:
     name: str
     doc: dict[str, Any]
     ports: dict[int, int]  # container port (or *_PORT value) -> host port
+    ip: str  # 127.0.0.N, its own
     containers: list[Container] = field(default_factory=list)
     ready: bool = False
 
@@ -69,6 +80,7 @@ class Kubelet:
     def __init__(self, api: ApiServer, folder: Path, services: dict[str, dict[int, int]]) -> None:
         self.api, self.folder, self.services = api, folder, services
         self.pods: dict[tuple[str, str], Pod] = {}
+        self._ips = 1  # the last 127.0.0.N handed out
         self.http = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.token}"}, timeout=10)
 
     # -- the StatefulSet controller's part ---------------------------------------------------------------
@@ -78,11 +90,25 @@ class Kubelet:
         wanted: set[tuple[str, str]] = set()
         for sts in sets:
             ns, name = sts["metadata"]["namespace"], sts["metadata"]["name"]
+            owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": sts["metadata"]["uid"],
+                     "controller": True}
             for i in range(int(sts["spec"].get("replicas", 1))):
                 key = (ns, f"{name}-{i}")
                 wanted.add(key)
                 if key not in self.pods:
-                    self.pods[key] = self._start(sts, i)
+                    self.pods[key] = self._start(ns, key[1], sts["spec"]["template"], owner,
+                                                 {"statefulset.kubernetes.io/pod-name": key[1]})
+        for deployment in self.http.get("/apis/apps/v1/deployments").json().get("items") or []:
+            ns, template = deployment["metadata"]["namespace"], deployment["spec"]["template"]
+            digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+            replica_set = f"{deployment['metadata']['name']}-{digest}"
+            owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set, "controller": True,
+                     "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, deployment["metadata"]["uid"] + digest))}
+            for i in range(int(deployment["spec"].get("replicas", 1))):
+                key = (ns, f"{replica_set}-{i}")
+                wanted.add(key)
+                if key not in self.pods:
+                    self.pods[key] = self._start(ns, key[1], template, owner, {"pod-template-hash": digest})
         for key in [k for k in self.pods if k not in wanted]:
             self._remove(self.pods.pop(key))
         for pod in self.pods.values():
@@ -92,15 +118,16 @@ class Kubelet:
                     self._run(c)
             self._report(pod)
 
-    def _start(self, sts: dict[str, Any], index: int) -> Pod:
-        ns, name = sts["metadata"]["namespace"], f"{sts['metadata']['name']}-{index}"
-        template = sts["spec"]["template"]
+    def pod_of(self, namespace: str, prefix: str) -> Pod | None:
+        """The first pod of ``namespace`` whose name starts with ``prefix`` (a Deployment's pods: NAME-)."""
+        return next((p for (ns, name), p in sorted(self.pods.items()) if ns == namespace and name.startswith(prefix)),
+                    None)
+
+    def _start(self, ns: str, name: str, template: dict[str, Any], owner: dict[str, Any],
+               labels: dict[str, str]) -> Pod:
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": name, "namespace": ns, "labels": {**template["metadata"].get("labels", {}),
-                                                      "statefulset.kubernetes.io/pod-name": name},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"],
-                                 "uid": sts["metadata"]["uid"], "controller": True}]},
-            "spec": template["spec"]}
+            "name": name, "namespace": ns, "labels": {**template["metadata"].get("labels", {}), **labels},
+            "ownerReferences": [owner]}, "spec": template["spec"]}
         created = self.http.post(f"/api/v1/namespaces/{ns}/pods", json=body)
         created.raise_for_status()
         doc = created.json()
@@ -111,14 +138,17 @@ class Kubelet:
         for c in spec["containers"]:
             for p in c.get("ports") or []:
                 ports.setdefault(int(p["containerPort"]), free_port())
-        pod = Pod(ns, name, doc, ports)
+        self._ips += 1
+        assert self._ips < 255, "the harness hands out 253 pod IPs"
+        pod = Pod(ns, name, doc, ports, f"127.0.0.{self._ips}")
         for c in spec["containers"]:
             env = self._env(pod, c, spec, mounts)
             argv = [_path(a, mounts.get(c["name"], {})) for a in [*c.get("command", []), *c.get("args", [])]]
             argv[0] = str(BIN / argv[0]) if (BIN / argv[0]).exists() else argv[0]
-            probe = (c.get("readinessProbe") or {}).get("httpGet")
+            readiness = c.get("readinessProbe") or {}
+            probe = readiness.get("httpGet") or readiness.get("tcpSocket")
             named = {p.get("name"): int(p["containerPort"]) for p in c.get("ports") or []}
-            probe_at = (probe["path"], ports[named.get(probe["port"], probe["port"])]) if probe else None
+            probe_at = (probe.get("path"), ports[named.get(probe["port"], probe["port"])]) if probe else None
             container = Container(c["name"], argv, env, root / f"{c['name']}.log", probe_at)
             pod.containers.append(container)
             self._run(container)
@@ -152,7 +182,7 @@ class Kubelet:
                 ref = item.get("valueFrom") or {}
                 if "fieldRef" in ref:
                     value = {"metadata.name": pod.name, "metadata.namespace": pod.namespace,
-                             "status.podIP": "127.0.0.1"}[ref["fieldRef"]["fieldPath"]]
+                             "status.podIP": pod.ip}[ref["fieldRef"]["fieldPath"]]
                 else:
                     res = ref["resourceFieldRef"]
                     target = next(x for x in spec["containers"] if x["name"] == res.get("containerName", c["name"]))
@@ -162,8 +192,14 @@ class Kubelet:
         return env
 
     def _net(self, name: str, value: str, pod: Pod) -> str:
-        if value == "0.0.0.0" or re.fullmatch(r"[a-z0-9.-]+\.svc(\.cluster\.local)?", value):
-            return "127.0.0.1"  # a pod's own addresses, and a Service's, are the host's loopback here
+        if value == "0.0.0.0":
+            return pod.ip  # every address of the pod: its IP here (its 127.0.0.1 is the host's, shared)
+        if re.fullmatch(r"[a-z0-9.-]+\.svc(\.cluster\.local)?", value):
+            return "127.0.0.1"  # a Service's: what the test runs on the host's loopback
+        url = re.fullmatch(r"(https?://)([a-z0-9.-]+\.svc(?:\.cluster\.local)?):(\d+)(/.*)?", value)
+        if url is not None:  # a Service's URL: what the test runs behind that Service
+            port = self.services.get(url[2], {}).get(int(url[3]), int(url[3]))
+            return f"{url[1]}127.0.0.1:{port}{url[4] or ''}"
         if name.endswith("_PORT") and value.isdigit():
             port = int(value)
             for ports in self.services.values():
@@ -179,11 +215,11 @@ class Kubelet:
                                       start_new_session=True, cwd=c.env["HOME"])
 
     def _report(self, pod: Pod) -> None:
-        ready = all(c.probe is None or _answers(*c.probe) for c in pod.containers)
+        ready = all(c.probe is None or _answers(pod.ip, *c.probe) for c in pod.containers)
         if ready == pod.ready:
             return
         current = self.http.get(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}").json()
-        current["status"] = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [
+        current["status"] = {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "conditions": [
             {"type": "Ready", "status": "True" if ready else "False"}]}
         if self.http.put(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status", json=current).is_success:
             pod.ready = ready
@@ -216,9 +252,15 @@ def _path(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
-def _answers(path: str, port: int) -> bool:
+def _answers(ip: str, path: str | None, port: int) -> bool:
+    if path is None:  # a tcpSocket probe
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
     try:
-        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200
+        return httpx.get(f"http://{ip}:{port}{path}", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 

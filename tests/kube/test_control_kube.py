@@ -41,7 +41,7 @@ LAUNCH = [str(Path(sys.executable).parent / "berth")]  # the installed command, 
 class ControlProcess:
     """``berth control --store kubernetes`` as a child process on a free loopback port."""
 
-    def __init__(self, api: ApiServer, folder: Path) -> None:
+    def __init__(self, api: ApiServer, folder: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "control.log"
@@ -49,7 +49,7 @@ class ControlProcess:
         env.pop("KUBECONFIG", None)
         self.proc = subprocess.Popen(
             [*LAUNCH, "control", "--store", "kubernetes", "--kubeconfig", str(api.kubeconfig), "--port",
-             str(self.port), "--data-dir", str(folder / "data"), "--image", "berth:test"],
+             str(self.port), "--data-dir", str(folder / "data"), "--image", "berth:test", *extra],
             env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:

@@ -1,12 +1,10 @@
 """End to end in Kubernetes mode, without containers: the real `berth control --store kubernetes` process, the
-emulated API server, and tests/kube/kubelet.py playing the kubelet for the StatefulSet it makes (the pod
-template's own agent and MLServer commands and env as local processes, the agent enrolled with its pod's
-projected token through TokenReview).  A Model applied to the API becomes Ready and answers on the
-replica's MLServer; a killed MLServer is started again and the model served again; deleting the Server
-stops its pods.
-
-Not yet through the namespace's gateway: a gateway pod's projected token is not accepted by the control
-API yet (docs/kubernetes.md, "Status")."""
+emulated API server, and tests/kube/kubelet.py playing the kubelet for the StatefulSet and the gateway
+Deployment it makes (the pod templates' own agent, MLServer and gateway commands and env as local processes,
+the agent enrolled and the gateway authenticated with their pods' projected tokens through TokenReview).
+A Model applied to the API becomes Ready and answers through the namespace's gateway (which takes its own
+namespace for a request without a seldon-namespace header); a killed MLServer is
+started again and the model served again through the gateway; deleting the Server stops its pods."""
 
 from __future__ import annotations
 
@@ -16,10 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from mlserver.grpc import dataplane_pb2, dataplane_pb2_grpc
 
+from berth.resources.identity import new_token
 from berth.store.kubernetes import KubernetesStore
+from berth.wire.routes import ROUTES_PATH
 from tests.kube.apiserver import ApiServer
 from tests.kube.kubelet import Kubelet
 from tests.kube.test_control_kube import ControlProcess, condition, example
@@ -29,13 +31,16 @@ from tests.support.servers import wait_http
 pytestmark = pytest.mark.e2e
 NS = "financial-ml"
 POD = (NS, "mlserver-0")
+ADMIN = new_token()
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[ApiServer, KubernetesStore, ControlProcess, Kubelet]]:
+    (tmp_path / "admin-token").write_text(ADMIN + "\n")
+    (tmp_path / "admin-token").chmod(0o600)
     with ApiServer(tmp_path) as api:
         store = KubernetesStore(kubeconfig=str(api.kubeconfig))
-        control = ControlProcess(api, tmp_path)
+        control = ControlProcess(api, tmp_path, ("--admin-token-file", str(tmp_path / "admin-token")))
         kubelet = Kubelet(api, tmp_path / "nodes", {"berth-control.berth-system.svc": {9004: control.port}})
         try:
             assert wait_http(control.url + "/healthz", 30), control.output()
@@ -68,9 +73,13 @@ def ready(store: KubernetesStore, name: str) -> bool:
             and model["status"].get("observedGeneration") == model["metadata"]["generation"])
 
 
-def infer(kubelet: Kubelet, name: str) -> httpx.Response:
-    port = kubelet.pods[POD].ports[8080]  # the pod's MLServer REST port, as the gateway would reach it
-    return httpx.post(f"http://127.0.0.1:{port}/v2/models/{name}/infer", json=IRIS_INPUT, timeout=30)
+def infer(kubelet: Kubelet, name: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """Through the namespace's gateway pod (its Service's REST port, 9000, as a client in the namespace calls it):
+    no ``seldon-namespace`` header, the namespace's gateway takes its own namespace."""
+    gateway = kubelet.pod_of(NS, "berth-gateway-")
+    assert gateway is not None, "the namespace's gateway pod is not running"
+    return httpx.post(f"http://{gateway.ip}:{gateway.ports[9000]}/v2/models/{name}/infer", json=IRIS_INPUT,
+                      headers=headers, timeout=30)
 
 
 def test_financial_ml_served_by_pods_the_kubelet_runs(
@@ -88,9 +97,38 @@ def test_financial_ml_served_by_pods_the_kubelet_runs(
     pod = api._sync(lambda: copy.deepcopy(api.objects[("pods", NS, "mlserver-0")]))
     assert pod["metadata"]["ownerReferences"][0]["name"] == "mlserver"
     settle(kubelet, "the pod's Ready condition", lambda: kubelet.pods[POD].ready, control)
-    answer = infer(kubelet, name)
-    assert answer.status_code == 200, answer.text
+    gateway = settle(kubelet, "the gateway pod's Ready condition",
+                     lambda: (pod := kubelet.pod_of(NS, "berth-gateway-")) is not None and pod.ready and pod, control)
+    assert gateway.doc["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    answer = settle(kubelet, "an answer through the namespace's gateway",
+                    lambda: (got := _infer(kubelet, name)) is not None and got.status_code == 200 and got, control,
+                    timeout=60)
     assert answer.json()["outputs"][0]["shape"][0] == 2
+    assert answer.headers["x-seldon-route"], answer.headers  # the gateway's route header: it went through it
+    assert infer(kubelet, name, {"seldon-namespace": NS}).status_code == 200  # named explicitly: the same
+    elsewhere = infer(kubelet, name, {"seldon-namespace": "default"})  # this gateway serves its namespace only
+    assert elsewhere.status_code == 404, elsewhere.text
+    log = gateway.container("gateway").log.read_text()
+    assert "following routes from" in log and "refused" not in log, log[-2000:]
+    # gRPC too: the gateway's gRPC port, the agent's gRPC relay (HTTP/2 bytes), MLServer's gRPC on loopback
+    with grpc.insecure_channel(f"{gateway.ip}:{gateway.ports[9001]}") as channel:
+        stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(dataplane_pb2.ModelInferRequest(model_name=name, inputs=[
+            dataplane_pb2.ModelInferRequest.InferInputTensor(
+                name="input-0", datatype="FP64", shape=[1, 4],
+                contents=dataplane_pb2.InferTensorContents(fp64_contents=[5.1, 3.5, 1.4, 0.2]))]),
+            metadata=[("seldon-namespace", NS)], timeout=30)
+    assert reply.model_name == name and list(reply.outputs[0].shape)[0] == 1
+    # the route is the pod's IP and its agent's relay port; MLServer itself answers on the pod's loopback only
+    replica = kubelet.pods[POD]
+    table = httpx.get(control.url + ROUTES_PATH, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()
+    [route] = [m for m in table["models"] if m["name"] == name]
+    assert [e["http"] for e in route["endpoints"]] == [f"{replica.ip}:{replica.ports[8080]}"], route
+    assert replica.ip != "127.0.0.1"
+    inside = replica.ports[9500]  # MLServer's REST port (MLSERVER_HTTP_PORT) in this pod
+    assert httpx.get(f"http://127.0.0.1:{inside}/v2/health/live", timeout=5).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{replica.ip}:{inside}/v2/health/live", timeout=5)
     server = store.get("Server", NS, "mlserver")
     assert (condition(server, "Ready") or {}).get("status") == "True", server.get("status")
 
@@ -102,12 +140,17 @@ def test_financial_ml_served_by_pods_the_kubelet_runs(
 
     # deleting the Server removes its StatefulSet, and with it the pods
     store.delete("Server", NS, "mlserver")
-    settle(kubelet, "the pods' removal", lambda: not kubelet.pods, control, timeout=60)
+    settle(kubelet, "the pods' removal", lambda: POD not in kubelet.pods, control, timeout=60)
     assert ("pods", NS, "mlserver-0") not in api._sync(lambda: set(api.objects))
 
 
-def _answers(kubelet: Kubelet, name: str) -> bool:
+def _infer(kubelet: Kubelet, name: str) -> httpx.Response | None:
     try:
-        return infer(kubelet, name).status_code == 200
+        return infer(kubelet, name)
     except httpx.HTTPError:
-        return False
+        return None
+
+
+def _answers(kubelet: Kubelet, name: str) -> bool:
+    got = _infer(kubelet, name)
+    return got is not None and got.status_code == 200

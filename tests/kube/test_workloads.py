@@ -55,6 +55,20 @@ def test_server_becomes_an_owned_statefulset_and_headless_service() -> None:
     agent, mlserver = pod["containers"]
     env = {e["name"]: e.get("value") for e in agent["env"]}
     assert env["BERTH_INFERENCE_HOST"] == "127.0.0.1"  # the agent reaches MLServer over the pod's loopback
+    ml_env = {e["name"]: e.get("value") for e in mlserver["env"]}
+    assert ml_env["MLSERVER_HOST"] == "127.0.0.1" and "ports" not in mlserver  # nothing of MLServer's is exposed
+    assert (ml_env["MLSERVER_HTTP_PORT"], ml_env["MLSERVER_GRPC_PORT"]) == (
+        env["BERTH_INFERENCE_HTTP_PORT"], env["BERTH_INFERENCE_GRPC_PORT"])
+    # the agent relays the pod's ports (those the NetworkPolicies admit the gateway to) and advertises the pod's IP
+    assert [(p["name"], p["containerPort"]) for p in agent["ports"]] == [("http", 8080), ("grpc", 8081)]
+    assert (env["BERTH_RELAY_HTTP_PORT"], env["BERTH_RELAY_GRPC_PORT"]) == ("8080", "8081")
+    advertise = next(e for e in agent["env"] if e["name"] == "BERTH_ADVERTISE_HOST")
+    assert advertise["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # a tenant's podSpec cannot put MLServer back on the pod's IP
+    loud = {**SERVER, "spec": {**SERVER["spec"], "podSpec": {"containers": [
+        {"name": "mlserver", "env": [{"name": "MLSERVER_HOST", "value": "0.0.0.0"}]}]}}}
+    ml = server_objects(loud, None, INSTALL)[0]["spec"]["template"]["spec"]["containers"][1]
+    assert [e["value"] for e in ml["env"] if e["name"] == "MLSERVER_HOST"] == ["127.0.0.1"]
     assert env["BERTH_CONTROL_HOST"] == "berth-control.berth-system.svc"
     assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "berth-server"
     token = next(v for v in pod["volumes"] if v["name"] == "berth-token")
@@ -78,7 +92,7 @@ def test_pod_specs_merge_as_seldon_merges_them() -> None:
     agent, mlserver = pod["containers"]
     assert agent["image"] == INSTALL.image and agent["command"] == ["berth", "agent"] and "args" not in agent
     env = {e["name"]: e["value"] for e in mlserver["env"] if "value" in e}
-    assert env["A"] == "server" and env["B"] == "config" and env["MLSERVER_HOST"] == "0.0.0.0"
+    assert env["A"] == "server" and env["B"] == "config" and env["MLSERVER_HOST"] == "127.0.0.1"
     assert mlserver["resources"] == {"requests": {"memory": "2Gi"}}
     # a tenant cannot hand the agent another identity
     sneaky = {**SERVER, "spec": {**SERVER["spec"], "podSpec": {"serviceAccountName": "admin",
@@ -117,6 +131,7 @@ STRAY = [
     ("client → replica directly", Endpoint("client pods", NS, {}), _pod(REPLICA, server="mlserver"), 8080),
     ("client → control plane", Endpoint("client pods", NS, {}), _pod(CONTROL_PLANE, SYS), 9004),
     ("gateway → replica, another port", _pod(GATEWAY), _pod(REPLICA, server="mlserver"), 8082),
+    ("gateway → MLServer's own port, past the relay", _pod(GATEWAY), _pod(REPLICA, server="mlserver"), 9500),
     ("replica → replica", _pod(REPLICA, server="a"), _pod(REPLICA, server="mlserver"), 8080),
     ("replica → gateway", _pod(REPLICA, server="mlserver"), _pod(GATEWAY), 9000),
     ("agent → the internet", _pod(REPLICA, server="mlserver"), Endpoint("a host", None, ip="203.0.113.9"), 443),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,11 @@ def test_a_started_mlserver_process_holds_none_of_our_secrets(tmp_path: Path, mo
     proc = MLServerProcess(tmp_path / "work")
     child = proc.start()
     try:
+        # Between fork and exec the child still holds our environment: read it once the program runs.
+        deadline = time.monotonic() + 10
+        while str(program).encode() not in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in MLServer never started"
+            time.sleep(0.01)
         environ = Path(f"/proc/{child.pid}/environ").read_bytes()
     finally:
         child.kill()

@@ -293,7 +293,13 @@ class CountingUpstreams(Upstreams):
         super().__init__(connect_timeout)
         self.attempts: list[str] = []
 
-    async def get(self, address: str) -> ClientConnection:
+    def ready(self, address: str) -> ClientConnection | None:  # an attempt on an open connection
+        conn = super().ready(address)
+        if conn is not None:
+            self.attempts.append(address)
+        return conn
+
+    async def get(self, address: str) -> ClientConnection:  # an attempt that (re)connects first
         self.attempts.append(address)
         return await super().get(address)
 

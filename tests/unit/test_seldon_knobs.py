@@ -222,7 +222,7 @@ def test_every_unused_part_is_named_and_honoured_ones_are_not() -> None:
     paths = [w.split(": ")[1] for w in unacted_warnings(noisy)]
     assert paths == [
         "metadata.annotations[seldon.io/foo]", "metadata.annotations[berth.io/replica-memori]",
-        "metadata.annotations[berth.io/placement-policy]", "spec.maxReplicas", "spec.scaling", "spec.minReplicas",
+        "metadata.annotations[berth.io/placement-policy]", "spec.scaling",  # min/maxReplicas: autoscaling
         "spec.podSpec.containers[agent]", "spec.podSpec.containers[mlserver]", "spec.podSpec.containers[rclone]"]
     lines = "\n".join(unacted_warnings(noisy))
     assert "containers[agent]: image, env[SELDON_SERVER_HTTP_PORT]: not used by local replicas" in lines
@@ -236,7 +236,7 @@ def test_every_unused_part_is_named_and_honoured_ones_are_not() -> None:
 def test_models_runtimes_configs_and_triton_resources_are_warned() -> None:
     model = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model", "metadata": {"name": "m", "namespace": NS},
              "spec": {"storageUri": "s3://b/k", "maxReplicas": 3, "dedicated": True, "replicas": 1}}
-    assert [w.split(": ")[1] for w in unacted_warnings(model)] == ["spec.maxReplicas", "spec.dedicated"]
+    assert [w.split(": ")[1] for w in unacted_warnings(model)] == ["spec.dedicated"]  # maxReplicas: autoscaling
     experiment = {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Experiment",
                   "metadata": {"name": "x", "namespace": NS},
                   "spec": {"resourceType": "pipeline", "candidates": [{"name": "p", "weight": 1}]}}

@@ -7,7 +7,8 @@ StatefulSet pods are named, ``mlserver-2``), so an agent runs in a Seldon-shaped
 format is declared beside it and checked in one place; a wrong value is a one-line ``ConfigError`` naming the
 variable and what it accepts.  Explicit keyword overrides (the CLI's flags) win over the environment; ``None``
 overrides are ignored.  ``python -m berth.agent.config --markdown`` prints the table in
-``docs/agent-settings.md``; the CLI's help texts come from the same declaration (``cli_help``).
+``docs/agent-settings.md``; ``berth agent``'s options come from the same declaration
+(``berth.daemons.options``).
 
 The environment is read only by ``from_env(env)`` (the mapping it is given); constructing ``AgentConfig(...)``
 directly reads no environment variable.
@@ -51,7 +52,7 @@ class AgentConfig(ProcessSettings):
                           doc="Server name (from POD_NAME `<server>-<replica>` in a Seldon pod)")
     replica: int = setting(0, "BERTH_REPLICA", "POD_NAME", ge=0, flag="--replica",
                            doc="Replica index (from POD_NAME `<server>-<replica>` in a Seldon pod)")
-    namespace: str = setting("default", "BERTH_NAMESPACE", "POD_NAMESPACE", flag="--namespace", fmt=_LABEL,
+    namespace: str = setting("default", "BERTH_NAMESPACE", "POD_NAMESPACE", flag="--namespace,-n", fmt=_LABEL,
                              doc="Namespace")
     capabilities: tuple[str, ...] = setting(DEFAULT_CAPABILITIES, "BERTH_CAPABILITIES", "SELDON_SERVER_CAPABILITIES",
                                             flag="--capabilities", fmt="comma-separated list",
@@ -68,10 +69,23 @@ class AgentConfig(ProcessSettings):
                                        flag="--inference-grpc-port", doc="MLServer gRPC port")
     inference_pid: int | None = setting(None, "BERTH_INFERENCE_PID", ge=1,
                                         doc="MLServer's process id (found from the HTTP port's listener when unset)")
+    # where gateways reach this replica (docs/kubernetes.md): in a pod, its IP and the agent's relay ports
+    advertise_host: str | None = setting(None, "BERTH_ADVERTISE_HOST", "POD_IP",
+                                         doc="Address gateways reach this replica at, e.g. the pod's IP from the "
+                                             "downward API's status.podIP (default: the inference host)")
+    relay_http_port: int | None = setting(None, "BERTH_RELAY_HTTP_PORT", "SELDON_REVERSE_PROXY_HTTP_PORT", ge=1,
+                                          le=65535, doc="Listen on the advertised address at this port and relay "
+                                                        "each connection to MLServer's REST port (unset: no relay, "
+                                                        "MLServer's own port is advertised)")
+    relay_grpc_port: int | None = setting(None, "BERTH_RELAY_GRPC_PORT", "SELDON_REVERSE_PROXY_GRPC_PORT", ge=1,
+                                          le=65535, doc="The same for MLServer's gRPC port")
     control_host: str = setting("127.0.0.1", "BERTH_CONTROL_HOST", "SELDON_SCHEDULER_HOST", flag="--control",
                                 doc="Control plane host")
     control_port: int = setting(DEFAULT_CONTROL_PORT, "BERTH_CONTROL_PORT", "SELDON_SCHEDULER_PORT", ge=1, le=65535,
                                 flag="--control", doc="Control plane port (its API port)")
+    control_ca: Path | None = setting(None, "BERTH_CONTROL_CA",
+                                      doc="CA (PEM, e.g. ca.crt of the control plane's TLS Secret): reach the "
+                                          "control plane over wss:// trusting only this CA")
     data_dir: Path | None = setting(None, "BERTH_DATA_DIR", flag="--data-dir",
                                     doc="Where artifacts are downloaded (default "
                                         "`.berth/agents/<namespace>.<server>-<replica>`)")
@@ -116,6 +130,11 @@ class AgentConfig(ProcessSettings):
                 raise ConfigError(f"agent {problem}")
         if self.token_file is not None:
             self.bearer_token()  # unreadable or empty: say so at start, not at the first refusal
+        for relay, target, what in ((self.relay_http_port, self.inference_http_port, "HTTP"),
+                                    (self.relay_grpc_port, self.inference_grpc_port, "GRPC")):
+            if relay == target and (self.advertise_host or self.inference_host) == self.inference_host:
+                raise ConfigError(f"BERTH_RELAY_{what}_PORT={relay} is MLServer's own port on the same host "
+                                  f"{self.inference_host}; relay on another port or advertise another host")
         if self.reconnect_min <= 0 or self.reconnect_max < self.reconnect_min:
             raise ConfigError(f"agent reconnect backoff must satisfy 0 < min <= max, got "
                               f"{self.reconnect_min}..{self.reconnect_max}")
@@ -138,12 +157,16 @@ class AgentConfig(ProcessSettings):
 
     @property
     def control_url(self) -> str:
-        return f"ws://{self.control_host}:{self.control_port}{AGENT_PATH}"
+        """``wss://`` when a CA is configured (the token never goes in clear), else ``ws://``."""
+        scheme = "wss" if self.control_ca is not None else "ws"
+        return f"{scheme}://{self.control_host}:{self.control_port}{AGENT_PATH}"
 
     @property
     def inference(self) -> InferenceAddress:
-        return InferenceAddress(host=self.inference_host, http_port=self.inference_http_port,
-                                grpc_port=self.inference_grpc_port)
+        """Where gateways reach the inference server: the advertised host, the relay's ports where it relays."""
+        return InferenceAddress(host=self.advertise_host or self.inference_host,
+                                http_port=self.relay_http_port or self.inference_http_port,
+                                grpc_port=self.relay_grpc_port or self.inference_grpc_port)
 
     @property
     def identity(self) -> str:

@@ -13,10 +13,18 @@ Operations on one model are serialised; different models fetch and place concurr
 load calls pass a gate (:class:`LoadGate`):
 
 * a model that declares its memory (``spec.memory``) loads beside others, up to :data:`LOAD_CONCURRENCY`
-  load calls at once; its load is not measured (with loads overlapping, an RSS delta is not one model's),
-  so it reports memory 0 ("not measured") and its declaration is what counts;
-* a model that declares none loads alone, the gate drained of other loads first, and reports the server's
-  RSS delta across its load call as its memory, as before.
+  load calls at once; its RSS delta is reported only when its load call ran alone (no other load call was
+  under way when it started, none started before it ended: :attr:`LoadGate.entered` tells), else memory 0
+  ("not measured"), since overlapping deltas cannot be told apart;
+* a model that declares none loads alone, the gate drained of other loads first, and always reports the
+  server's RSS delta across its load call as its memory.
+
+Eviction (docs/overcommit.md): an ``unload`` with ``keep_artifact`` unloads the model from the inference
+server but keeps ``<data dir>/models/<name>/<generation>/`` and the repository copy, with
+``<data dir>/models/<name>/evicted.json`` in place of ``loaded.json``; a later load of the same generation
+skips the download and the placement and only asks the inference server to load it again.  The hello lists
+what is kept (:meth:`ModelLoader.kept_models`); the control plane unloads, without ``keep_artifact``, what it no
+longer wants there, which removes the files.
 """
 
 from __future__ import annotations
@@ -36,12 +44,13 @@ from berth.adapters.mlserver import pid_listening_on, rss_of
 from berth.agent.config import AgentConfig
 from berth.errors import BerthError, LoadError, StorageError, Unavailable
 from berth.resources.instances import instance_problem
-from berth.wire.agent import Load, LoadedModel, ModelEvent
+from berth.wire.agent import Load, LoadedModel, ModelEvent, ModelSource
 
 log = logging.getLogger("berth.agent.loader")
 
 Emit = Callable[[ModelEvent], Awaitable[None]]
 STATE_FILE = "loaded.json"
+EVICTED_FILE = "evicted.json"  # an evicted model's record: its artifact is kept for a reload
 LOAD_CONCURRENCY = 4  # MLServer load calls at once per replica, for models that declare their memory
 # Models fetched and placed at once. Without a bound, 1,000 loads queue 1,000 file jobs in the thread pool
 # ahead of each other's next step and the first load call waits for most of the file work of all of them.
@@ -61,6 +70,7 @@ class LoadGate:
         self._exclusive = False
         self._exclusive_waiting = 0
         self.peak = 0  # most shared holders seen at once (for tests and benchmarks)
+        self.entered = 0  # holders admitted so far: unchanged across a hold, with active == 1, means it ran alone
 
     @property
     def active(self) -> int:
@@ -72,6 +82,7 @@ class LoadGate:
             await self._cond.wait_for(lambda: not self._exclusive and not self._exclusive_waiting
                                       and self._shared < self.limit)
             self._shared += 1
+            self.entered += 1
             self.peak = max(self.peak, self._shared)
         try:
             yield
@@ -91,6 +102,7 @@ class LoadGate:
                 if not self._exclusive:  # cancelled while waiting: let shared holders on
                     self._cond.notify_all()
             self._exclusive = True
+            self.entered += 1
         try:
             yield
         finally:
@@ -135,6 +147,20 @@ class ModelLoader:
     def loaded_models(self) -> list[LoadedModel]:
         return [m.model_copy() for _, m in sorted(self.loaded.items())]
 
+    def kept_models(self) -> list[LoadedModel]:
+        """Evicted models whose artifact is kept here (``evicted.json``), for the hello: the control plane
+        unloads those it no longer wants on this replica, which removes their files."""
+        kept = []
+        for path in sorted(self.config.models_dir.glob(f"*/{EVICTED_FILE}")):
+            try:
+                model = LoadedModel.model_validate_json(path.read_text())
+            except (OSError, ValueError):
+                model = LoadedModel(name=path.parent.name)  # unreadable: reported so that it can be removed
+            name = model.name
+            if name == path.parent.name and name not in self.loaded and instance_problem(name) is None:
+                kept.append(model)
+        return kept
+
     def lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
@@ -154,6 +180,27 @@ class ModelLoader:
         path = self._state_path(model.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(model.model_dump_json())
+
+    def _evicted_path(self, name: str) -> Path:
+        return self.config.models_dir / name / EVICTED_FILE
+
+    def _kept(self, msg: Load) -> bool:
+        """Whether an eviction kept this very generation's artifact, placed, so a reload needs no download."""
+        try:
+            kept = LoadedModel.model_validate_json(self._evicted_path(msg.name).read_text())
+        except (OSError, ValueError):
+            return False
+        local = self.config.models_dir / msg.name / str(msg.generation)
+        return kept.generation == msg.generation and local.is_dir() and (self.config.repository / msg.name).is_dir()
+
+    def _keep_evicted(self, name: str) -> None:
+        """Record an evicted model: its artifact stays, ``loaded.json`` goes (a restart must not adopt it)."""
+        model = self.loaded.pop(name, None)
+        state = self._state_path(name)
+        if model is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            self._evicted_path(name).write_text(model.model_dump_json())
+        state.unlink(missing_ok=True)
 
     def _forget(self, name: str) -> None:
         self.loaded.pop(name, None)
@@ -198,6 +245,31 @@ class ModelLoader:
         """Fetch, place and load; returns (RSS delta in bytes, seconds MLServer's load call took)."""
         source = msg.source
         local = self.config.models_dir / msg.name / str(msg.generation)
+        if await asyncio.to_thread(self._kept, msg):
+            log.info("reloading evicted %s (generation %d) from its kept artifact", msg.name, msg.generation)
+        else:
+            await self._fetch_and_place(msg, local, source)
+        measure = msg.source.memory <= 0  # undeclared: load alone, measured; declared: in parallel
+        gate = self.gate
+        async with gate.exclusive() if measure else gate.shared():
+            entered, alone = gate.entered, gate.active == 1
+            pid = self.inference_pid()
+            before = rss_of(pid) if pid is not None else 0
+            load_started = time.monotonic()
+            try:
+                await self.client.load(msg.name)
+            except LoadError as exc:
+                raise LoadError(f"MLServer at {self.client.base_url} failed to load {msg.name}: "
+                                f"{exc.message}", details=exc.details) from exc
+            seconds = time.monotonic() - load_started
+            await self.client.metadata(msg.name)
+            after = rss_of(pid) if pid is not None else 0
+            alone = alone and gate.entered == entered  # no other load call started meanwhile
+        await asyncio.to_thread(self._evicted_path(msg.name).unlink, missing_ok=True)
+        await asyncio.to_thread(self._drop_other_generations, msg.name, msg.generation)
+        return (max(0, after - before) if alone else 0), seconds
+
+    async def _fetch_and_place(self, msg: Load, local: Path, source: ModelSource) -> None:
         async with self._prepare:
             try:
                 await asyncio.to_thread(_remove, local)
@@ -209,21 +281,6 @@ class ModelLoader:
             except OSError as exc:
                 raise LoadError(f"cannot place {msg.name} in the model repository {self.config.repository}: "
                                 f"{exc}") from exc
-        measure = msg.source.memory <= 0  # declared memory: load in parallel, unmeasured
-        async with self.gate.exclusive() if measure else self.gate.shared():
-            pid = self.inference_pid() if measure else None
-            before = rss_of(pid) if pid is not None else 0
-            load_started = time.monotonic()
-            try:
-                await self.client.load(msg.name)
-            except LoadError as exc:
-                raise LoadError(f"MLServer at {self.client.base_url} failed to load {msg.name}: "
-                                f"{exc.message}", details=exc.details) from exc
-            seconds = time.monotonic() - load_started
-            await self.client.metadata(msg.name)
-            after = rss_of(pid) if pid is not None else 0
-        await asyncio.to_thread(self._drop_other_generations, msg.name, msg.generation)
-        return max(0, after - before), seconds
 
     def _place(self, msg: Load, local: Path) -> None:
         """Copy the local artifact into the repository as ``<repository>/<name>/`` with its settings."""
@@ -258,10 +315,15 @@ class ModelLoader:
         await asyncio.to_thread(self._forget, name)
 
     # -- unload --------------------------------------------------------------------------------
-    async def unload(self, name: str) -> ModelEvent:
+    async def unload(self, name: str, keep_artifact: bool = False) -> ModelEvent:
         async with self.lock(name):
             started = time.monotonic()
             generation = self.loaded[name].generation if name in self.loaded else 0
+            if name not in self.loaded and self._evicted_path(name).exists() and instance_problem(name) is None:
+                # evicted earlier: nothing is loaded; an eviction keeps it, anything else removes the files
+                if not keep_artifact:
+                    await asyncio.to_thread(self._forget, name)
+                return _event(name, generation, "UNLOADED", started)
             if instance_problem(name) is None:
                 try:
                     await self.client.unload(name)
@@ -274,7 +336,7 @@ class ModelLoader:
                                   message=f"MLServer at {self.client.base_url} failed to unload {name}: "
                                           f"{exc.message}")
                 try:
-                    await asyncio.to_thread(self._forget, name)
+                    await asyncio.to_thread(self._keep_evicted if keep_artifact else self._forget, name)
                 except OSError as exc:
                     return _event(name, generation, "UNLOAD_FAILED", started,
                                   message=f"unloaded, but removing its files failed: {exc}")

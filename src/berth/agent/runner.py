@@ -30,9 +30,11 @@ from berth.agent import capabilities
 from berth.agent.config import AgentConfig
 from berth.agent.loader import ModelLoader
 from berth.agent.readiness import ReadinessWatcher
+from berth.agent.relay import start_relays
 from berth.aiotasks import GuardedTask, guarded
 from berth.errors import ConfigError
 from berth.wire import agent as wire
+from berth.wire.tls import client_context
 
 log = logging.getLogger("berth.agent")
 
@@ -68,6 +70,8 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resync: asyncio.Task[Any] | None = None
         self.probe: capabilities.ProbeResult | None = None  # what the capability probe found (once per start)
+        # --control-ca: wss:// trusting only that CA (wire/tls.py); a bad file stops the agent at start
+        self._tls = client_context(config.control_ca) if config.control_ca is not None else None
 
     # -- outgoing ------------------------------------------------------------------------------
     def hello(self) -> wire.Hello:
@@ -77,7 +81,7 @@ class Agent:
             namespace=cfg.namespace, server=cfg.server, replica=cfg.replica,
             capabilities=list(cfg.capabilities), memory=cfg.memory,
             overcommit_percent=cfg.overcommit_percent, inference=cfg.inference, readiness=readiness,
-            loaded=self.loader.loaded_models(),
+            loaded=self.loader.loaded_models(), kept=self.loader.kept_models(),
             pid=self.loader.inference_pid() if readiness.ready else None,
             unavailable=list(self.probe.problems) if self.probe else [],
             probed_with=self.probe.python if self.probe and not self.probe.error else None)
@@ -145,7 +149,7 @@ class Agent:
         await self.emit(await self.loader.load(msg))
 
     async def _do_unload(self, msg: wire.Unload) -> None:
-        await self.emit(await self.loader.unload(msg.name))
+        await self.emit(await self.loader.unload(msg.name, keep_artifact=msg.keep_artifact))
 
     async def _do_check(self, msg: wire.CheckStorage) -> None:
         """``berth doctor``'s storage check, from this host (the control plane never reads storage itself)."""
@@ -181,7 +185,8 @@ class Agent:
         url = self.config.control_url
         token = self.config.bearer_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024, headers=headers)
+        ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024, headers=headers,
+                                      ssl=self._tls if self._tls is not None else True)
         heartbeat: GuardedTask | None = None
         try:
             hello = self.hello()
@@ -268,6 +273,15 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; the inference server is left as it is."""
+        cfg = self.config
+        try:  # in a pod: the pod's address relayed to MLServer on loopback (agent/relay.py)
+            relays = await start_relays(cfg.advertise_host or cfg.inference_host, cfg.inference_host, [
+                (cfg.relay_http_port, cfg.inference_http_port, "REST relay"),
+                (cfg.relay_grpc_port, cfg.inference_grpc_port, "gRPC relay")])
+        except OSError as exc:
+            raise ConfigError(f"the agent cannot listen on {cfg.inference.host} for its relay (ports "
+                              f"{cfg.relay_http_port}, {cfg.relay_grpc_port}): {exc.strerror or exc}; check "
+                              "BERTH_ADVERTISE_HOST and BERTH_RELAY_*_PORT") from exc
         watcher = guarded("agent-readiness", lambda: self.readiness.run(stop), restart=True, stop=stop)
         connection: GuardedTask | None = None
         try:
@@ -288,12 +302,16 @@ class Agent:
             await asyncio.gather(watcher.task, *(() if connection is None else (connection.task,)), *self._tasks,
                                  return_exceptions=True)
             await self.client.aclose()
+            for relay in relays:
+                await relay.close()
 
 
 async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run one agent until ``stop`` is set (the ``berth agent`` command calls this)."""
-    log.info("agent %s: inference server %s, control plane %s, repository %s", config.identity,
-             config.inference.http, config.control_url, config.repository)
+    relayed = (f" (relayed from {config.inference.http})" if config.relay_http_port or config.relay_grpc_port
+               else "")
+    log.info("agent %s: inference server %s:%d%s, control plane %s, repository %s", config.identity,
+             config.inference_host, config.inference_http_port, relayed, config.control_url, config.repository)
     if config.token_file is None and not config.token:
         log.warning("agent %s has no token (--token-file or BERTH_AGENT_TOKEN): a control plane that enrols "
                     "agents will refuse it", config.identity)

@@ -13,6 +13,7 @@ from berth.cli.context import settings
 from berth.cli.rollout_cmd import versions_table
 from berth.errors import InvalidInput
 from berth.resources.kinds import kind_from_alias
+from berth.resources.quantity import humanize_bytes
 from berth.resources.statuses import condition_of, conditions_of, model_status_of, server_status_of
 
 
@@ -42,7 +43,7 @@ def describe_model(doc: dict[str, Any]) -> None:
         ("Name", meta["name"]), ("Namespace", meta["namespace"]), ("Created", meta.get("creationTimestamp")),
         ("Generation", f"{meta.get('generation')} (observed {st.get('observedGeneration', '-')})"),
         ("Storage URI", spec.get("storageUri")), ("Requirements", ", ".join(spec.get("requirements", []))),
-        ("Memory", spec.get("memory", "(not declared)")), ("Secret", spec.get("secretName", "(none)")),
+        ("Memory", _memory(spec, st)), ("Secret", spec.get("secretName", "(none)")),
         ("Server", spec.get("server", "(any in namespace)")),
         ("Replicas", f"{st.get('availableReplicas', 0)} available of {st.get('replicas', '?')} desired"
                      + (f" (min {spec['minReplicas']})" if spec.get("minReplicas") is not None else "")),
@@ -56,14 +57,44 @@ def describe_model(doc: dict[str, Any]) -> None:
         t.add_column(c, overflow="fold")
     for key, rs in sorted(((typed.get("replicaStatus") or {}) if typed is not None else {}).items()):
         server, _, index = key.rpartition("/")
-        colour = {"Loaded": "green", "LoadFailed": "red", "Unavailable": "red"}.get(rs.get("state"), "yellow")
+        colour = {"Loaded": "green", "LoadFailed": "red", "Unavailable": "red",
+                  "Evicted": "magenta"}.get(rs.get("state"), "yellow")
         t.add_row(server, index, f"[{colour}]{rs.get('state')}[/{colour}]", rs.get("message", ""))
     for r in (placement.get("reasons") or []) if placement is not None else []:
         replica = "" if r.get("replica") is None else str(r["replica"])
         t.add_row(r.get("server") or "-", replica or "-", f"[red]{r.get('code')}[/red]", r.get("message", ""))
     render.console.print(t)
     render.console.print(versions_table(st))  # docs/rollouts.md
+    _autoscaling(st)
     _history(st)
+
+
+def _memory(spec: dict[str, Any], st: dict[str, Any]) -> str:
+    """Declared, measured at load (RSS delta) and what residency counts (docs/overcommit.md)."""
+    mem = st.get("memory")
+    declared = spec.get("memory", "(not declared)")
+    if not mem:
+        return str(declared)
+    measured = humanize_bytes(mem["measured"]) if mem.get("measured") else "not measured"
+    return f"{declared} declared, {measured} measured at load; counts {humanize_bytes(mem.get('effective', 0))}"
+
+
+def _autoscaling(st: dict[str, Any]) -> None:
+    """The replicas autoscaling decided and its last decisions with their reasons (docs/autoscaling.md)."""
+    auto = st.get("autoscaling")
+    if not auto:
+        return
+    t = Table(box=None, pad_edge=False, header_style="bold", title_justify="left",
+              title=f"Autoscaling: {auto.get('replicas')} replicas (min {auto.get('minReplicas')}, "
+                    f"max {auto.get('maxReplicas')})")
+    for c in ("TIME", "DIRECTION", "REPLICAS", "REASON"):
+        t.add_column(c, overflow="fold")
+    for e in auto.get("events") or []:
+        t.add_row(e.get("time", ""), e.get("direction", ""), f"{e.get('previous')} -> {e.get('replicas')}",
+                  e.get("reason", ""))
+    for p in auto.get("problems") or []:
+        t.add_row("", "[red]problem[/red]", "", p)
+    render.console.print(t)
 
 
 def _history(st: dict[str, Any]) -> None:
@@ -110,6 +141,7 @@ def describe_server(doc: dict[str, Any]) -> None:
         t.add_row(str(r.get("index")), str(r.get("connected")), str(r.get("ready")), r.get("address", "") or "",
                   str(r.get("memory", "")), ", ".join(r.get("models", [])), broken or "-", r.get("message", ""))
     render.console.print(t)
+    _autoscaling(st)
 
 
 def describe_experiment(doc: dict[str, Any]) -> None:

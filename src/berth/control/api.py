@@ -7,6 +7,7 @@
     GET    /api/v1/watch?kinds=&namespace=&since= NDJSON event stream (or WebSocket on upgrade)
     GET    /api/v1/agents                         connected and lost replicas, as the hub knows them
     GET    /api/v1/routes[/watch]                 routing table for gateways
+    POST   /api/v1/gateway/usage                  gateways' usage reports (control/usage_api.py)
     GET    /api/v1/agents/connect                 agent WebSocket (the hub authenticates agents)
     POST|GET /api/v1/tokens, DELETE /api/v1/tokens/{name}, GET /api/v1/audit   (control/tokens_api.py)
     GET|PUT /api/v1/namespaces/{ns}/quota          per-namespace quotas, admins of every namespace (control/quotas.py)
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,10 +35,13 @@ from berth.control.auth import Auth, failure, principal_of
 from berth.control.hub import AgentHub
 from berth.control.listener import ListenerLimits, slowloris_middleware
 from berth.control.metrics import ControlMetrics
+from berth.control.residency import annotation_problems
 from berth.control.routes import RoutesPublisher
 from berth.control.storage_policy import policy_problems
 from berth.control.tokens import TokenRegistry
 from berth.control.tokens_api import TokensAPI
+from berth.control.usage import UsageBook
+from berth.control.usage_api import UsageAPI
 from berth.control.watch_api import Watches, shown, visibility
 from berth.errors import (
     BerthError,
@@ -93,7 +98,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 class ControlAPI:
     def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
                  metrics: ControlMetrics | None = None, tokens: TokenRegistry | None = None,
-                 storage_policy: StoragePolicy = PERMISSIVE) -> None:
+                 storage_policy: StoragePolicy = PERMISSIVE, usage: UsageBook | None = None) -> None:
         self.store = store
         self.storage_policy = storage_policy  # judged at apply time (control/storage_policy.py)
         self.tokens = tokens or TokenRegistry(None)
@@ -102,6 +107,7 @@ class ControlAPI:
         self.routes = routes
         self.auth = Auth(self.tokens)
         self.watches = Watches(store, self.auth)
+        self.usage = UsageAPI(usage or UsageBook(time.monotonic), self.auth)  # gateways' usage reports
         # /healthz answers the last revision written without taking the store's lock (a long write in the
         # store thread must not hold a probe up): a listener keeps it (an int assignment, from any thread).
         self._revision = store.revision()
@@ -132,6 +138,7 @@ class ControlAPI:
         r.add_get("/api/v1/agents", self.agents)
         r.add_get(ROUTES_PATH, self.routes.get)
         r.add_get(ROUTES_WATCH_PATH, self.routes.watch)
+        self.usage.add_routes(r)
         TokensAPI(self.tokens, self.auth).add_routes(r)
         quotas.QuotaAPI(self.store, self.auth).add_routes(r)
         r.add_get("/api/v1/namespaces/{ns}/models/{name}/storage",
@@ -185,7 +192,11 @@ class ControlAPI:
                 body, errs = validate_document(doc, f"document#{i}", default_namespace=default_ns,
                                                warnings=warnings, seen_unknown=seen)
                 problems.extend(errs)
-                if body is not None:
+                bad = annotation_problems(body["kind"], body["metadata"].get("annotations")) if body else []
+                if body is not None and bad:  # berth.io/overcommit, berth.io/pinned (docs/overcommit.md)
+                    meta = body["metadata"]
+                    problems.extend(f"{body['kind']} {meta['namespace']}/{meta.get('name')}: {p}" for p in bad)
+                elif body is not None:
                     bodies.append(body)
             if not problems:
                 warnings.extend(w for b in bodies for w in unacted_warnings(b))  # kept, but not acted on here
@@ -218,9 +229,10 @@ class ControlAPI:
         results = [{"kind": obj["kind"], "namespace": obj["metadata"]["namespace"],
                     "name": obj["metadata"]["name"], "action": action,
                     "generation": obj["metadata"]["generation"]} for obj, action in applied]
-        self.auth.record_many(request, [{"principal": principal.name, "verb": "apply", "kind": res["kind"],
-                                         "namespace": res["namespace"], "name": res["name"], "outcome": "ok",
-                                         "reason": str(res["action"])} for res in results])
+        # one commit (fsync) of the audit records: in the store thread, not on the loop
+        await off_loop(self.auth.record_many, request, [
+            {"principal": principal.name, "verb": "apply", "kind": res["kind"], "namespace": res["namespace"],
+             "name": res["name"], "outcome": "ok", "reason": str(res["action"])} for res in results])
         return web.json_response({"results": results, "warnings": warnings})
 
     def _authorize_apply(self, request: web.Request, bodies: list[dict[str, Any]]) -> Principal:
@@ -249,7 +261,10 @@ class ControlAPI:
         visible = visibility(self.auth, request, ns, kinds, "list")
         def read() -> str:  # in the store thread: a list of 1,000 models is MBs of JSON to encode
             docs = [d for k in kinds for d in self.store.list(k, ns, selector)]
-            return json.dumps({"items": [shown(d) for d in docs if visible(d)], "revision": self.store.revision()})
+            # one document at a time: json.dumps holds the interpreter lock for all it encodes in one call, and
+            # the loop's thread waits for that lock too
+            items = ",".join(json.dumps(shown(d)) for d in docs if visible(d))
+            return f'{{"items": [{items}], "revision": {self.store.revision()}}}'
 
         return web.Response(text=await off_loop(read), content_type="application/json")
 

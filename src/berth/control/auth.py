@@ -8,11 +8,20 @@ from the table needs admin on every namespace, so a forgotten rule fails closed.
 
 401 and 403 answers say nothing about what exists: they are decided before anything is read from the store
 and name only the namespace and right the caller asked for.  Every refusal is written to the audit log.
+
+In Kubernetes mode a token the registry does not know, presented on the routing table's endpoints, is
+reviewed by the API server (``review_gateway``: TokenReview, :mod:`berth.control.kube_enrol`): the projected
+token of a namespace's gateway pod makes a ``gateway`` principal of that namespace only, whose table holds
+only that namespace's routes (:func:`gateway_scope`) and whose watch ends when its token expires.  Reviews
+in flight are bounded (:data:`MAX_REVIEWS`) and timed (:data:`REVIEW_TIMEOUT`); a Berth-format token is never
+sent to the API server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,15 +30,21 @@ from aiohttp import web
 
 from berth.control.tokens import TokenRegistry
 from berth.control.watchguard import Guards, WatchGuard
-from berth.errors import BerthError, Forbidden, Unauthenticated
-from berth.resources.identity import ALL, NEEDED_ROLE, Principal, Verb, bearer, right_for
+from berth.errors import BerthError, Forbidden, Unauthenticated, Unavailable
+from berth.resources.identity import ALL, NEEDED_ROLE, Principal, Verb, bearer, looks_like_token, right_for
 from berth.resources.kinds import KIND_ALIASES
 from berth.wire.agent import AGENT_PATH
 from berth.wire.routes import ROUTES_PATH, ROUTES_WATCH_PATH
+from berth.wire.usage import USAGE_PATH
 
 log = logging.getLogger("berth.control.auth")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("berth.principal", Principal)
+# a principal the API server reviewed (Kubernetes mode): the wall-clock time its token expires
+REVIEWED_UNTIL: web.RequestKey[float] = web.RequestKey("berth.reviewed_until", float)
+GatewayReview = Callable[[str], Awaitable[tuple[Principal, float]]]
+MAX_REVIEWS = 32  # gateway token reviews in flight at once; more are answered 503
+REVIEW_TIMEOUT = 10.0  # seconds one review may take
 NO_TOKEN = ("this endpoint needs a token (Authorization: Bearer <token>); use the token `berth up` wrote, "
             "set BERTH_TOKEN, or ask an admin for one (`berth token create`)")
 BAD_TOKEN = "the token is not valid (unknown, expired or revoked); ask an admin for a new one"
@@ -58,6 +73,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/{kind}"): Rule("list", "token"),  # the handler: read in ?namespace, else filtered
     ("GET", ROUTES_PATH): Rule("get", "gateway", kind="RoutingTable"),
     ("GET", ROUTES_WATCH_PATH): Rule("watch", "gateway", kind="RoutingTable"),
+    ("POST", NS + "/models/{name}/wake"): Rule("wake", "gateway", kind="Model"),  # the handler: its namespace only
+    ("POST", USAGE_PATH): Rule("report", "gateway", kind="UsageReport"),  # the handler: its namespaces (usage_api.py)
     ("GET", NS + "/models/{name}/storage"): Rule("check", "namespace", "read", "Model"),
     ("GET", NS + "/{kind}/{name}"): Rule("get", "namespace", "read"),
     ("DELETE", NS + "/{kind}/{name}"): Rule("delete", "namespace", "write"),
@@ -77,6 +94,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/ui/traffic"): Rule("get", "token"),  # the handler: read in ?namespace
 }
 UNLISTED = Rule("call", "admin-all")
+_GATEWAY_ENDPOINTS = {"RoutingTable": "the routing table", "UsageReport": "the usage report endpoint",
+                      "Model": "waking an evicted model"}
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -107,6 +126,8 @@ class Auth:
     def __init__(self, tokens: TokenRegistry) -> None:
         self.tokens = tokens
         self.guards = Guards(tokens)
+        self.review_gateway: GatewayReview | None = None  # Kubernetes mode: TokenReview of gateway pods' tokens
+        self._reviews = 0  # reviews in flight
 
     def install(self, app: web.Application) -> None:
         app[AUTH_KEY] = self  # handlers in other modules (routes, checks) find it here
@@ -124,6 +145,9 @@ class Auth:
             return await handler(request)
         token = bearer(request.headers.get("Authorization"))
         principal = self.tokens.verify(token)
+        if (principal is None and token is not None and rule.check == "gateway" and self.review_gateway is not None
+                and not looks_like_token(token)):
+            principal = await self._reviewed(request, token, rule)
         if principal is None:
             self.record(request, "anonymous" if token is None else "invalid-token", rule.action,
                         *_target(request, rule), outcome="unauthenticated",
@@ -132,6 +156,29 @@ class Auth:
         request[PRINCIPAL] = principal
         self._static_check(request, principal, rule)
         return await handler(request)
+
+    async def _reviewed(self, request: web.Request, token: str, rule: Rule) -> Principal:
+        """The gateway principal the API server's TokenReview gives ``token``; refusals audited."""
+        assert self.review_gateway is not None
+        if self._reviews >= MAX_REVIEWS:
+            self.record(request, "invalid-token", rule.action, *_target(request, rule), outcome="unavailable",
+                        reason="too many token reviews in flight")
+            raise Unavailable(f"{MAX_REVIEWS} gateway token reviews are already in flight; retry in a few seconds")
+        self._reviews += 1
+        try:
+            principal, until = await asyncio.wait_for(self.review_gateway(token), REVIEW_TIMEOUT)
+        except Unauthenticated as exc:
+            self.record(request, "invalid-token", rule.action, *_target(request, rule), outcome="unauthenticated",
+                        reason=exc.message[:300])
+            raise Unauthenticated(exc.message) from None
+        except TimeoutError:
+            self.record(request, "invalid-token", rule.action, *_target(request, rule), outcome="unavailable",
+                        reason="the token review timed out")
+            raise Unavailable(f"the API server did not review the token within {REVIEW_TIMEOUT:g} s; retry") from None
+        finally:
+            self._reviews -= 1
+        request[REVIEWED_UNTIL] = until
+        return principal
 
     def _static_check(self, request: web.Request, principal: Principal, rule: Rule) -> None:
         kind, ns, name = _target(request, rule)
@@ -142,7 +189,7 @@ class Auth:
         elif rule.check == "admin-all":
             self.require(request, "admin", ALL, action=rule.action, kind=kind, name=name)
         elif rule.check == "gateway":
-            self.require_gateway(request, action=rule.action)
+            self.require_gateway(request, action=rule.action, kind=kind or "RoutingTable", namespace=ns, name=name)
         elif rule.check == "admin-any" and principal.namespaces("admin") == frozenset():
             self.refuse(request, principal, "admin", ALL, rule.action, kind, name)
 
@@ -157,15 +204,34 @@ class Auth:
             self.refuse(request, principal, right, namespace, action, kind, name)
         return principal
 
-    def require_gateway(self, request: web.Request, *, action: str = "watch") -> Principal:
-        """The routing table is for gateways (and admins of every namespace)."""
+    def require_gateway(self, request: web.Request, *, action: str = "watch", kind: str = "RoutingTable",
+                        namespace: str = "", name: str = "") -> Principal:
+        """The gateways' endpoints (routing table, usage reports, wake-ups) are for gateways (and admins of every
+        namespace); a refusal is audited under the endpoint's ``kind`` (RoutingTable, UsageReport, Model)."""
         principal = principal_of(request)
         if principal.kind != "gateway" and not principal.is_admin_everywhere:
-            self.record(request, principal.name, action, "RoutingTable", "", "", outcome="forbidden",
+            self.record(request, principal.name, action, kind, namespace, name, outcome="forbidden",
                         reason="needs a gateway token or admin on every namespace")
-            raise Forbidden(f"forbidden: token {principal.name} is not a gateway token; the routing table is "
-                            "for gateways and admins of every namespace (*)", details={"right": "gateway"})
+            what = _GATEWAY_ENDPOINTS.get(kind, "this endpoint")
+            raise Forbidden(f"forbidden: token {principal.name} is not a gateway token; {what} is for gateways and "
+                            "admins of every namespace (*)", details={"right": "gateway"})
         return principal
+
+    def table_scope(self, request: web.Request, *, action: str) -> frozenset[str] | None:
+        """The namespaces of the routing table the caller may read (None: all), narrowed by ``?namespace=``;
+        a namespace's gateway asking for another namespace is refused (403, audited)."""
+        principal = self.require_gateway(request, action=action)
+        scope = gateway_scope(principal)
+        wanted = request.query.get("namespace", "")
+        if not wanted:
+            return scope
+        if scope is not None and wanted not in scope:
+            self.record(request, principal.name, action, "RoutingTable", wanted, outcome="forbidden",
+                        reason="a namespace's gateway reads only its own namespace's routes")
+            raise Forbidden(f"forbidden: {principal.name} is the gateway of namespace {', '.join(sorted(scope))} "
+                            f"and reads only its routes, not namespace {wanted}'s",
+                            details={"namespace": wanted, "right": "gateway"})
+        return frozenset({wanted})
 
     def refuse(self, request: web.Request, principal: Principal, verb: str, namespace: str, action: str,
                kind: str = "", name: str = "") -> None:
@@ -178,7 +244,11 @@ class Auth:
         return principal_of(request).namespaces(right_for(kind, verb))
 
     def guard(self, request: web.Request, wake: Any = None) -> WatchGuard:
-        """A guard for an open watch: trips within a second of the caller's token being revoked or expiring."""
+        """A guard for an open watch: trips within a second of the caller's token being revoked or expiring
+        (a token the API server reviewed: when it expires)."""
+        until = request.get(REVIEWED_UNTIL)
+        if until is not None:
+            return ExpiringGuard(self.guards, principal_of(request).name, wake, until)
         return self.guards.open(principal_of(request).name, wake)
 
     # --- audit --------------------------------------------------------------------------------------------
@@ -200,6 +270,26 @@ class Auth:
 
 
 AUTH_KEY: web.AppKey[Auth] = web.AppKey("berth.auth", Auth)
+
+
+class ExpiringGuard(WatchGuard):
+    """The guard of a watch whose token the API server reviewed: trips ("expired") when the token expires."""
+
+    def __init__(self, guards: Guards, name: str, wake: Any, until: float) -> None:
+        super().__init__(guards, name, wake)
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, until - time.time()), self.trip, "expired")
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        super().__exit__(*exc)
+
+
+def gateway_scope(principal: Principal) -> frozenset[str] | None:
+    """The namespaces whose routes a gateway principal may read: a namespace's gateway (its grants name
+    them) only its own; a Berth gateway token (no grants) or an admin of every namespace: all (None)."""
+    if principal.kind != "gateway" or not principal.grants or ALL in principal.grants:
+        return None
+    return frozenset(principal.grants)
 
 
 def _rule_of(request: web.Request) -> Rule:

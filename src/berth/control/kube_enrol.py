@@ -8,6 +8,10 @@ SHA-256 (never the token), so a reconnecting agent does not cost two API calls e
 An enrolled connection stays valid until its token expires (the token's own ``exp`` claim, read after the
 API server accepted it; else ``session_s`` after the review): the hub then closes it, and the agent
 reconnects with the token the kubelet has rotated meanwhile (it re-reads the file on every connection).
+
+A namespace's gateway is reviewed the same way (:meth:`TokenReviewer.gateway`): the projected token of a
+pod of the ``berth-gateway`` Deployment, ServiceAccount ``berth-gateway``, makes it the gateway of exactly
+that namespace (a ``gateway`` principal whose only grant is that namespace), valid until the token expires.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import binascii
 import hashlib
 import json
 import time
+from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from berth.errors import BerthError, Unauthenticated
-from berth.kube.enrolment import agent_identity, claimed_pod, review_request
+from berth.kube.enrolment import agent_identity, claimed_pod, gateway_namespace, review_request
+from berth.kube.workloads import GATEWAY_ACCOUNT
 from berth.kubeapi import Api, as_error
 from berth.resources.identity import Principal
 
@@ -42,36 +48,72 @@ class TokenReviewer:
         return until is not None and until[1] == principal and until[0] > time.time()
 
     async def principal(self, token: str) -> Principal:
+        """The agent principal of exactly one replica, or Unauthenticated saying which check failed."""
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        namespace, pod_name, pod_uid, pod = await self._review(token, "review an agent's token",
+                                                               "agent enrolment could not be checked")
+        identity = agent_identity(namespace, pod_name, pod_uid, pod)
+        principal = Principal(f"system:serviceaccount:{namespace}:{pod_name}", kind="agent", agent=identity)
+        self._remember(digest, now, principal)
+        wall = time.time()
+        if len(self._until) >= self.max_cached:
+            self._until = {k: v for k, v in self._until.items() if v[0] > wall}
+        self._until[principal.name] = (self.expires(token), principal)
+        return principal
+
+    async def gateway(self, token: str) -> tuple[Principal, float]:
+        """The gateway principal of exactly one namespace and the wall-clock time its token expires, or
+        Unauthenticated saying which check failed."""
+        digest = "gateway:" + hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is None or hit[0] <= now:
+            namespace, pod_name, pod_uid, pod = await self._review(
+                token, "review a gateway's token", "gateway authentication could not be checked",
+                account=GATEWAY_ACCOUNT, who="gateway authentication")
+            namespace = gateway_namespace(namespace, pod_name, pod_uid, pod)
+            principal = Principal(f"system:serviceaccount:{namespace}:{GATEWAY_ACCOUNT}", kind="gateway",
+                                  grants={namespace: "inference"})
+            self._remember(digest, now, principal)
+        else:
+            principal = hit[1]
+        return principal, self.expires(token)
+
+    def expires(self, token: str) -> float:
+        """When a token the API server accepted stops being honoured: its ``exp``, at most ``session_s`` on."""
+        wall = time.time()
+        return min(_expires(token) or wall + self.session_s, wall + self.session_s)
+
+    async def _review(self, token: str, what: str, failed: str, *, account: str | None = None,
+                      who: str = "agent enrolment") -> tuple[str, str, str, dict[str, Any] | None]:
+        """TokenReview of ``token`` for the audience, then the pod it is bound to (None: no such pod)."""
         try:
             review = await self.api.call("POST", REVIEWS, review_request(token, self.audience))
-            namespace, pod_name, pod_uid = claimed_pod(review, self.audience)
+            if account is None:
+                namespace, pod_name, pod_uid = claimed_pod(review, self.audience)
+            else:
+                namespace, pod_name, pod_uid = claimed_pod(review, self.audience, account, who)
             try:
                 pod = await self.api.call("GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}")
             except ApiException as exc:
                 if exc.status != 404:
                     raise
                 pod = None
-            identity = agent_identity(namespace, pod_name, pod_uid, pod)
+            return namespace, pod_name, pod_uid, pod
         except BerthError:
             raise
         except Exception as exc:  # noqa: BLE001 - the API's failure, named once
-            error = as_error(exc, "review an agent's token", self.api.host)
-            raise Unauthenticated(f"agent enrolment could not be checked: {error.message}") from exc
-        principal = Principal(f"system:serviceaccount:{namespace}:{pod_name}", kind="agent", agent=identity)
+            error = as_error(exc, what, self.api.host)
+            raise Unauthenticated(f"{failed}: {error.message}") from exc
+
+    def _remember(self, digest: str, now: float, principal: Principal) -> None:
         if len(self._cache) >= self.max_cached:
             self._cache.clear()
         self._cache[digest] = (now + self.cache_s, principal)
-        wall = time.time()
-        if len(self._until) >= self.max_cached:
-            self._until = {k: v for k, v in self._until.items() if v[0] > wall}
-        self._until[principal.name] = (min(_expires(token) or wall + self.session_s, wall + self.session_s),
-                                       principal)
-        return principal
 
 
 def _expires(token: str) -> float | None:

@@ -21,3 +21,4 @@ class KubeMode:
     control_namespace: str = "berth-system"
     control_service: str = "berth-control"
     audience: str = "berth"
+    ca_secret: str | None = None  # TLS served: the Secret (ca.crt) agents and gateways trust, in each namespace

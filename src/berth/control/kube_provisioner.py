@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,8 @@ class KubeProvisioner:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Servers as autoscaling decided them (spec.replicas replaced; control/autoscale_loop.py)
+        self.adjust: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]] = lambda ns, docs: docs
 
     # -- one namespace ---------------------------------------------------------------------------------
     async def _managed(self, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -75,7 +77,7 @@ class KubeProvisioner:
         return found
 
     async def reconcile(self, namespace: str) -> Outcome:
-        servers = await off_loop(self.store.list, "Server", namespace)
+        servers = self.adjust(namespace, await off_loop(self.store.list, "Server", namespace))
         configs = await off_loop(self.store.list, "ServerConfig", namespace)
         runtimes = await off_loop(self.store.list, "SeldonRuntime", namespace)
         want = desired_objects(namespace, servers, configs, runtimes, self.install, storage=self.storage)

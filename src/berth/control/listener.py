@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -133,8 +134,8 @@ class GuardedSite(web.TCPSite):
     __slots__ = ("_limits",)
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: ListenerLimits,
-                 reuse_address: bool = True) -> None:
-        super().__init__(runner, host, port, reuse_address=reuse_address)
+                 reuse_address: bool = True, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, host, port, reuse_address=reuse_address, ssl_context=ssl_context)
         self._limits = limits
 
     async def start(self) -> None:
@@ -142,9 +143,12 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         limits = self._limits
+        # with TLS, the handshake is bounded by the header timeout too (a client that opens and stays silent)
+        tls = self._ssl_context
         self._server = await asyncio.get_running_loop().create_server(
             lambda: GuardedProtocol(server(), limits), self._host, self._port, backlog=self._backlog,
-            reuse_address=self._reuse_address)
+            reuse_address=self._reuse_address, ssl=tls,
+            ssl_handshake_timeout=limits.header_timeout if tls is not None else None)
 
 
 def slowloris_middleware(limits: ListenerLimits) -> Any:

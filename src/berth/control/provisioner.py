@@ -1,4 +1,5 @@
-"""The local provisioner: each Server resource becomes ``spec.replicas`` running replicas.
+"""The local provisioner: each Server resource becomes ``spec.replicas`` running replicas (or as many as
+autoscaling decided, between its ``minReplicas`` and ``maxReplicas``: docs/autoscaling.md).
 
 As Seldon's operator turns a Server into a StatefulSet, this turns it into pairs of supervised local
 processes — a real MLServer on free loopback ports and a ``berth agent`` beside it — and keeps that
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,8 @@ class LocalProvisioner:
         self.replica_memory = replica_memory
         self.overcommit_percent = overcommit_percent
         self.replicas: dict[Key, LocalReplica] = {}
+        # the replicas autoscaling decided for a Server (None: its spec's); control/autoscale_loop.py
+        self.replicas_of: Callable[[str, str], int | None] = lambda ns, name: None
         self._noted: set[str] = set()  # notes (bad podSpec values, servers not run) already logged
         self._wake = asyncio.Event()
         self._tokens_changed = False  # set (from any thread) when a token was created or revoked
@@ -177,7 +181,8 @@ class LocalProvisioner:
                 log.warning("%s", note)
             if shape is None:
                 continue
-            for i in range(server_spec(doc).desired_replicas()):
+            scaled = self.replicas_of(ns, name)
+            for i in range(server_spec(doc).desired_replicas() if scaled is None else scaled):
                 out[(ns, name, i)] = shape
         return out
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from berth.control import rollouts, secrets, status
+from berth.control.autoscale_loop import Autoscaler
 from berth.control.clock import clock
+from berth.control.eviction import Evictor, with_overcommit
 from berth.control.experiments import experiment_status
 from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
 from berth.control.metrics import ControlMetrics
@@ -26,13 +28,14 @@ from berth.control.pipelines import pipeline_statuses
 from berth.control.routes import RoutesPublisher
 from berth.control.slices import Slicer
 from berth.control.tenants import runtime_status, server_config_status
+from berth.control.usage import UsageBook
 from berth.errors import Conflict, NotFound
 from berth.resources import instances
 from berth.resources.kinds import model_spec, server_spec
 from berth.resources.podspec import RUNS, inference_server, server_config_for
 from berth.resources.statuses import AnyStatus, ModelStatus
 from berth.scheduler import plan
-from berth.scheduler.build import model_want, snapshot_for
+from berth.scheduler.build import SnapshotCache, model_want, snapshot_for
 from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, Policy, ReplicaInfo, ReplicaRef
 from berth.store.base import Event, StatusUpdate, Store
 from berth.store.offloop import off_loop, on_loop
@@ -72,16 +75,21 @@ def replica_info(rec: ReplicaRecord) -> ReplicaInfo:
         unimportable=rec.unimportable)
 
 
+# Model documents validated once, not every pass (a ModelWant is a pure function of its document: safe to share)
+_SNAPSHOTS = SnapshotCache()
+
+
 def _plan(ns: str, docs: list[dict[str, Any]], replicas: list[ReplicaInfo],
           assignments: dict[str, tuple[ReplicaRef, ...]], policy: Policy, previous: Plan | None) -> Plan:
     """Snapshot and plan (pure: run in a worker thread)."""
-    return plan(snapshot_for(ns, docs, replicas, assignments, policy), previous=previous)
+    return plan(snapshot_for(ns, docs, replicas, assignments, policy, cache=_SNAPSHOTS), previous=previous)
 
 
-def _spec_key(doc: dict[str, Any]) -> tuple[Any, Any]:
-    """Identifies a model's spec: its uid and generation (a new spec, or a new object, changes it)."""
+def _spec_key(doc: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Identifies a model's spec: its uid and generation (a new spec, or a new object, changes it), and the
+    replicas planned (autoscaling changes them without a new generation: control/autoscale_loop.py)."""
     meta = doc["metadata"]
-    return meta.get("uid"), meta.get("generation")
+    return meta.get("uid"), meta.get("generation"), (doc.get("spec") or {}).get("replicas")
 
 
 def _replica_inputs(name: str, mp: ModelPlan, records: dict[str, ReplicaRecord],
@@ -106,7 +114,7 @@ def _replica_inputs(name: str, mp: ModelPlan, records: dict[str, ReplicaRecord],
 class _Memo:
     """What a model's last status was computed from; equal inputs and an unchanged stored status skip the
     model's status in the next pass (a pass then costs little for models nothing happened to)."""
-    spec: tuple[Any, Any]
+    spec: tuple[Any, Any, Any]
     fingerprint: str
     want: ModelWant
     inputs: tuple[Any, ...]
@@ -119,9 +127,15 @@ Written = tuple[str, str, AnyStatus]  # (kind, name, its new status): what a pas
 class Reconciler:
     def __init__(self, store: Store, hub: AgentHub, routes: RoutesPublisher,
                  on_servers_changed: Callable[[], None] | None = None,
-                 metrics: ControlMetrics | None = None) -> None:
+                 metrics: ControlMetrics | None = None, usage: UsageBook | None = None,
+                 autoscaler: Autoscaler | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.usage = usage  # the gateways' latest usage reports (control/usage.py)
+        self.autoscaler = autoscaler  # replicas decided from the load (control/autoscale_loop.py)
+        self.evictor = Evictor()  # overcommit residency: evictions and reloads (control/eviction.py)
+        if metrics is not None:
+            metrics.residency = self.evictor.book
         self.hub = hub
         self.routes = routes
         self._dirty: set[str] = set()
@@ -218,6 +232,8 @@ class Reconciler:
         self.passes += 1
         now = time.time()
         docs, all_servers, configs = await off_loop(self._read, ns)
+        if self.autoscaler is not None:  # autoscaled Models are planned with the replicas decided
+            docs = self.autoscaler.adjust(ns, docs)
         configs += [d for d in docs if d["kind"] == "ServerConfig"]  # a Server's config may live elsewhere
         models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Model"}
         self._forget_departed(ns, docs)
@@ -229,22 +245,25 @@ class Reconciler:
                 ref = ReplicaRef(rec.server, rec.index)
                 if m.state in ("LOADED", "LOADING") and ref not in assignments.get(name, ()):
                     assignments[name] = (*assignments.get(name, ()), ref)
+        self.evictor.hold_places(ns, assignments)  # an evicted model keeps its place (docs/overcommit.md)
         runtime = next((d for d in docs if d["kind"] == "SeldonRuntime"), None)
         policy = ((runtime or {}).get("metadata", {}).get("annotations") or {}).get(POLICY_ANNOTATION)
         # Planning is pure and, for 1,000 models, tens of milliseconds: a worker thread does it while the
         # loop serves (its inputs are this pass's own documents and frozen replica infos).
         result = await asyncio.to_thread(
             _plan, ns, [d for d in docs if d["kind"] != "ServerConfig"] + all_servers + configs,
-            [replica_info(r) for r in records.values()], assignments,
+            with_overcommit([replica_info(r) for r in records.values()], docs), assignments,
             "spread" if policy == "spread" else "binpack", self.plans.get(ns))
         self.plans[ns] = result
+        slicer = Slicer()  # the loop serves others between models: a pass over 1,000 models is long
+        # which placed models are loaded: sliced like the pass (it reads the live records, so not in a thread)
+        await self.evictor.decide_sliced(ns, models, result, records, self.usage, slicer)
         if self.metrics is not None:
             self.metrics.schedule_attempts[ns] += len(result.models)
             for mp in result.models.values():
                 for code in {r.code for r in mp.reasons} if mp.state != "Scheduled" else ():
                     self.metrics.schedule_failures[(ns, code)] += 1
         statuses: list[Written] = []
-        slicer = Slicer()  # the loop serves others between models: a pass over 1,000 models is long
         memo = self._memo.get(ns, {})
         self._memo[ns] = fresh = {}
         keep: dict[str, set[int]] = {}  # model -> the generations its replicas keep (desired, serving)
@@ -263,20 +282,28 @@ class Reconciler:
                                  [str(r) for r in mp.replicas], records, want.replicas)
             keep[name] = {ro.desired, ro.serving}
             fresh[name] = memo_now = _Memo(_spec_key(doc), fp, want,
-                                           (gen, mp, ro, _replica_inputs(name, mp, records, (gen, ro.serving))))
+                                           (gen, mp, ro, _replica_inputs(name, mp, records, (gen, ro.serving)),
+                                            self.evictor.status_inputs(ns, name),
+                                            self.autoscaler.changes(ns, name) if self.autoscaler else None))
             if before is not None and before.inputs == memo_now.inputs and before.status == old:
                 memo_now.status = before.status  # nothing it depends on changed: the stored status stands
                 continue
             memo_now.status = st = status.model_status(doc, want, mp, records, gen, fp, now)
             rollouts.amend(st, doc, ro, old, now)
+            self.evictor.amend(st, doc, ns, old, now)
+            if self.autoscaler is not None:
+                self.autoscaler.amend(st, ns, name)
             statuses.append(("Model", name, st))
         await self._unload_strays(ns, models, records, slicer, keep)
+        await self.evictor.act(ns, records, self.hub, self._draining, DRAIN_SECONDS, keep)
         for doc in docs:
             if doc["kind"] == "Server":
                 desired = server_spec(doc).desired_replicas()
                 recs = [r for r in records.values() if r.server == doc["metadata"]["name"]]
-                statuses.append(("Server", doc["metadata"]["name"],
-                                 status.server_status(doc, desired, recs, now, server_config_for(doc, configs))))
+                server_st = status.server_status(doc, desired, recs, now, server_config_for(doc, configs))
+                if self.autoscaler is not None:
+                    self.autoscaler.amend_server(server_st, ns, doc["metadata"]["name"])
+                statuses.append(("Server", doc["metadata"]["name"], server_st))
         # Experiments', Pipelines'... statuses follow from the models' new ones: all go in ONE transaction.
         statuses += self._configuring_kinds(ns, docs, self._with_statuses(docs, statuses, "Model"), now)
         fresh_models, experiments, changed_under_us = await off_loop(self._write_and_read, ns, docs, statuses)
@@ -326,7 +353,7 @@ class Reconciler:
         source: wire.ModelSource | None = None
         for ref in mp.replicas:
             rec = records.get(str(ref))
-            if rec is None or not rec.connected or not rec.readiness.ready:
+            if rec is None or not rec.connected or not rec.readiness.ready or self.evictor.blocked(ns, name, str(ref)):
                 continue
             inst = instances.instance(name, gen)  # each version loads beside the others, under its own name
             m = rec.models.get(inst)
@@ -343,6 +370,7 @@ class Reconciler:
             if await self.hub.send(rec, wire.Load(namespace=ns, name=inst, generation=gen, source=source)):
                 rec.models[inst] = ReplicaModel("LOADING", gen, attempts=attempts,
                                                 retry_at=m.retry_at if m else 0.0)
+                self.evictor.load_sent(ns, name, str(ref))
 
     async def _unload_strays(self, ns: str, models: dict[str, dict[str, Any]],
                              records: dict[str, ReplicaRecord], slicer: Slicer,

@@ -66,6 +66,7 @@ class RoutesPublisher:
         # the table is these joined, so a pass re-encodes only what changed and nothing else is re-encoded
         self._parts: dict[str, tuple[str, str, str]] = {}
         self._route_memo: dict[str, _RouteMemo] = {}
+        self._scoped: dict[frozenset[str], tuple[Any, str]] = {}  # encoded_for's tables, by scope
         self._guarded: set[str] = set()  # namespaces requiring inference tokens
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -175,15 +176,18 @@ class RoutesPublisher:
             endpoints.append((rec.server, rec.index, inf.http, inf.grpc))
         flag = str((doc["metadata"].get("annotations") or {}).get(IDEMPOTENT_ANNOTATION, "true"))
         # everything the route is made from goes into `inputs`: a route is reused while they are the same
+        # evicted (docs/overcommit.md): no copy loaded, one evicted or reloading: a request wakes it
+        evicted = not endpoints and st is not None and any(
+            "eviction" in row for row in (st.get("replicaStatus") or {}).values())
         inputs = (st.get("state", "ModelProgressing") if st else "ModelProgressing",
                   st.get("message", "") if st else "", tuple(endpoints),
-                  flag.strip().lower() not in ("false", "no", "0"), "" if upstream == name else upstream)
+                  flag.strip().lower() not in ("false", "no", "0"), "" if upstream == name else upstream, evicted)
         known = memo.get(name)
         if known is None or known[0] != inputs:
-            state, reason, _, idempotent, shown = inputs
+            state, reason, _, idempotent, shown, _ = inputs
             route = ModelRoute(namespace=ns, name=name, state=state, reason=reason, idempotent=idempotent,
                                endpoints=[Endpoint(server=s, replica=i, http=h, grpc=g) for s, i, h, g in endpoints],
-                               upstream=shown)
+                               upstream=shown, evicted=evicted)
             known = (inputs, route.model_dump_json())
         fresh[name] = known
         return known[1]
@@ -192,12 +196,26 @@ class RoutesPublisher:
         """The table: each namespace's encoded routes joined, in namespace order, as ``RoutingTable`` would
         encode them (``tests/unit/test_routes_sliced.py`` holds it to that)."""
         self.revision += 1
-        ordered = [self._parts[n] for n in sorted(self._parts)]
-        models, exps, pipes = (",".join(p[i] for p in ordered if p[i]) for i in range(3))
-        self._encoded = (f'{{"revision":{self.revision},"models":[{models}],"experiments":[{exps}],'
-                         f'"pipelines":[{pipes}],"auth":{self._auth.model_dump_json()}}}')
+        self._encoded = _joined(self.revision, [self._parts[n] for n in sorted(self._parts)], self._auth)
         if notify:
             log_failure(asyncio.ensure_future(self._notify()), "routes notify")
+
+    def encoded_for(self, scope: frozenset[str] | None) -> str:
+        """The table as a gateway of the namespaces ``scope`` sees it (None: the whole table): their routes and
+        the token hashes of their guarded namespaces, nothing of another namespace.  Its revision moves only
+        when that part changed, so a namespace's gateway is not told of another's changes."""
+        if scope is None:
+            return self._encoded
+        parts = [self._parts[n] for n in sorted(scope) if n in self._parts]
+        auth = self._auth.model_copy(update={"namespaces": [a for a in self._auth.namespaces if a.namespace in scope]})
+        key = (tuple(parts), auth)
+        known = self._scoped.get(scope)
+        if known is None or known[0] != key:
+            if len(self._scoped) >= 4096:  # one entry per gateway namespace; a bound all the same
+                self._scoped.clear()
+            known = (key, _joined(self.revision, parts, auth))
+            self._scoped[scope] = known
+        return known[1]
 
     # --- who may call what ---------------------------------------------------------------------------------
 
@@ -263,29 +281,29 @@ class RoutesPublisher:
             self._changed.notify_all()
 
     async def get(self, request: web.Request) -> web.Response:
-        auth_of(request).require_gateway(request, action="get")  # gateways and admins of every namespace
+        scope = auth_of(request).table_scope(request, action="get")  # gateways and admins of every namespace
         if not self.warm.is_set():
             raise Unavailable("the control plane is starting: waiting for replicas to reconnect before it "
                               "publishes routes; retry in a few seconds")
-        return web.Response(text=self._encoded, content_type="application/json")
+        return web.Response(text=self.encoded_for(scope), content_type="application/json")
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
         auth = auth_of(request)
-        auth.require_gateway(request, action="watch")
+        scope = auth.table_scope(request, action="watch")  # a namespace's gateway: that namespace only
         self._remember_loop()
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        sent = -1
+        sent = ""
         guard = auth.guard(request)  # the stream ends with an ERROR line once the token is revoked/expired
         try:
             while not self.warm.is_set() and not self.closing and guard.reason is None:
                 if not await guard.race(self.warm.wait(), 15.0) and guard.reason is None:
                     await resp.write(b"\n")
             while not self.closing and guard.reason is None:
-                if sent != self.revision:
-                    sent = self.revision
-                    await resp.write(self._encoded.encode() + b"\n")
+                if (table := self.encoded_for(scope)) != sent:
+                    sent = table
+                    await resp.write(table.encode() + b"\n")
                 async with self._changed:
                     if not await guard.race(self._changed.wait(), 15.0) and guard.reason is None:
                         await resp.write(b"\n")  # keep-alive: an empty line gateways skip
@@ -296,3 +314,10 @@ class RoutesPublisher:
         finally:
             guard.__exit__()
         return resp
+
+
+def _joined(revision: int, parts: list[tuple[str, str, str]], auth: TableAuth) -> str:
+    """A table of namespaces' encoded routes (``parts``, in namespace order), as ``RoutingTable`` encodes it."""
+    models, exps, pipes = (",".join(p[i] for p in parts if p[i]) for i in range(3))
+    return (f'{{"revision":{revision},"models":[{models}],"experiments":[{exps}],'
+            f'"pipelines":[{pipes}],"auth":{auth.model_dump_json()}}}')

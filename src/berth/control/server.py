@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,9 +16,12 @@ from aiohttp import web
 
 from berth.aiotasks import GuardedTask, guarded
 from berth.control.api import DEFAULT_MAX_BODY, ControlAPI
+from berth.control.autoscale_loop import Autoscaler
+from berth.control.gcpolicy import GcPolicy
 from berth.control.hub import AgentHub
 from berth.control.kube_options import KubeMode
 from berth.control.listener import GuardedSite, ListenerLimits
+from berth.control.loopwatch import LoopWatch, LoopWatchCollector
 from berth.control.metrics import ControlMetrics
 from berth.control.provisioner import LocalProvisioner
 from berth.control.reconcile import Reconciler
@@ -25,11 +30,14 @@ from berth.control.sealing import Keyring, SealingStore
 from berth.control.storage_policy import custom_runtime_allowed, load_policy
 from berth.control.tokens import TokenRegistry
 from berth.control.ui import DashboardUI
+from berth.control.usage import UsageBook
+from berth.control.wake_api import WakeAPI
 from berth.errors import ConfigError
 from berth.resources.identity import ALL, new_token
 from berth.store import open_store
-from berth.store.base import Store
+from berth.store.base import Event, Store
 from berth.store.files import write_private_atomic
+from berth.wire.tls import serving_context
 
 if TYPE_CHECKING:
     from berth.control.kube_provisioner import KubeProvisioner
@@ -53,6 +61,8 @@ class ControlOptions:
     gateway_token: str | None = None  # berth up: the token its gateway watches routes with
     gateway_token_file: Path | None = None  # ... or the file holding it (never on a command line)
     secrets_key_file: Path | None = None  # master key of sealed Secrets; default <data_dir>/secrets.key (0600)
+    tls_cert: Path | None = None  # --tls-cert/--tls-key: serve HTTPS/WSS (wire/tls.py; docs/kubernetes.md)
+    tls_key: Path | None = None
     # Slowloris guards of the HTTP listener (control/listener.py): seconds for a request's head, its body, and
     # an idle keep-alive pause.
     header_timeout: float = 10.0
@@ -60,6 +70,7 @@ class ControlOptions:
     idle_timeout: float = 75.0
     storage_policy: Path | None = None  # --storage-policy FILE (control/storage_policy.py); None: built-in
     kube: KubeMode | None = None  # --store kubernetes: the cluster is the store (control/kube_mode.py)
+    gc_policy: bool = False  # the process's collector tuned for short pauses (control/gcpolicy.py): berth control
 
 
 async def run_control(opts: ControlOptions, stop: asyncio.Event,
@@ -84,26 +95,46 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
     tokens = open_tokens(opts, in_memory)
     reconciler: Reconciler | None = None
     hub = AgentHub(lambda ns: reconciler.mark(ns) if reconciler is not None else None, tokens=tokens)
-    hub.allows_custom_runtime = partial(custom_runtime_allowed, store)  # berth.io/allow-custom-runtime
+    hub.allows_custom_runtime = PerServer(store, custom_runtime_allowed)  # berth.io/allow-custom-runtime
     routes = RoutesPublisher(tokens=tokens)
-    control_url = f"http://{opts.host}:{opts.port}"
+    tls = serving_context(opts.tls_cert, opts.tls_key)  # a bad file stops the start, naming it
+    control_url = f"{'https' if tls else 'http'}://{opts.host}:{opts.port}"
     kube = await kube_mode.kube_parts(opts.kube, store, hub) if opts.kube is not None else None
     provisioner: LocalProvisioner | KubeProvisioner | None = (
         kube.provisioner if kube is not None else
         LocalProvisioner(store, opts.host, opts.port, opts.data_dir, replica_memory=opts.replica_memory,
                          overcommit_percent=opts.overcommit_percent, tokens=tokens) if opts.provision else None)
     metrics = ControlMetrics(store, hub)
+    watch = LoopWatch()  # gc pauses, loop lag and stalls at /metrics; a long stall is logged with its place
+    metrics.registry.register(LoopWatchCollector(watch))
     hub.on_model_event = lambda ns, state: metrics.loads.update([(ns, state)])
-    reconciler = Reconciler(store, hub, routes, metrics=metrics,
-                            on_servers_changed=provisioner.changed if provisioner is not None else None)
-    api = ControlAPI(store, hub, routes, metrics, tokens=tokens, storage_policy=storage_policy)
+    usage = UsageBook(time.monotonic)  # the gateways' usage reports (control/usage_api.py)
+    autoscaler = Autoscaler(store, usage, lambda ns: reconciler.mark(ns) if reconciler is not None else None)
+    metrics.autoscaler = autoscaler  # berth_autoscale_decisions_total
+    reconciler = Reconciler(store, hub, routes, metrics=metrics, autoscaler=autoscaler,
+                            on_servers_changed=provisioner.changed if provisioner is not None else None,
+                            usage=usage)
+    autoscaler.plans = reconciler.plans  # Servers follow the room their models wait for
+    if isinstance(provisioner, LocalProvisioner):
+        provisioner.replicas_of = autoscaler.server_replicas
+        autoscaler.on_server_change = lambda ns: provisioner.changed()
+    elif provisioner is not None:  # Kubernetes: the StatefulSets' replicas
+        provisioner.adjust = autoscaler.adjust
+        autoscaler.on_server_change = provisioner.mark
+    api = ControlAPI(store, hub, routes, metrics, tokens=tokens, storage_policy=storage_policy, usage=usage)
+    if opts.kube is not None and opts.kube.namespace:  # a namespaced install takes reports of its namespace only
+        api.usage.namespaces = frozenset({opts.kube.namespace})
+    metrics.usage_reports = api.usage.outcomes  # berth_usage_reports_total
+    if kube is not None:
+        kube_mode.gateways_with(api.auth, kube.reviewer)  # namespace gateways' pod tokens: TokenReview
     limits = ListenerLimits(header_timeout=opts.header_timeout, body_timeout=opts.body_timeout,
                             idle_timeout=opts.idle_timeout)
     app = api.app(max_body=opts.max_body, limits=limits)
     DashboardUI(tokens, api.auth).mount(app)  # /ui and its sign-in codes
+    WakeAPI(store, reconciler.evictor.book, reconciler.mark).add_routes(app.router)  # docs/overcommit.md
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = GuardedSite(runner, opts.host, opts.port, limits=limits)  # head/body/idle timeouts
+    site = GuardedSite(runner, opts.host, opts.port, limits=limits, ssl_context=tls)  # head/body/idle timeouts
     try:
         await site.start()
     except OSError as exc:
@@ -117,15 +148,24 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
     # Root tasks: a failure is logged at once and the loop restarted with backoff (both resume from the store).
     # The routes publisher has no task of its own (the reconciler drives it); the hub's per-agent work runs
     # inside aiohttp's WebSocket handlers.
-    tasks: list[GuardedTask] = [guarded("reconcile", partial(reconciler.run, stop), restart=True, stop=stop)]
+    tasks: list[GuardedTask] = [guarded("reconcile", partial(reconciler.run, stop), restart=True, stop=stop),
+                                guarded("autoscale", partial(autoscaler.run, stop), restart=True, stop=stop)]
     if provisioner is not None:
         tasks.append(guarded("provisioner", partial(provisioner.run, stop), restart=True, stop=stop))
+    collector = GcPolicy(watch) if opts.gc_policy else None
+    if collector is not None:
+        collector.start()  # first: its start-up collection is not counted as a pause
+    watch.start()
     if started is not None:
         started.set()
     try:
         await stop.wait()
     finally:
+        if collector is not None:
+            await collector.stop()
+        await watch.stop()
         api.close()
+        metrics.close()
         reconciler.wake()
         if provisioner is not None:
             provisioner.changed()
@@ -139,6 +179,33 @@ async def run_control(opts: ControlOptions, stop: asyncio.Event,
             await kube.close()
         tokens.close()
         log.info("control plane stopped")
+
+
+class PerServer:
+    """A fact about a Server (``read(store, namespace, name)``), read from the store once and kept until that
+    Server changes: asked for every load sent, on the loop, it must not wait for the store's lock while the
+    store thread commits a pass (a thousand loads once waited 20-150 ms each there)."""
+
+    def __init__(self, store: Store, read: Callable[[Store, str, str], bool]) -> None:
+        self.store, self.read = store, read
+        self.known: dict[tuple[str, str], bool] = {}
+        self.changes = 0  # Server events seen: a value read before one is not kept
+        store.add_listener(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:  # in the writer's thread
+        if ev.kind == "Server":
+            self.changes += 1
+            self.known.pop((ev.namespace, ev.name), None)
+
+    def __call__(self, namespace: str, server: str) -> bool:
+        key = (namespace, server)
+        value = self.known.get(key)
+        if value is None:
+            changes = self.changes
+            value = self.read(self.store, namespace, server)
+            if changes == self.changes:
+                self.known[key] = value
+        return value
 
 
 def open_sealed_store(opts: ControlOptions, path: Path, in_memory: bool) -> SealingStore:

@@ -71,7 +71,18 @@ class ControlSettings(ProcessSettings):
         None, "BERTH_STORAGE_POLICY", flag="--storage-policy",
         doc="YAML file: which schemes, local roots, S3 endpoints and buckets each namespace may use "
             "(default: permissive, see docs/storage.md)")
+    tls_cert: Path | None = setting(None, "BERTH_TLS_CERT", flag="--tls-cert",
+                                    doc="PEM certificate (chain) to serve HTTPS and WSS with, e.g. a cert-manager "
+                                        "Secret's tls.crt (with --tls-key)")
+    tls_key: Path | None = setting(None, "BERTH_TLS_KEY", flag="--tls-key", doc="Its private key (tls.key)")
+    kube_ca_secret: str = setting("berth-control-ca", "BERTH_KUBE_CA_SECRET", flag="--kube-ca-secret",
+                                  doc="With --store kubernetes and --tls-cert: the Secret (key ca.crt), in each "
+                                      "tenant namespace, mounted into agent and gateway pods, which then reach "
+                                      "the control plane over wss:// and https:// trusting only that CA")
     log_level: str = setting("INFO", "BERTH_LOG_LEVEL", flag="--log-level", choices=LOG_LEVELS, doc="Log level")
+    gc_policy: str = setting("on", "BERTH_GC_POLICY", flag="--gc-policy", choices=("on", "off"),
+                             doc="on: garbage collections kept short, the full walk of the heap only when the loop is "
+                                 "quiet (docs/responsiveness.md); off: CPython's own collector")
 
     def options(self) -> ControlOptions:
         """What ``run_control`` takes."""
@@ -82,10 +93,11 @@ class ControlSettings(ProcessSettings):
             admin_token_file=self.admin_token_file, gateway_token_file=self.gateway_token_file,
             secrets_key_file=self.secrets_key, header_timeout=self.header_timeout,
             body_timeout=self.body_timeout, idle_timeout=self.idle_timeout, storage_policy=self.storage_policy,
-            kube=self._kube())
+            kube=self._kube(), tls_cert=self.tls_cert, tls_key=self.tls_key)
 
     def _kube(self) -> KubeMode | None:
         if (self.store or "").lower() != STORE_WORD:
             return None
         return KubeMode(kubeconfig=str(self.kubeconfig) if self.kubeconfig else None, context=self.kube_context,
-                        namespace=self.watch_namespace, image=self.image, control_namespace=self.control_namespace)
+                        namespace=self.watch_namespace, image=self.image, control_namespace=self.control_namespace,
+                        ca_secret=self.kube_ca_secret if self.tls_cert is not None else None)

@@ -18,12 +18,13 @@ from aiohttp import web
 
 from berth.control.auth import Auth
 from berth.control.secrets import redact
+from berth.control.slices import Slicer
 from berth.errors import BerthError, InvalidInput
 from berth.resources.identity import SECRET_KINDS
 from berth.resources.kinds import ALL_KINDS, kind_from_alias
 from berth.resources.names import check_name
 from berth.store.base import Event, Store
-from berth.store.offloop import on_loop
+from berth.store.offloop import off_loop, on_loop
 
 Visible = Callable[[dict[str, Any]], bool]
 
@@ -74,6 +75,14 @@ class Watches:
         for wake in list(self._wakes):
             wake.set()
 
+    def _listed(self, kinds: tuple[str, ...] | None, ns: str | None) -> tuple[int, list[dict[str, Any]]]:
+        """The revision and the documents a watch starts with (in the store thread)."""
+        return self.store.revision(), [doc for k in kinds or ALL_KINDS for doc in self.store.list(k, ns)]
+
+    def _events(self, since: int, kinds: tuple[str, ...] | None, ns: str | None) -> tuple[int, list[Event]]:
+        """The revision now and the events after ``since`` (in the store thread)."""
+        return self.store.revision(), self.store.events_since(since, kinds=kinds, namespace=ns)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         kinds = tuple(kind_from_alias(k) for k in request.query.get("kinds", "").split(",") if k) or None
         ns = request.query.get("namespace") or None
@@ -82,8 +91,8 @@ class Watches:
             raise InvalidInput(f"since: expected a resourceVersion (integer), got {since_q!r}")
         since = int(since_q) if since_q is not None else None
         visible = visibility(self.auth, request, ns, kinds, "watch")
-        if since is not None:
-            self.store.events_since(since, kinds=kinds, namespace=ns, limit=1)  # Expired → 410 now
+        if since is not None:  # Expired → 410 now (read in the store thread, as every store call of a watch)
+            await off_loop(self.store.events_since, since, kinds=kinds, namespace=ns, limit=1)
         ws = web.WebSocketResponse(heartbeat=20.0)
         use_ws = ws.can_prepare(request).ok
         if use_ws:
@@ -112,26 +121,29 @@ class Watches:
 
             reader = asyncio.create_task(drain())
         guard = self.auth.guard(request, wake)  # trips (and wakes us) when the caller's token is revoked
+        slicer = Slicer()  # a burst of events (1,000 statuses written) is sent in slices: the loop serves others
         try:
             if since is None:
-                since = self.store.revision()
-                for k in kinds or ALL_KINDS:
-                    for doc in self.store.list(k, ns):
-                        if visible(doc):
-                            await send({"type": "ADDED", "revision": since, "object": shown(doc)})
+                cursor, docs = await off_loop(self._listed, kinds, ns)
+                for doc in docs:
+                    await slicer.tick()
+                    if visible(doc):
+                        await send({"type": "ADDED", "revision": cursor, "object": shown(doc)})
+            else:
+                cursor = since
             while not self.closing and not (use_ws and ws.closed) and guard.reason is None:
                 wake.clear()
-                head = self.store.revision()
-                events = self.store.events_since(since, kinds=kinds, namespace=ns)
+                head, events = await off_loop(self._events, cursor, kinds, ns)
                 for ev in events:
-                    since = ev.revision
+                    await slicer.tick()
+                    cursor = ev.revision
                     if ev.object.get("kind") not in (kinds or ALL_KINDS):  # e.g. quotas: not a resource kind
                         continue
                     if visible(ev.object):  # other tenants' events are never sent
                         await send({"type": ev.type, "revision": ev.revision, "object": shown(ev.object)})
                 if events:
                     continue
-                since = max(since, head)  # nothing matched up to head: never fall behind compaction
+                cursor = max(cursor, head)  # nothing matched up to head: never fall behind compaction
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=15.0)
                 except TimeoutError:

@@ -22,6 +22,7 @@ def control(**flags: Any) -> None:
     os.umask(0o077)  # every file and folder it (and the replicas it starts) writes is private to this user
     setup_logging(settings.log_level)
     opts = settings.options()
+    opts.gc_policy = settings.gc_policy == "on"  # the collector is the process's, the control plane's alone
 
     async def main(stop: asyncio.Event) -> None:
         await run_control(opts, stop)

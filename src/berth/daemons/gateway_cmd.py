@@ -16,12 +16,16 @@ from berth.errors import ConfigError
 from berth.gateway.app import run_gateway
 from berth.gateway.routing.table import load_routes
 from berth.gateway.settings import GatewaySettings
+from berth.resources.names import name_problem
 
 
 @with_settings_options(GatewaySettings)
 def gateway(**flags: Any) -> None:
     """Run the gateway: one V2 endpoint routing to the replicas that hold each model."""
     s = GatewaySettings.from_env(os.environ, **flags)  # a wrong value stops here, naming it
+    problem = name_problem(s.namespace, what="namespace", label=True)
+    if problem:
+        raise ConfigError(f"--namespace / BERTH_GATEWAY_NAMESPACE: {problem}")
     setup_logging(s.log_level)
     table = load_routes(s.routes) if s.routes is not None else None
     token = _token(s.token_file)
@@ -31,7 +35,9 @@ def gateway(**flags: Any) -> None:
         await run_gateway(s.host, s.port, s.control or None, stop, routes=table,
                           grpc_port=s.grpc_port if s.grpc_port >= 0 else None, upstream_timeout=s.upstream_timeout,
                           connect_timeout=s.connect_timeout, max_request_bytes=s.max_request_bytes,
-                          check_inputs=s.check_inputs, token=token, rest_limits=rest_limits, grpc_limits=h2_limits)
+                          check_inputs=s.check_inputs, token=token, rest_limits=rest_limits, grpc_limits=h2_limits,
+                          usage_interval=s.usage_interval, wake_timeout=s.wake_timeout, control_ca=s.control_ca,
+                          token_file=s.token_file, namespace=s.namespace)
 
     run_until_signalled(main)
 

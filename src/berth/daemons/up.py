@@ -66,6 +66,9 @@ class UpSettings(ProcessSettings):
                              doc="Gateway V2 gRPC port")
     replica_memory: int = setting(2 << 30, "BERTH_REPLICA_MEMORY", "MEMORY_REQUEST", flag="--replica-memory",
                                   fmt=QUANTITY, ge=1, doc="Memory each local replica offers")
+    overcommit: int = setting(10, "BERTH_OVERCOMMIT_PERCENT", "SELDON_OVERCOMMIT_PERCENTAGE", flag="--overcommit",
+                              ge=0, le=1000, doc="Memory overcommit of each local replica, percent (a Server's "
+                                                 "berth.io/overcommit annotation wins; docs/overcommit.md)")
     default_server: bool = setting(True, flag="--default-server/--no-default-server",
                                    doc="Create the Server mlserver in namespace default")
     wait_timeout: float = setting(120.0, "BERTH_UP_TIMEOUT", flag="--timeout", gt=0, le=3600,
@@ -143,6 +146,7 @@ def up(**flags: Any) -> None:
             sup.add(Child("control plane", py + ["control", "--provision", "--host", host, "--port",
                                                  str(control_port), "--data-dir", str(data_dir),
                                                  "--replica-memory", str(settings.replica_memory),
+                                                 "--overcommit", str(settings.overcommit),
                                                  "--admin-token-file", str(admin_file),
                                                  "--gateway-token-file", str(gateway_file)]
                           + (["--storage-policy", str(storage_policy.resolve())] if storage_policy else []),

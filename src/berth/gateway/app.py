@@ -1,7 +1,8 @@
 """The gateway's V2 (Open Inference Protocol) REST endpoint, in front of every inference server.
 
 Requests are routed by the ``seldon-model`` header when present, else by the model name in the path,
-in the namespace of the ``seldon-namespace`` header (``default`` when absent), through
+in the namespace of the ``seldon-namespace`` header (when absent: ``default``, or the gateway's ``--namespace``
+for a namespace's own gateway), through
 :meth:`Router.decide` (experiments, weights, sticky ``x-seldon-route``).  The inference server knows the
 model by its plain name.  Answers pass MLServer's status and body through untouched and carry
 ``x-seldon-route``; the gateway's own failures are JSON ``{code, message, details}``.  A JSON infer body
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from pathlib import Path
 
 from aiohttp import web
 
@@ -34,11 +37,16 @@ from berth.gateway.metrics import CONTENT_TYPE, Metrics, error_labels
 from berth.gateway.pipelines.serve import PipelineServer
 from berth.gateway.probe import PROBE_PATH, GrpcSide, probe_handler
 from berth.gateway.routing.router import Decision, Router
+from berth.gateway.routing.table import ModelEvicted
+from berth.gateway.routing.wake import DEFAULT_WAKE_TIMEOUT, Waker, held
 from berth.gateway.routing.watch import TableWatcher
 from berth.gateway.transports.checks import check_infer_body, is_plain_json
 from berth.gateway.transports.grpcserver import GrpcGateway, GrpcListener, start_grpc
 from berth.gateway.transports.restlimits import RestLimits
+from berth.gateway.usage import UsageMeter, post_usage
 from berth.wire.routes import RoutingTable
+from berth.wire.tls import client_context
+from berth.wire.tls import control_url as tls_url
 
 log = logging.getLogger("berth.gateway")
 
@@ -58,13 +66,21 @@ class _Handlers:
         self.check_inputs = check_inputs
         self.body_timeout = RestLimits().body_timeout
         self.pipelines: PipelineServer | None = None  # NAME.pipeline and experiments over pipelines
+        self.namespace = "default"  # of a request without seldon-namespace (a namespace's gateway: its own)
 
     def _decide(self, request: web.Request) -> tuple[str, Decision]:
         headers = request.headers
-        namespace = headers.get("seldon-namespace") or "default"
+        namespace = headers.get("seldon-namespace") or self.namespace
         self.router.admit(namespace, headers.get("Authorization"))  # first: a refused caller learns nothing
         name = headers.get("seldon-model") or request.match_info["name"]
         return name, self.router.decide(namespace, name, headers.get("x-seldon-route"))
+
+    async def _held(self, request: web.Request, evicted: ModelEvicted) -> tuple[str, Decision]:
+        """:meth:`_decide` once the evicted model is loaded again (or the wake's 503)."""
+        headers = request.headers
+        name = headers.get("seldon-model") or request.match_info["name"]
+        return name, await held(self.router, headers.get("seldon-namespace") or self.namespace, name,
+                                headers.get("x-seldon-route"), evicted)
 
     def _fail(self, err: BerthError, started: float, decision: Decision | None = None) -> web.Response:
         resp = error_response(err)
@@ -74,12 +90,19 @@ class _Handlers:
 
     async def infer(self, request: web.Request) -> web.Response:
         pipelines, headers = self.pipelines, request.headers
-        if pipelines is not None and pipelines.handles(headers.get("seldon-namespace") or "default",
+        if pipelines is not None and pipelines.handles(headers.get("seldon-namespace") or self.namespace,
                                                        headers.get("seldon-model") or request.match_info["name"]):
+            if "seldon-namespace" not in headers and self.namespace != "default":  # a namespace's own gateway
+                request = request.clone(headers={**headers, "seldon-namespace": self.namespace})
             return await pipelines.rest(request, self.max_request_bytes, self.body_timeout)
         started = time.perf_counter()
         try:
             name, decision = self._decide(request)
+        except ModelEvicted as evicted:  # held while the control plane reloads it (routing/wake.py)
+            try:
+                name, decision = await self._held(request, evicted)
+            except BerthError as err:
+                return self._fail(err, started)
         except BerthError as err:
             return self._fail(err, started)
         try:
@@ -126,6 +149,11 @@ class _Handlers:
         started = time.perf_counter()
         try:
             _, decision = self._decide(request)
+        except ModelEvicted as evicted:
+            try:
+                _, decision = await self._held(request, evicted)
+            except BerthError as err:
+                return self._fail(err, started)
         except BerthError as err:
             return self._fail(err, started)
         resp = await self.proxy.forward(decision, kind, request.match_info.get("version"), "GET", _EMPTY,
@@ -167,7 +195,7 @@ def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | N
              mirrors: Mirrors | None = None, upstream_timeout: float = 60.0, connect_timeout: float = 5.0,
              max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
              grpc: GrpcSide | None = None, pipelines: PipelineServer | None = None,
-             rest_limits: RestLimits | None = None) -> web.Application:
+             rest_limits: RestLimits | None = None, namespace: str = "default") -> web.Application:
     """The gateway application serving from ``router`` (whose table a watcher may replace at any time);
     ``grpc`` is filled in once the gRPC endpoint listens (for the probe)."""
     proxy = proxy or Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
@@ -175,6 +203,7 @@ def make_app(router: Router, *, proxy: Proxy | None = None, metrics: Metrics | N
     mirrors = mirrors or Mirrors(metrics)
     h = _Handlers(router, proxy, metrics, mirrors, max_request_bytes, check_inputs)
     h.body_timeout = (rest_limits or RestLimits()).body_timeout
+    h.namespace = namespace
     h.pipelines = pipelines or PipelineServer(router, proxy, metrics, step_timeout_s=upstream_timeout, mirrors=mirrors)
     # request bodies stay as sent (a compressed body is forwarded compressed, with its Content-Encoding)
     app = web.Application(client_max_size=max_request_bytes,
@@ -207,26 +236,41 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                       max_request_bytes: int = MAX_REQUEST_BYTES, check_inputs: bool = True,
                       watch_backoff_max: float = 5.0, on_started: Callable[[int], None] | None = None,
                       on_grpc_started: Callable[[int], None] | None = None, token: str | None = None,
-                      rest_limits: RestLimits | None = None, grpc_limits: Limits | None = None) -> None:
+                      rest_limits: RestLimits | None = None, grpc_limits: Limits | None = None,
+                      usage_interval: float | None = 2.0, wake_timeout: float = DEFAULT_WAKE_TIMEOUT,
+                      control_ca: Path | None = None, token_file: Path | None = None,
+                      namespace: str = "default") -> None:
     """Serve the gateway (REST on ``host:port``, gRPC on ``host:grpc_port`` when given) until ``stop`` is set.
 
     The table comes from the control plane at ``control_url`` (followed, with reconnects), from
     ``routes`` (a static table), or both (``routes`` serves until the control plane answers).
     ``on_started`` gets the bound REST port and ``on_grpc_started`` the gRPC one (useful with port 0);
     both servers listen before either is called.  ``token`` is sent (``Authorization: Bearer``) on the
-    routes watch: a gateway token, or an admin's of every namespace.
+    routes watch: a gateway token, or an admin's of every namespace.  With a control plane, a usage report
+    (:mod:`berth.gateway.usage`) is posted to it every ``usage_interval`` seconds (None: never).
+    With ``control_ca`` the control plane must be https:// (ConfigError otherwise: a token is never sent in clear)
+    and only that CA is trusted by the routes watch, the usage reports and the wake calls; ``token_file`` is read
+    again at each of their connections (a rotated token), ``token`` being its content at start.  ``namespace``:
+    the namespace of a REST request without a ``seldon-namespace`` header (a namespace's own gateway: its own).
     """
     if control_url is None and routes is None:
         raise ConfigError("the gateway needs a control plane URL (--control URL) or a static routing "
                           "table (--routes FILE) to know where models are")
+    if control_url is not None:
+        control_url = tls_url(control_url, control_ca)  # http:// with a CA: ConfigError, before any token leaves
+    tls = client_context(control_ca) if control_ca is not None else None
     router = Router(routes)
     metrics = Metrics()
+    # requests for an evicted model wait up to wake_timeout s while the control plane reloads it (docs/overcommit.md)
+    waker = Waker(router, control_url, token, timeout=wake_timeout, registry=metrics.registry, tls=tls,
+                  token_file=token_file)
     mirrors = Mirrors(metrics)
     proxy = Proxy(upstream_timeout=upstream_timeout, connect_timeout=connect_timeout)
     grpc_side = GrpcSide()
     pipelines = PipelineServer(router, proxy, metrics, step_timeout_s=upstream_timeout, mirrors=mirrors)
     app = make_app(router, proxy=proxy, metrics=metrics, mirrors=mirrors, max_request_bytes=max_request_bytes,
-                   check_inputs=check_inputs, grpc=grpc_side, rest_limits=rest_limits, pipelines=pipelines)
+                   check_inputs=check_inputs, grpc=grpc_side, rest_limits=rest_limits, pipelines=pipelines,
+                   namespace=namespace)
     rest_limits = rest_limits or RestLimits()
     # aiohttp's keep-alive clock runs from a connection's start, and from each answer, until a complete request
     # head arrives: the header timeout (slowloris, silent connections)
@@ -234,6 +278,8 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                            keepalive_timeout=rest_limits.header_timeout)
     await runner.setup()
     watcher_task: GuardedTask | None = None
+    usage_task: GuardedTask | None = None
+    meter: UsageMeter | None = None
     grpc_server: GrpcListener | None = None
     grpc_gateway: GrpcGateway | None = None
     try:
@@ -255,8 +301,14 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
             grpc_side.gateway, grpc_side.address = grpc_gateway, f"{host}:{grpc_bound}"
         if control_url is not None:
             watcher = TableWatcher(control_url, router, backoff_max=watch_backoff_max,
-                                   connect_timeout=connect_timeout, token=token)
+                                   connect_timeout=connect_timeout, token=token, ca=control_ca, token_file=token_file)
             watcher_task = guarded("routes-watch", partial(watcher.run, stop), restart=True, stop=stop)
+            if usage_interval is not None:
+                meter = UsageMeter(metrics, proxy.balancer, router)
+                usage_task = guarded("usage-reports", partial(
+                    post_usage, meter, control_url, token, f"{socket.gethostname()}:{bound}", stop,
+                    interval=usage_interval, connect_timeout=connect_timeout, tls=tls, token_file=token_file),
+                    restart=True, stop=stop)
         log.info("gateway serving V2 REST on http://%s:%d%s (routes from %s)", host, bound,
                  f" and gRPC on {host}:{grpc_bound}" if grpc_bound else "", control_url or "a static table")
         if on_started is not None:
@@ -267,8 +319,13 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
     finally:
         if watcher_task is not None:
             await watcher_task.stop()
+        if usage_task is not None:
+            await usage_task.stop()
+        if meter is not None:
+            meter.close()
         if grpc_server is not None:
             await grpc_server.stop(min(upstream_timeout, 5.0))
         if grpc_gateway is not None:
             await grpc_gateway.upstreams.close()
         await runner.cleanup()
+        await waker.close()

@@ -46,6 +46,8 @@ class Metrics:
                                ("namespace", "model", "experiment", "protocol", "outcome"),
                                registry=self.registry)
         self._children: dict[tuple[Labels, str, str, bool], tuple[Any, Any, Any]] = {}
+        # answers for the usage meter (berth.gateway.usage), which drains it; None: no meter, nothing kept
+        self.usage: list[tuple[Labels, float, bool]] | None = None
 
     def observe(self, labels: Labels, protocol: str, code: str, error: bool, seconds: float) -> None:
         """Count one answer with ``code`` for the route ``labels`` and record how long it took."""
@@ -57,6 +59,9 @@ class Metrics:
         if error:
             children[1].inc()
         children[2].observe(seconds)
+        usage = self.usage
+        if usage is not None:
+            usage.append((labels, seconds, error))
 
     def _child(self, key: tuple[Labels, str, str, bool]) -> tuple[Any, Any, Any]:
         labels, protocol, code, _ = key

@@ -25,8 +25,10 @@ class Ports:
     control: int = 9004  # the control API, where agents enrol and gateways read routes
     gateway_http: int = 9000
     gateway_grpc: int = 9001
-    replica_http: int = 8080  # a replica pod's inference ports (SELDON_SERVER_HTTP_PORT / _GRPC_PORT)
+    replica_http: int = 8080  # a replica pod's inference ports: the agent's relay on the pod's IP
     replica_grpc: int = 8081
+    mlserver_http: int = 9500  # MLServer's own ports, on the pod's 127.0.0.1 only (never in a policy)
+    mlserver_grpc: int = 9501
 
 
 def pod_labels(component: str, server: str | None = None) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The Kubernetes objects the provisioner makes, as pure builders: documents in, documents out.
 
 - A **Server** becomes a StatefulSet (one pod per replica; containers ``agent`` and ``mlserver`` sharing
-  the pod's network, so the agent reaches MLServer on 127.0.0.1) and a headless Service, both owned by
+  the pod's network: MLServer listens on the pod's 127.0.0.1 only, and the agent relays the pod's REST and
+  gRPC ports, on the pod's IP, to it, advertising that IP) and a headless Service, both owned by
   the Server (deleting it removes them).  The pod spec is Berth's, then the ServerConfig's ``podSpec``,
   then the Server's, merged as Seldon merges them (:mod:`berth.kube.podmerge`); the ``agent`` container's
   image and command stay Berth's (Seldon's agent cannot talk to Berth's control plane).
@@ -27,6 +28,7 @@ MODELS_DIR = "/mnt/models"
 SERVER_ACCOUNT, GATEWAY_ACCOUNT = "berth-server", "berth-gateway"
 GATEWAY_NAME = "berth-gateway"
 GATEWAY_OVERRIDES = ("seldon-envoy", "seldon-modelgateway")  # SeldonRuntime overrides sizing the gateway
+LOOPBACK = "127.0.0.1"
 MANAGED_BY = "app.kubernetes.io/managed-by"  # on every object Berth makes (never on pods: selectors ignore it)
 
 
@@ -39,10 +41,17 @@ class Install:
     control_service: str = "berth-control"
     audience: str = "berth"
     ports: Ports = field(default_factory=Ports)
+    # the control plane serves TLS: agents and gateways trust the CA (ca.crt) of this Secret, which each tenant
+    # namespace holds (docs/kubernetes.md, "TLS"), and reach it over wss:// / https:// only
+    ca_secret: str | None = None
 
     @property
     def control_host(self) -> str:
         return f"{self.control_service}.{self.control_namespace}.svc"
+
+    @property
+    def control_url(self) -> str:
+        return f"{'https' if self.ca_secret else 'http'}://{self.control_host}:{self.ports.control}"
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,6 +74,26 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 _HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
+CA_DIR = "/var/run/secrets/berth-ca"
+CA_VOLUME = "berth-control-ca"
+
+
+def _ca_env(install: Install) -> list[dict[str, Any]]:
+    return [{"name": "BERTH_CONTROL_CA", "value": f"{CA_DIR}/ca.crt"}] if install.ca_secret else []
+
+
+def _ca_mounts(install: Install) -> list[dict[str, Any]]:
+    return [{"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}] if install.ca_secret else []
+
+
+def _ca_volumes(install: Install) -> list[dict[str, Any]]:
+    """The CA only (never the Secret's other keys: a cert-manager Secret also holds a tls.key)."""
+    if not install.ca_secret:
+        return []
+    return [{"name": CA_VOLUME, "secret": {"secretName": install.ca_secret, "defaultMode": 0o444,
+                                           "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+
+
 def _token_volume(install: Install) -> dict[str, Any]:
     return {"name": "berth-token", "projected": {"sources": [{"serviceAccountToken": {
         "audience": install.audience, "expirationSeconds": 3600, "path": "token"}}]}}
@@ -79,16 +108,23 @@ def _agent(install: Install) -> dict[str, Any]:
             {"name": "BERTH_CONTROL_HOST", "value": install.control_host},
             {"name": "BERTH_CONTROL_PORT", "value": str(p.control)},
             {"name": "BERTH_INFERENCE_HOST", "value": "127.0.0.1"},
-            {"name": "BERTH_INFERENCE_HTTP_PORT", "value": str(p.replica_http)},
-            {"name": "BERTH_INFERENCE_GRPC_PORT", "value": str(p.replica_grpc)},
+            {"name": "BERTH_INFERENCE_HTTP_PORT", "value": str(p.mlserver_http)},
+            {"name": "BERTH_INFERENCE_GRPC_PORT", "value": str(p.mlserver_grpc)},
+            # gateways reach the replica at the pod's IP, on the agent's relay ports (agent/relay.py)
+            _field_env("BERTH_ADVERTISE_HOST", "status.podIP"),
+            {"name": "BERTH_RELAY_HTTP_PORT", "value": str(p.replica_http)},
+            {"name": "BERTH_RELAY_GRPC_PORT", "value": str(p.replica_grpc)},
             {"name": "BERTH_REPOSITORY_DIR", "value": MODELS_DIR},
             {"name": "BERTH_AGENT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
             {"name": "MEMORY_REQUEST", "valueFrom": {"resourceFieldRef": {
                 "containerName": "mlserver", "resource": "requests.memory"}}},
+            *_ca_env(install),
         ],
+        "ports": [{"name": "http", "containerPort": p.replica_http, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": p.replica_grpc, "protocol": "TCP"}],
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR},
                          {"name": "berth-token", "mountPath": TOKEN_DIR, "readOnly": True},
-                         {"name": "agent-tmp", "mountPath": "/tmp"}],
+                         {"name": "agent-tmp", "mountPath": "/tmp"}, *_ca_mounts(install)],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": dict(_HARDENED),
     }
@@ -98,17 +134,16 @@ def _mlserver(install: Install) -> dict[str, Any]:
     p = install.ports
     return {
         "name": "mlserver", "image": install.image, "command": ["mlserver", "start", MODELS_DIR],
-        "env": [{"name": "MLSERVER_HOST", "value": "0.0.0.0"},  # the gateway's REST/gRPC, NetworkPolicy-guarded
-                {"name": "MLSERVER_HTTP_PORT", "value": str(p.replica_http)},
-                {"name": "MLSERVER_GRPC_PORT", "value": str(p.replica_grpc)},
+        "env": [{"name": "MLSERVER_HOST", "value": LOOPBACK},  # only the agent's relay reaches it
+                {"name": "MLSERVER_HTTP_PORT", "value": str(p.mlserver_http)},
+                {"name": "MLSERVER_GRPC_PORT", "value": str(p.mlserver_grpc)},
                 {"name": "MLSERVER_METRICS_PORT", "value": "8082"},
                 {"name": "MLSERVER_LOAD_MODELS_AT_STARTUP", "value": "false"},
                 # one process, as Berth runs MLServer locally: MLServer 1.7's parallel workers die at start
                 # under uvloop ("no current event loop"), failing every load
                 {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"}],
-        "ports": [{"name": "http", "containerPort": p.replica_http, "protocol": "TCP"},
-                  {"name": "grpc", "containerPort": p.replica_grpc, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5},
+        # probed as the gateway reaches it: the pod's IP, through the agent's relay
+        "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": p.replica_http}, "periodSeconds": 5},
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
         "securityContext": {**_HARDENED, "readOnlyRootFilesystem": False},
@@ -123,7 +158,7 @@ def server_pod_spec(server: Mapping[str, Any], config: Mapping[str, Any] | None,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_agent(install), _mlserver(install)],
         "volumes": [{"name": "models", "emptyDir": {}}, {"name": "agent-tmp", "emptyDir": {}},
-                    _token_volume(install)],
+                    _token_volume(install), *_ca_volumes(install)],
     }
     spec = merge_pod_specs(base, (config or {}).get("spec", {}).get("podSpec"),
                            (server.get("spec") or {}).get("podSpec"))
@@ -131,6 +166,9 @@ def server_pod_spec(server: Mapping[str, Any], config: Mapping[str, Any] | None,
         if container.get("name") == "agent":  # Berth's agent, whatever a Seldon ServerConfig names
             container.update(image=install.image, command=["berth", "agent"])
             container.pop("args", None)
+        elif container.get("name") == "mlserver":  # on loopback whatever a podSpec says: the relay is the way in
+            container["env"] = [e for e in container.get("env") or [] if e.get("name") != "MLSERVER_HOST"]
+            container["env"].insert(0, {"name": "MLSERVER_HOST", "value": LOOPBACK})
     spec["serviceAccountName"] = SERVER_ACCOUNT  # the token's identity is the agent's: never a tenant's choice
     spec["automountServiceAccountToken"] = False
     return spec
@@ -186,12 +224,14 @@ def runtime_objects(runtime: Mapping[str, Any], install: Install) -> list[dict[s
         "env": [{"name": "BERTH_GATEWAY_BIND", "value": "0.0.0.0"},
                 {"name": "BERTH_GATEWAY_PORT", "value": str(p.gateway_http)},
                 {"name": "BERTH_GATEWAY_GRPC_PORT", "value": str(p.gateway_grpc)},
-                {"name": "BERTH_CONTROL_URL", "value": f"http://{install.control_host}:{p.control}"},
-                {"name": "BERTH_GATEWAY_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"}],
+                {"name": "BERTH_CONTROL_URL", "value": install.control_url},
+                {"name": "BERTH_GATEWAY_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+                _field_env("BERTH_GATEWAY_NAMESPACE", "metadata.namespace"),  # requests without seldon-namespace
+                *_ca_env(install)],
         "ports": [{"name": "http", "containerPort": p.gateway_http, "protocol": "TCP"},
                   {"name": "grpc", "containerPort": p.gateway_grpc, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
-        "volumeMounts": [{"name": "berth-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": "berth-token", "mountPath": TOKEN_DIR, "readOnly": True}, *_ca_mounts(install)],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": dict(_HARDENED),
     }
@@ -202,7 +242,7 @@ def runtime_objects(runtime: Mapping[str, Any], install: Install) -> list[dict[s
                      "serviceAccountName": GATEWAY_ACCOUNT, "automountServiceAccountToken": False,
                      "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
                                          "seccompProfile": {"type": "RuntimeDefault"}},
-                     "containers": [container], "volumes": [_token_volume(install)]}}},
+                     "containers": [container], "volumes": [_token_volume(install), *_ca_volumes(install)]}}},
     }
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(GATEWAY_NAME, ns, labels, runtime),
                "spec": {"selector": {COMPONENT: GATEWAY},

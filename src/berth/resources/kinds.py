@@ -173,8 +173,6 @@ UNACTED_FIELDS: dict[str, dict[str, str]] = {
     "Model": {
         "schemaUri": "not read (Berth fetches no model schema; a change reloads the model as any artifact "
                      "change does)",
-        "maxReplicas": "not acted on (Berth does not autoscale models; it runs spec.replicas, else "
-                       "minReplicas, else 1)",
         "preloaded": "not acted on (Berth loads every model as soon as it is placed)",
         "dedicated": "not acted on (models share server replicas; give the model a Server of its own and pin "
                      "it with spec.server instead)",
@@ -184,9 +182,8 @@ UNACTED_FIELDS: dict[str, dict[str, str]] = {
         "dataflow": "not used (Berth runs no Kafka dataflow)",
     },
     "Server": {
-        "maxReplicas": "not acted on (Berth does not autoscale servers; it runs spec.replicas, else "
-                       "minReplicas, else 1)",
-        "scaling": "not acted on (Berth does not autoscale servers; it runs spec.replicas)",
+        "scaling": "not read (Berth scales a Server between minReplicas and maxReplicas by the room its models "
+                   "need: docs/autoscaling.md)",
         "disableAutoUpdate": "not acted on (local replicas restart whenever their memory, overcommit or "
                              "capabilities change)",
         "statefulSetPersistentVolumeClaimRetentionPolicy": "not used by local replicas (no volumes: each "
@@ -218,6 +215,8 @@ ANNOTATIONS: dict[str, tuple[str, ...]] = {
     "berth.io/replica-memory": ("Server",),
     "berth.io/placement-policy": ("SeldonRuntime",),
     "berth.io/idempotent": ("Model",),
+    "berth.io/overcommit": ("Server",),  # docs/overcommit.md
+    "berth.io/pinned": ("Model",),
 }
 
 # Kinds as a user types them on the CLI (kubectl style: singular, plural, short).

@@ -302,9 +302,11 @@ def unacted_warnings(body: dict[str, Any]) -> list[str]:
     spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
     found: list[tuple[str, str]] = _annotations(kind, meta.get("annotations") or {})
     found += [(f"spec.{k}", why) for k, why in UNACTED_FIELDS.get(kind, {}).items() if spec.get(k) is not None]
-    if kind == "Server" and spec.get("replicas") is not None and spec.get("minReplicas") is not None:
-        found.append(("spec.minReplicas", "not acted on while spec.replicas is set (Berth does not autoscale "
-                                          "servers; it runs spec.replicas)"))
+    autoscaled = isinstance(spec.get("maxReplicas"), int) and spec["maxReplicas"] > max(1, spec.get("minReplicas") or 1)
+    if kind == "Server" and spec.get("replicas") is not None and spec.get("minReplicas") is not None \
+            and not autoscaled:
+        found.append(("spec.minReplicas", "not acted on while spec.replicas is set and maxReplicas is not above it "
+                                          "(no autoscaling: Berth runs spec.replicas; docs/autoscaling.md)"))
     if kind in ("Server", "ServerConfig"):
         found += _pod_spec(body, kind)
     if kind == "SeldonRuntime":

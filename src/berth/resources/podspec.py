@@ -6,7 +6,8 @@ from its environment.  Berth's local replicas follow the same knobs, first found
 - memory: the Server's annotation ``berth.io/replica-memory``; the agent's ``MEMORY_REQUEST`` (bytes or a
   quantity, or a ``valueFrom.resourceFieldRef`` to a container's ``requests.memory``/``limits.memory``,
   resolved as the downward API would); the ``mlserver`` container's memory request, else limit; the default.
-- overcommit: the agent's ``SELDON_OVERCOMMIT_PERCENTAGE``; the default (Seldon's 10).
+- overcommit: the Server's annotation ``berth.io/overcommit``; the agent's ``SELDON_OVERCOMMIT_PERCENTAGE``;
+  the default (Seldon's 10, or ``berth up --overcommit``).
 - capabilities: the Server's ``spec.capabilities``; the agent's ``SELDON_SERVER_CAPABILITIES``; MLServer's
   (``extraCapabilities`` are appended to either: see ``berth.scheduler.build``).
 - inference server: the agent's ``SELDON_SERVER_TYPE``; else a ``triton`` container and no ``mlserver``
@@ -30,6 +31,7 @@ INFERENCE_CONTAINER = "mlserver"
 AGENT_CONTAINER = "agent"
 SIDECARS = (AGENT_CONTAINER, "rclone")  # never the inference container
 MEMORY_ANNOTATION = "berth.io/replica-memory"
+OVERCOMMIT_ANNOTATION = "berth.io/overcommit"  # a Server's overcommit percent (docs/overcommit.md)
 MEMORY_ENV = "MEMORY_REQUEST"
 OVERCOMMIT_ENV = "SELDON_OVERCOMMIT_PERCENTAGE"
 CAPABILITIES_ENV = "SELDON_SERVER_CAPABILITIES"
@@ -286,7 +288,11 @@ def replica_shape(server: Mapping[str, Any], config: Mapping[str, Any] | None, *
                f"annotation {MEMORY_ANNOTATION}")
     else:
         mem = replica_memory(server, config) or memory
-    over = overcommit(server, config) or overcommit_percent
+    if OVERCOMMIT_ANNOTATION in annotations:
+        over = (parse_overcommit(annotations[OVERCOMMIT_ANNOTATION], f"metadata.annotations[{OVERCOMMIT_ANNOTATION}]"),
+                f"annotation {OVERCOMMIT_ANNOTATION}")
+    else:
+        over = overcommit(server, config) or overcommit_percent
     kind = inference_server(server, config)
     why = None if kind == RUNS else unsupported_message((server.get("spec") or {}).get("serverConfig"), kind)
     return ReplicaShape(mem[0], mem[1], over[0], over[1], kind, why)

@@ -238,12 +238,12 @@ class ProcessSettings(BaseSettings):
             if value is None:
                 continue
             field = cls.model_fields[name]
-            where = flag_of(field) or name
+            where = (flag_of(field) or name).split("/")[0].split(",")[0]  # --namespace of "--namespace,-n"
             if isinstance(value, str) and (base_type(field) is not str or extra_of(field).get("format")):
-                value = cls.parse_value(name, where.split("/")[0], value)
+                value = cls.parse_value(name, where, value)
             problem = _range_problem(field, value)
             if problem:
-                raise ConfigError(f"{where.split('/')[0]}={value!r}: {problem}")
+                raise ConfigError(f"{where}={value!r}: {problem}")
             given[name] = value
         token = _ENV.set(env)
         try:

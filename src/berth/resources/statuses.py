@@ -23,7 +23,7 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 ModelState = Literal["ModelProgressing", "ModelAvailable", "ScheduleFailed", "LoadFailed", "ModelTerminating"]
 MODEL_STATES: tuple[ModelState, ...] = (
     "ModelProgressing", "ModelAvailable", "ScheduleFailed", "LoadFailed", "ModelTerminating")
-ReplicaState = Literal["Pending", "Loading", "Loaded", "LoadFailed", "Unavailable"]
+ReplicaState = Literal["Pending", "Loading", "Loaded", "LoadFailed", "Unavailable", "Evicted"]
 PlacementState = Literal["Scheduled", "PartiallyScheduled", "ScheduleFailed", "Deleting"]
 
 
@@ -58,6 +58,23 @@ class ModelPlacement(TypedDict):
     reasons: list[PlacementReason]
 
 
+class ReplicaEviction(TypedDict):
+    """Why a model is not loaded on a replica it is placed on (docs/overcommit.md)."""
+    reason: str
+    neededBy: str  # the model the room went to ("" when none in particular)
+    neededMemory: int
+    memory: int  # bytes this model takes (effective)
+    time: str
+    unloaded: bool  # it was loaded and unloaded (False: never loaded here for lack of room)
+
+
+class ModelMemory(TypedDict):
+    """A model's memory: declared (spec.memory), measured (RSS delta of its load), effective (the larger)."""
+    declared: int
+    measured: int
+    effective: int
+
+
 class ModelReplicaStatus(TypedDict):
     """One planned replica of a model; key in ``ModelStatus.replicaStatus``: ``SERVER/INDEX``."""
     state: ReplicaState
@@ -66,6 +83,25 @@ class ModelReplicaStatus(TypedDict):
     loadSeconds: float
     inferenceLoadSeconds: float
     address: str  # the replica's inference server (host:port); "" when no agent ever connected
+    eviction: NotRequired[ReplicaEviction]  # state Evicted (or Loading again after one)
+
+
+class ScalingEvent(TypedDict):
+    """One autoscaling decision, with its reason (docs/autoscaling.md)."""
+    time: str  # RFC 3339
+    direction: Literal["up", "down"]
+    previous: int  # replicas before
+    replicas: int  # replicas after
+    reason: str
+
+
+class AutoscalingStatus(TypedDict):
+    """The replicas autoscaling decided (planned in place of spec.replicas) and its last decisions."""
+    replicas: int
+    minReplicas: int
+    maxReplicas: int
+    events: list[ScalingEvent]  # the last ones, oldest first
+    problems: NotRequired[list[str]]  # annotations that could not be read (their defaults apply)
 
 
 class ModelStatus(TypedDict):
@@ -83,6 +119,8 @@ class ModelStatus(TypedDict):
     history: list[HistoryEntry]
     servingGeneration: NotRequired[int]  # the version the routes point to (docs/rollouts.md)
     rollout: NotRequired["ModelRollout"]
+    memory: NotRequired[ModelMemory]  # when declared or measured (docs/overcommit.md)
+    autoscaling: NotRequired[AutoscalingStatus]  # when minReplicas < maxReplicas (docs/autoscaling.md)
 
 
 class ModelVersion(TypedDict):
@@ -127,6 +165,7 @@ class ServerStatus(TypedDict):
     loadedModels: int
     conditions: list[Condition]  # Ready
     replicaStatus: list[ServerReplicaStatus]
+    autoscaling: NotRequired[AutoscalingStatus]  # when minReplicas < maxReplicas (docs/autoscaling.md)
 
 
 class ExperimentStatus(TypedDict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from berth.scheduler.pool import Memos, Pool, SlotKey
 from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaRef, ServerInfo, Snapshot
 
 UNSETTLED = ("ScheduleFailed", "PartiallyScheduled")
+_REPLICAS = operator.attrgetter("replicas")
+_STATE = operator.attrgetter("state")
 
 
 @dataclass(frozen=True)
@@ -34,14 +37,28 @@ class Basis:
     def of(cls, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
            models: dict[str, ModelPlan]) -> Basis:
         """The basis of a full plan."""
-        placements = {name: mp.replicas for name, mp in models.items() if mp.replicas}
-        lists: dict[SlotKey, list[str]] = {}
+        placements = {name: refs for name, refs in zip(models, map(_REPLICAS, models.values()), strict=True) if refs}
+        # residents by replica: models placed alone on one replica share its refs tuple (Slot.alone), so
+        # names are grouped by refs object first and each group's replicas are looked at once
+        groups: dict[int, tuple[tuple[ReplicaRef, ...], list[str]]] = {}
         for name, refs in placements.items():
-            for ref in refs:
-                lists.setdefault((ref.server, ref.index), []).append(name)
+            group = groups.get(id(refs))
+            if group is None:
+                groups[id(refs)] = (refs, [name])
+            else:
+                group[1].append(name)
+        lists: dict[SlotKey, list[str]] = {}
+        for refs, names in groups.values():
+            for ref in refs:  # a ReplicaRef equals (and hashes as) its (server, index) key
+                found = lists.get(ref)
+                if found is None:
+                    lists[ref] = list(names)
+                else:
+                    found.extend(names)
+        unsettled = frozenset(name for name, state in zip(models, map(_STATE, models.values()), strict=True)
+                              if state in UNSETTLED)
         return cls(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
-                   {k: s.used for k, s in pool.slots.items()},
-                   placements, frozenset(n for n, mp in models.items() if mp.state in UNSETTLED),
+                   {k: s.used for k, s in pool.slots.items()}, placements, unsettled,
                    {k: frozenset(v) for k, v in lists.items()}, models, pool.memos, pool, threading.Lock())
 
     def successor(self, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
@@ -59,7 +76,7 @@ class Basis:
 
         for name in changed:
             for ref in placements.pop(name, ()):
-                resident_set((ref.server, ref.index)).discard(name)
+                resident_set(ref).discard(name)
             unsettled.discard(name)
             mp = models.get(name)
             if mp is None:
@@ -67,7 +84,7 @@ class Basis:
             if mp.replicas:
                 placements[name] = mp.replicas
                 for ref in mp.replicas:
-                    resident_set((ref.server, ref.index)).add(name)
+                    resident_set(ref).add(name)
             if mp.state in UNSETTLED:
                 unsettled.add(name)
         residents = dict(self.residents)

@@ -6,6 +6,9 @@ A resource dict has the shape the store and manifests use:
 
 from __future__ import annotations
 
+import copy
+import operator
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -109,33 +112,81 @@ def dry_run_replicas(servers: Iterable[ServerInfo], memory: int,
             for s in servers if s.inference_server == RUNS for i in range(s.desired_replicas)]
 
 
+class SnapshotCache:
+    """Model documents validated once, not on every pass.  A ModelWant is a function of the document's
+    name, namespace, deletion state and ``spec`` alone; ``snapshot_for(..., cache=)`` looks each Model up
+    by namespace and name, and when its deletion state and ``spec`` equal those it was built from (a plain
+    dict comparison, a fraction of a validation), gives back the very ModelWant built before: only new and
+    changed documents are validated.  When no model of a namespace changed, the Snapshot gets the very
+    ``models`` tuple of last time, which ``plan(..., previous=)`` recognises without comparing any model.
+
+    Bounded: per namespace it holds the models of the last call only.  Thread-safe (the control plane plans
+    in worker threads).  It keeps its own copy of each spec, so a caller changing a document afterwards
+    cannot make it answer for a spec it did not validate."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # namespace -> (name -> (deleting, spec as validated, want), the last models tuple)
+        self._by_ns: dict[str, tuple[dict[str, tuple[bool, Any, ModelWant]], tuple[ModelWant, ...]]] = {}
+        self.validated = 0  # documents validated (misses), for tests and the benchmark
+        self.reused = 0  # documents answered from the cache
+
+    def models(self, namespace: str, docs: Sequence[Mapping[str, Any]]) -> tuple[ModelWant, ...]:
+        """The ModelWants of ``docs`` (Model documents of ``namespace``), in their order."""
+        with self._lock:
+            old, last = self._by_ns.get(namespace, ({}, ()))
+            fresh: dict[str, tuple[bool, Any, ModelWant]] = {}
+            wants: list[ModelWant] = []
+            validated = 0
+            for doc in docs:
+                meta = doc.get("metadata") or {}
+                name = str(meta.get("name", ""))
+                deleting = bool(meta.get("deletionTimestamp"))
+                spec = doc.get("spec") or {}
+                entry = old.get(name)
+                if entry is None or entry[0] != deleting or entry[1] != spec:
+                    want = model_want(doc)  # raises InvalidManifest: nothing of this call is kept then
+                    entry = (deleting, copy.deepcopy(spec), want)
+                    validated += 1
+                fresh[name] = entry
+                wants.append(entry[2])
+            self.validated += validated
+            self.reused += len(wants) - validated
+            same = not validated and len(wants) == len(last) and all(map(operator.is_, wants, last))
+            models = last if same else tuple(wants)
+            self._by_ns[namespace] = (fresh, models)
+            return models
+
+
 def snapshot_for(namespace: str, docs: Iterable[Mapping[str, Any]], replicas: Iterable[ReplicaInfo],
                  assignments: Mapping[str, tuple[ReplicaRef, ...]] | None = None,
-                 policy: Policy = "binpack") -> Snapshot:
+                 policy: Policy = "binpack", cache: SnapshotCache | None = None) -> Snapshot:
     """The Snapshot of one namespace: its Models and Servers from ``docs`` (each Server with its ServerConfig
     when ``docs`` hold it; other kinds are skipped), its replicas; Servers of other namespaces only go into
     ``foreign_servers``.  Only replicas of a Server declared in ``namespace`` whose inference server Berth
     runs are kept: a server no resource declares (an agent that connected for a name nothing declares), or
-    one Berth does not run, is never a placement candidate."""
+    one Berth does not run, is never a placement candidate.  With ``cache``, Models unchanged since the
+    cache last saw them are not validated again (see :class:`SnapshotCache`)."""
     docs = list(docs)
     configs = [d for d in docs if d.get("kind") == "ServerConfig"]
-    models: list[ModelWant] = []
+    model_docs: list[Mapping[str, Any]] = []
     servers: list[ServerInfo] = []
     foreign: dict[str, list[str]] = {}
     for doc in docs:
         kind = doc.get("kind")
         _, ns, _ = _meta(doc)
         if kind == "Model" and ns == namespace:
-            models.append(model_want(doc))
+            model_docs.append(doc)
         elif kind == "Server" and ns == namespace:
             servers.append(server_info(doc, server_config_for(doc, configs)))
         elif kind == "Server":
             name, _, _ = _meta(doc)
             foreign.setdefault(ns, []).append(name)
     runs = {s.name for s in servers if s.inference_server == RUNS}
+    models = cache.models(namespace, model_docs) if cache is not None else tuple(map(model_want, model_docs))
     return Snapshot(
         namespace=namespace,
-        models=tuple(models),
+        models=models,
         servers=tuple(servers),
         replicas=tuple(r for r in replicas if r.namespace == namespace and r.server in runs),
         assignments=dict(assignments or {}),

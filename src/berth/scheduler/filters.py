@@ -64,6 +64,9 @@ def _pin(model: ModelWant, pool: Pool) -> tuple[str | None, Rejection | None]:
     return name, None
 
 
+_new_tuple = tuple.__new__
+
+
 def _fitting(slots: list[Slot], memory: int, kept: list[Slot]) -> list[Slot]:
     return [s for s in slots if s.capacity - s.used >= memory or s in kept]
 
@@ -140,20 +143,33 @@ def _capability_rejections(pool: Pool, model: ModelWant, reqs: frozenset[str], n
     found = pool.caps_rejections.get(key)
     if found is None:
         found = {}
-        missing_by_caps: dict[frozenset[str], tuple[str, ...]] = {}
+        # replicas of one server mostly report the same capabilities: the words are made once per kind
+        # of replica, then one Rejection per replica (a pinned model of 100,000 may be the first to ask)
+        made: dict[tuple[frozenset[str], tuple[str, ...], bool, tuple[tuple[str, str], ...]],
+                   tuple[tuple[str, ...], Rejection | None]] = {}  # kind of replica -> its words
         for slot in pool.by_server[name]:
-            if not reqs <= slot.caps:
-                missing = missing_by_caps.get(slot.caps)
-                if missing is None:
-                    missing = missing_by_caps[slot.caps] = tuple(
-                        dict.fromkeys(r for r in model.requirements if r not in slot.caps))
+            if reqs <= slot.caps:
+                continue
+            kind = slot.kind
+            how = made.get(kind)
+            if how is None:
+                missing = tuple(dict.fromkeys(r for r in model.requirements if r not in slot.caps))
                 absent = tuple(r for r in missing if r not in slot.broken)
-                if absent:
-                    found[slot.index] = reasons.missing_capabilities(name, slot.index, absent, slot.offered,
-                                                                     slot.per_server, pool.caps_memo)
-                else:
-                    found[slot.index] = reasons.runtime_not_importable(
-                        name, slot.index, tuple((r, slot.broken[r]) for r in missing), slot.per_server)
+                how = made[kind] = (absent, reasons.missing_capabilities(
+                    name, slot.index, absent, slot.offered, slot.per_server, pool.caps_memo)) if absent \
+                    else (missing, None)
+            names, first = how
+            if first is None:
+                found[slot.index] = reasons.runtime_not_importable(
+                    name, slot.index, tuple((r, slot.broken[r]) for r in names), slot.per_server)
+            elif first.replica == slot.index:
+                found[slot.index] = first
+            elif slot.per_server:  # the message names the server, not the replica: only the index differs
+                found[slot.index] = _new_tuple(Rejection, (first.code, first.message, first.server, slot.index,
+                                                           first.data))
+            else:
+                found[slot.index] = reasons.missing_capabilities(name, slot.index, names, slot.offered,
+                                                                 slot.per_server, pool.caps_memo)
         pool.caps_rejections[key] = found
     return found
 

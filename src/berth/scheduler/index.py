@@ -92,11 +92,74 @@ class FitTree:
                 return -1
             j += 1
 
+    def _first_from_root(self, memory: int) -> int:
+        """``_first_at_least(memory, 0)``, descending from the root (half the steps)."""
+        bounds, size = self.bounds, self.size
+        if bounds[1] < memory:
+            return -1
+        j = 1
+        while j < size:
+            j = 2 * j if bounds[2 * j] >= memory else 2 * j + 1
+        return j - size
+
+    def first_one(self, memory: int, spread: bool) -> Slot | None:
+        """For k = 1: the replica ``Pool.pick`` would take for a model of ``memory`` with nothing kept —
+        on the first server (by name) with a candidate replica having ``memory`` free, the one with the
+        least free memory (``spread``: the most), the lowest index on a tie.  One pass, no list, no sort."""
+        bounds, size = self.bounds, self.size
+        if bounds[1] < memory:
+            return None
+        j = 1
+        while j < size:  # the leftmost leaf whose bound is at least ``memory``
+            j = 2 * j if bounds[2 * j] >= memory else 2 * j + 1
+        i = j - size
+        while i >= 0:
+            best: Slot | None = None
+            if spread:
+                most = -1
+                for slot in self.slots[i]:  # in index order: strict comparisons keep the lowest index
+                    free = slot.capacity - slot.used
+                    if free >= memory and free > most:
+                        best, most = slot, free
+            else:
+                least = UNKNOWN
+                for slot in self.slots[i]:
+                    free = slot.capacity - slot.used
+                    if memory <= free < least:
+                        best, least = slot, free
+            if best is not None:
+                return best
+            self._set(i, kth_free(self.slots[i], 1))  # the bound was loose: make it exact
+            i = self._first_at_least(memory, i + 1)
+        return None
+
+    def first_k(self, memory: int, spread: bool) -> list[Slot] | None:
+        """For any k: the k replicas ``Pool.pick`` would take for a model of ``memory`` with nothing kept
+        (on the first server with k candidate replicas having ``memory`` free, in the policy's order)."""
+        k, bounds, size = self.k, self.bounds, self.size
+        if bounds[1] < memory:
+            return None
+        j = 1
+        while j < size:  # the leftmost leaf whose bound is at least ``memory``
+            j = 2 * j if bounds[2 * j] >= memory else 2 * j + 1
+        i = j - size
+        while i >= 0:
+            slots = self.slots[i]
+            # (free, index, slot), or (-free, index, slot) to spread: indexes differ, so slots are never compared
+            got = ([(s.used - s.capacity, s.index, s) for s in slots if s.capacity - s.used >= memory] if spread
+                   else [(s.capacity - s.used, s.index, s) for s in slots if s.capacity - s.used >= memory])
+            if len(got) >= k:
+                got.sort()
+                return [g[2] for g in got[:k]]
+            self._set(i, kth_free(slots, k))  # the bound was loose: make it exact
+            i = self._first_at_least(memory, i + 1)
+        return None
+
     def first_fit(self, memory: int) -> tuple[str, list[Slot]] | None:
         """The first server (by name) with k candidate replicas having ``memory`` free, and those of its
         candidate replicas that have it; None when no server has."""
         k = self.k
-        i = self._first_at_least(memory, 0)
+        i = self._first_from_root(memory)
         while i >= 0:
             got = [s for s in self.slots[i] if s.capacity - s.used >= memory]
             if len(got) >= k:

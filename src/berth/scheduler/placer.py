@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from berth.scheduler import filters, reasons
+from berth.scheduler.index import Candidates
 from berth.scheduler.pool import Pool, Slot
 from berth.scheduler.snapshot import ModelPlan, ModelWant, Rejection, ReplicaRef
 from berth.scheduler.summary import combine, explain, failure_message, replicas_phrase, server_lines
@@ -22,10 +23,20 @@ def success_message(replicas: tuple[ReplicaRef, ...]) -> str:
 
 
 _NONE: list[Slot] = []  # no kept replicas (never mutated)
+_new_tuple = tuple.__new__
+
+
+def _plan_of(name: str, desired: int, refs: tuple[ReplicaRef, ...], message: str) -> ModelPlan:
+    """A Scheduled ModelPlan, built without the NamedTuple's Python-level ``__new__``."""
+    plan: ModelPlan = _new_tuple(ModelPlan, (name, desired, refs, "Scheduled", message, ()))
+    return plan
 
 
 def _refs(slots: list[Slot]) -> tuple[ReplicaRef, ...]:
     return tuple(s.ref for s in slots)
+
+
+Route = tuple[str | None, Rejection | None, frozenset[str], Candidates | None]
 
 
 class Placer:
@@ -35,22 +46,27 @@ class Placer:
         self.assignments = assignments
         self.previous = previous  # earlier ModelPlans, reused when identical (saves building them)
         self.kept: dict[str, list[Slot]] = {}
-        self._reqs: dict[tuple[str, ...], frozenset[str]] = {}
-        # filters 1-2 depend on spec.server and the requirements alone: by (server, requirements)
+        self.spread = pool.policy == "spread"
+        # filters 1-2 depend on spec.server and the requirements alone, and so does the candidate set:
+        # computed once per (server, requirements) group, not per model
+        self._routes: dict[tuple[str | None, tuple[str, ...]], Route] = {}
+        # refs and success message by the replicas chosen (Slot objects): many models share a set
+        self._combos: dict[tuple[Slot, ...], tuple[tuple[ReplicaRef, ...], str]] = {}
         self._pins: dict[tuple[str | None, tuple[str, ...]], tuple[str | None, Rejection | None]] = {}
 
-    def _resolve_pin(self, model: ModelWant) -> tuple[str | None, Rejection | None]:
+    def _route(self, model: ModelWant) -> Route:
+        """(pin, rejection, requirements, candidates) of the model's group: ``candidates`` is the indexed
+        candidate set when the model may go to any server (no pin, no rejection, some server, indexed)."""
         key = (model.server, model.requirements)
-        found = self._pins.get(key)
+        found = self._routes.get(key)
         if found is None:
-            found = self._pins[key] = filters.resolve_pin(model, self.pool)
+            pin, rejection = filters.resolve_pin(model, self.pool)
+            reqs = frozenset(model.requirements)
+            pool = self.pool
+            cands = pool.candidates(reqs) if rejection is None and pin is None and pool.indexed and pool.names \
+                else None
+            found = self._routes[key] = (pin, rejection, reqs, cands)
         return found
-
-    def _requirements(self, model: ModelWant) -> frozenset[str]:
-        reqs = self._reqs.get(model.requirements)
-        if reqs is None:
-            reqs = self._reqs[model.requirements] = frozenset(model.requirements)
-        return reqs
 
     def keep(self, model: ModelWant) -> None:
         """Pass 1: keep the model on the replicas it is assigned to that are all still valid for it."""
@@ -59,14 +75,13 @@ class Placer:
         refs = self.assignments.get(model.name)
         if not refs:
             return
-        server, rejection = self._resolve_pin(model)
+        server, rejection, reqs, _ = self._route(model)
         if rejection is not None:
             return
-        reqs = self._requirements(model)
         slots = self.pool.slots
         kept: list[Slot] = []
         for ref in refs:
-            slot = slots.get((ref.server, ref.index))
+            slot = slots.get(ref)  # a ReplicaRef equals its (server, index) key
             if slot is None or not slot.usable or slot in kept:
                 continue
             if server is not None and slot.server != server:
@@ -89,6 +104,58 @@ class Placer:
             return old
         return ModelPlan(model.name, model.replicas, refs, "Scheduled", success_message(refs))
 
+    def _scheduled_together(self, model: ModelWant, slots: list[Slot]) -> ModelPlan:
+        """``_scheduled`` with the refs and message of a set of replicas built once per plan."""
+        combo = tuple(slots)
+        found = self._combos.get(combo)
+        if found is None:
+            refs = _refs(slots)
+            found = self._combos[combo] = (refs, success_message(refs))
+        old = self.previous.get(model.name)
+        if old is not None and old.state == "Scheduled" and old.desired == model.replicas \
+                and old.replicas == found[0]:
+            return old
+        return _plan_of(model.name, model.replicas, found[0], found[1])
+
+    def place_all(self, names: list[str], wants: Mapping[str, ModelWant]) -> dict[str, ModelPlan]:
+        """Pass 2 for ``names`` in that order: ``place`` for each, with its most common case (nothing kept,
+        any server, a fit found) inlined — a plan of 100,000 models spends most of its time here."""
+        out: dict[str, ModelPlan] = {}
+        routes, kept_of, previous, spread = self._routes, self.kept, self.previous, self.spread
+        place, route_of, together = self.place, self._route, self._scheduled_together
+        for name in names:
+            model = wants[name]
+            desired = model.replicas
+            if desired > 0 and not model.deleting and name not in kept_of:
+                cands = (routes.get((model.server, model.requirements)) or route_of(model))[3]
+                if cands is not None:
+                    tree = cands.trees.get(desired) or cands.tree(desired)
+                    memory = model.memory
+                    if desired == 1:
+                        slot = tree.first_one(memory, spread)
+                        if slot is not None:
+                            slot.used += memory
+                            alone = slot.alone
+                            if alone is None:
+                                refs = (slot.ref,)
+                                alone = slot.alone = (refs, success_message(refs))
+                            old = previous.get(name)
+                            if old is not None and old.state == "Scheduled" and old.desired == 1 \
+                                    and old.replicas == alone[0]:
+                                out[name] = old
+                            else:
+                                out[name] = _new_tuple(ModelPlan, (name, 1, alone[0], "Scheduled", alone[1], ()))
+                            continue
+                    else:
+                        chosen = tree.first_k(memory, spread)
+                        if chosen is not None:
+                            for slot in chosen:
+                                slot.used += memory
+                            out[name] = together(model, chosen)
+                            continue
+            out[name] = place(model)
+        return out
+
     def _move(self, model: ModelWant, kept: list[Slot], chosen: list[Slot]) -> None:
         if not kept:
             self.pool.take(chosen, model.memory)
@@ -103,15 +170,24 @@ class Placer:
         desired = model.replicas
         if desired <= 0:
             return ModelPlan(model.name, 0, (), "Scheduled", "spec.replicas is 0: nothing to place")
-        kept = self.kept.get(model.name, _NONE)
-        if len(kept) >= desired:
+        pin, rejection, reqs, cands = self._route(model)
+        kept = self.kept.get(model.name)
+        if kept is None and cands is not None:
+            # the common case, fast: nothing kept, any server: the first fitting server through the index,
+            # then the policy's replicas (what find_full and pick do for it, fused); reasons only on failure
+            chosen = cands.tree(desired).first_k(model.memory, self.spread)
+            if chosen is not None:
+                for slot in chosen:
+                    slot.used += model.memory
+                return self._scheduled_together(model, chosen)
+        if kept is None:
+            kept = _NONE
+        elif len(kept) >= desired:
             return self._scheduled(model, kept)
-        pin, rejection = self._resolve_pin(model)
         if rejection is not None:
             return self._failed(model, [rejection], kept)
         if pin is None and not self.pool.names:
             return self._failed(model, [reasons.no_servers(self.pool.namespace)], kept)
-        reqs = self._requirements(model)
         found = filters.find_full(self.pool, model, reqs, pin, kept)
         if found is not None:
             chosen = self.pool.pick(found[1], kept, desired)
@@ -144,6 +220,34 @@ class Placer:
                 chunks.append(lines)
             found = self.pool.hopeless[key] = (tuple(rejections), failure_message(combine([], chunks), False))
         return ModelPlan(model.name, model.replicas, (), "ScheduleFailed", found[1], found[0])
+
+    def hopeless_again(self, model: ModelWant, before: tuple[tuple[Rejection, ...], str]
+                       ) -> tuple[tuple[Rejection, ...], str] | None:
+        """For ``model`` (unchanged, nothing assigned), which no server could take in the previous plan
+        (``before``: that plan's memo entry its ModelPlan was built from): its outcome in this pool when no
+        server can take it still — the memo entry ``place`` would build its ModelPlan from — else None.
+        When the entry comes out equal to ``before``, this pool's memo holds ``before`` itself (the previous
+        ModelPlan stands as it is).  Made once per (requirements, pin), not per model: a re-plan after a
+        server changed does not place every such model again."""
+        key = (model.server, model.requirements)
+        resolved = self._pins.get(key)
+        if resolved is None:
+            resolved = self._pins[key] = filters.resolve_pin(model, self.pool)
+        pin, rejection = resolved
+        if rejection is not None or (pin is None and not self.pool.names):
+            return None
+        reqs = frozenset(model.requirements)
+        capable, _ = self.pool.eligible(reqs)
+        if capable if pin is None else pin in capable:
+            return None
+        memo = self.pool.hopeless
+        found = memo.get((model.requirements, pin))
+        if found is None:
+            self._hopeless(model, reqs, pin)
+            found = memo[(model.requirements, pin)]
+        if found is not before and found == before:
+            memo[(model.requirements, pin)] = found = before
+        return found
 
     def _short(self, model: ModelWant, reqs: frozenset[str], pin: str | None,
                kept: list[Slot]) -> ModelPlan:

@@ -11,6 +11,11 @@ keep their ModelPlan and only the models the change touches are planned again (s
 
 from __future__ import annotations
 
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from berth.errors import InvalidInput
 from berth.scheduler.basis import Basis
 from berth.scheduler.placer import Placer
@@ -34,8 +39,39 @@ def models_by_name(snapshot: Snapshot) -> dict[str, ModelWant]:
     return wants
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # plans running with the cyclic collector paused (plans of several namespaces may overlap)
+_gc_was_enabled = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a plan runs.  A plan allocates a few objects per model,
+    all of which survive (they are the plan); with a large heap (100,000 models and their documents) the
+    collector's full passes over every live object were a third of a plan's CPU.  Reference counting still
+    frees everything as usual; the collector resumes when the last overlapping plan ends."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 def plan(snapshot: Snapshot, previous: Plan | None = None) -> Plan:
     """Place every model of ``snapshot``; ``previous`` (an earlier plan) only makes it faster."""
+    with collector_paused():
+        return _plan(snapshot, previous)
+
+
+def _plan(snapshot: Snapshot, previous: Plan | None) -> Plan:
     basis = previous.basis if previous is not None else None
     if isinstance(basis, Basis) and snapshot.models is basis.models and snapshot.namespace == basis.namespace:
         wants = basis.wants  # the very same models: already checked when that plan was made
@@ -57,7 +93,9 @@ def plan_by_scan(snapshot: Snapshot) -> Plan:
 def _full(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan | None, pool: Pool) -> Plan:
     placer = Placer(pool, snapshot.assignments, previous.models if previous is not None else {})
     names = sorted(wants)
+    assignments = snapshot.assignments
     for name in names:
-        placer.keep(wants[name])
-    models = {name: placer.place(wants[name]) for name in names}
+        if name in assignments:  # keep() has nothing to do for a model with no assignment
+            placer.keep(wants[name])
+    models = placer.place_all(names, wants)
     return Plan(snapshot.namespace, models, basis=Basis.of(snapshot, wants, pool, models))

@@ -6,10 +6,12 @@ back), so the plan function itself stays pure.
 
 from __future__ import annotations
 
+from itertools import chain
+
 from berth.errors import InvalidInput
 from berth.scheduler.index import Candidates
 from berth.scheduler.reasons import CapsMemo
-from berth.scheduler.snapshot import Rejection, ReplicaInfo, ServerInfo, Snapshot
+from berth.scheduler.snapshot import Rejection, ReplicaInfo, ReplicaRef, ServerInfo, Snapshot
 
 SlotKey = tuple[str, int]
 
@@ -18,7 +20,7 @@ class Slot:
     """One replica of one server in this namespace, plus the memory planned on it so far."""
 
     __slots__ = ("info", "key", "ref", "server", "index", "offered", "caps", "broken", "per_server", "capacity",
-                 "used", "usable")
+                 "used", "usable", "alone", "kind")
 
     def __init__(self, info: ReplicaInfo, server: ServerInfo) -> None:
         self.info = info
@@ -32,11 +34,15 @@ class Slot:
         self.broken: dict[str, str] = {cap: module for cap, module in info.unimportable if cap in self.offered}
         self.caps = frozenset(self.offered) - frozenset(self.broken)
         self.per_server = self.offered == server.capabilities
+        # what a capability rejection of this replica depends on, besides its server and index
+        self.kind = (self.caps, self.offered, self.per_server, tuple(self.broken.items()))
         self.capacity = info.capacity
         self.used = 0
         # may take new models: connected, ready, not draining, and its server is not being deleted
         self.usable = (info.connected and info.ready and not info.draining and not server.deleting
                        and server.inference_server == "mlserver")  # Berth places models only where it runs them
+        # (refs, message) of a model placed on this replica alone: built once, shared by every such ModelPlan
+        self.alone: tuple[tuple[ReplicaRef], str] | None = None
 
 
 def _implied_server(name: str, namespace: str, replicas: list[ReplicaInfo]) -> ServerInfo:
@@ -61,6 +67,17 @@ def _servers(snapshot: Snapshot) -> tuple[dict[str, set[str]], dict[str, ServerI
                                "each server must appear once")
         servers[server.name] = server
     return foreign, servers
+
+
+def _shares_infos(reps: tuple[ReplicaInfo, ...], old: Pool) -> bool:
+    """Whether ``reps`` look like the old pool's own ReplicaInfo objects (its first replica of the namespace
+    is): then unchanged replicas are found by identity.  A caller building new infos every time (equal or
+    not) gets the one-by-one comparison, without building the identity index for nothing."""
+    for rep in reps:
+        if rep.namespace == old.namespace:
+            slot = old.slots.get((rep.server, rep.index))
+            return slot is not None and slot.info is rep
+    return False
 
 
 def _twice(rep: ReplicaInfo) -> None:
@@ -95,6 +112,8 @@ class Memos:
 class Pool:
     """``indexed`` (the default) finds fitting servers through :mod:`berth.scheduler.index`; without it,
     by scanning servers in name order (the straightforward reference the tests compare it with)."""
+
+    _info_index: dict[int, Slot] | None
 
     def __init__(self, snapshot: Snapshot, indexed: bool = True) -> None:
         ns = snapshot.namespace
@@ -137,22 +156,34 @@ class Pool:
         self.indexed, self.namespace, self.policy = old.indexed, ns, snapshot.policy
         self.foreign, servers = _servers(snapshot)
         old_slots = old.slots
-        seen: set[SlotKey] = set()
         changed: set[str] = set()
         implied: dict[str, list[ReplicaInfo]] = {}
-        for rep in snapshot.replicas:
+        infos: tuple[ReplicaInfo, ...] = snapshot.replicas
+        ids = list(map(id, infos))
+        same: set[int] = set()
+        if _shares_infos(infos, old) and len(set(ids)) == len(ids) and old.by_server.keys() <= servers.keys():
+            # the very ReplicaInfo objects of the old pool are unchanged replicas of declared servers: found
+            # by identity at C speed; only the other reports are looked at one by one
+            by_info = old._by_info()
+            same = by_info.keys() & set(ids)
+            infos = () if len(same) == len(ids) else tuple(r for r in infos if id(r) not in same)
+        seen: set[SlotKey] = set()
+        for rep in infos:
             if rep.namespace != ns:
                 continue
             key = (rep.server, rep.index)
-            if key in seen:
+            slot = old_slots.get(key)
+            if key in seen or (slot is not None and id(slot.info) in same):
                 _twice(rep)
             seen.add(key)
             if rep.server not in servers:
                 implied.setdefault(rep.server, []).append(rep)
-            slot = old_slots.get(key)
             if slot is None or (slot.info is not rep and slot.info != rep):
                 changed.add(rep.server)
-        gone = old_slots.keys() - seen
+        if same:
+            gone = {slot.key for i, slot in old._by_info().items() if i not in same} - seen
+        else:
+            gone = old_slots.keys() - seen
         changed.update(key[0] for key in gone)
         for name, reps in implied.items():
             servers[name] = _implied_server(name, ns, reps)
@@ -188,7 +219,15 @@ class Pool:
         self._prior = (old._eligible, changed)
         return self, dirty, changed
 
+    def _by_info(self) -> dict[int, Slot]:
+        """Slots by the identity of their ReplicaInfo (each Slot holds its info, so no id is reused)."""
+        found = self._info_index
+        if found is None:
+            found = self._info_index = {id(slot.info): slot for slot in self.slots.values()}
+        return found
+
     def _caches(self) -> None:
+        self._info_index = None
         # scan mode: per server, an upper bound of the free memory of its usable replicas: handing memory
         # out leaves it loose (tightened lazily by the search), giving memory back raises it
         self.maxfree: dict[str, int] = {}
@@ -198,7 +237,7 @@ class Pool:
         # indexed mode: candidate sets by requirements (requirements with the same candidates share one),
         # and for each server the candidate sets it is in (their trees learn when its free memory rises)
         self._candidates: dict[frozenset[str], Candidates] = {}
-        self._shared: dict[tuple[tuple[str, int], ...], Candidates] = {}
+        self._shared: dict[tuple[Slot, ...], Candidates] = {}
         self._member_of: dict[str, list[Candidates]] = {}
         self.reset_bounds()
         # rejections that depend on no memory figure, built once per plan (see Memos)
@@ -257,7 +296,7 @@ class Pool:
         found = self._candidates.get(reqs)
         if found is None:
             by_server, names = self.eligible(reqs)
-            key = tuple((s.server, s.index) for name in names for s in by_server[name])
+            key = tuple(chain.from_iterable(by_server.values()))  # the candidate Slots (in name order)
             found = self._shared.get(key)
             if found is None:
                 found = self._shared[key] = Candidates(by_server, names)

@@ -76,6 +76,9 @@ class Hello(_Msg):
     inference: InferenceAddress = Field(default_factory=InferenceAddress)
     readiness: Readiness = Field(default_factory=Readiness)
     loaded: list[LoadedModel] = Field(default_factory=list)
+    # evicted models whose artifact the agent keeps on disk (docs/overcommit.md); the control plane unloads
+    # (which removes the files of) those it no longer wants there
+    kept: list[LoadedModel] = Field(default_factory=list)
     pid: int | None = None  # of the inference server, when the agent knows it
     unavailable: list[CapabilityProblem] = Field(default_factory=list)  # claimed, runtime not importable
     probed_with: str | None = None  # the interpreter the capability probe asked (None: not probed, or it failed)
@@ -110,7 +113,9 @@ class ModelEvent(_Msg):
     name: str
     generation: int = 0
     state: ModelState
-    memory: int = 0  # bytes the load took (RSS delta) for LOADED
+    # bytes the load took for LOADED: the inference server's RSS delta across a load call that ran alone
+    # (no other load call overlapped it); 0 when not measured (loads overlapped) or unknown
+    memory: int = 0
     message: str = ""  # MLServer's own error text, storage error, ...
     duration: float = 0.0  # seconds the operation took (fetch, placement, load, verification)
     inference_seconds: float = 0.0  # of which the inference server's own load call took
@@ -162,6 +167,9 @@ class Load(_Msg):
 class Unload(_Msg):
     type: Literal["unload"] = "unload"
     name: str
+    # an eviction (docs/overcommit.md): unload from the inference server, keep the artifact on disk so a
+    # reload of the same generation neither downloads nor places it again
+    keep_artifact: bool = False
 
 
 class ErrorMsg(_Msg):

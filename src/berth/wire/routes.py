@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ROUTES_PATH = "/api/v1/routes"
 ROUTES_WATCH_PATH = "/api/v1/routes/watch"
+WAKE_PATH = "/api/v1/namespaces/{ns}/models/{name}/wake"  # POST, a gateway token: reload an evicted model
 
 
 class _Msg(BaseModel):
@@ -41,6 +42,8 @@ class ModelRoute(_Msg):
     idempotent: bool = True
     # the inference server's name for the version that serves (``NAME_GEN`` after an update; "": ``name``)
     upstream: str = ""
+    # no copy loaded, one evicted (docs/overcommit.md): a gateway holds a request and asks WAKE_PATH to reload it
+    evicted: bool = False
 
 
 class Candidate(_Msg):

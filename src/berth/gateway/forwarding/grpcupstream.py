@@ -16,6 +16,11 @@ class Upstreams:
         self._conns: dict[str, ClientConnection] = {}
         self._opening: dict[str, asyncio.Future[ClientConnection]] = {}
 
+    def ready(self, address: str) -> ClientConnection | None:
+        """The open connection to ``address`` when there is one that takes calls (no coroutine: the common case)."""
+        conn = self._conns.get(address)
+        return conn if conn is not None and conn.usable else None
+
     async def get(self, address: str) -> ClientConnection:
         conn = self._conns.get(address)
         if conn is not None and conn.usable:

@@ -46,7 +46,7 @@ class ClientConnection(Connection[ClientCore]):
         if self.core.closed:
             raise Vanished(f"{self.lost or 'the connection closed'} before the request was sent", unprocessed=True)
         stream = self.core.request(head, body)
-        stream.future = asyncio.get_running_loop().create_future()
+        stream.future = (self.loop or asyncio.get_running_loop()).create_future()
         self.flush()
         return stream
 

@@ -25,6 +25,9 @@ class Connection(asyncio.Protocol, Generic[Core]):
     def __init__(self, core: Core) -> None:
         self.core = core
         self.transport: asyncio.Transport | None = None
+        # the loop it runs on, once connected (asyncio.get_running_loop() is a getpid() system call per use on
+        # Python 3.11, and a call needs the loop a few times); None when driven by hand
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # views of the core's state (for callers and tests)
 
@@ -55,6 +58,10 @@ class Connection(asyncio.Protocol, Generic[Core]):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand (tests)
+            self.loop = None
         self.flush()  # the greeting
 
     def data_received(self, data: bytes) -> None:

@@ -23,6 +23,11 @@ for _i, (_name, _) in enumerate(STATIC):
     _STATIC_NAME.setdefault(_name, _i + 1)
 _ENTRY_OVERHEAD = 32
 _CACHE_MAX = 4096
+# Decoded blocks remembered per decoder: a peer that repeats itself (every gRPC client and server, once its dynamic
+# table holds its metadata) sends the same few bytes per call.  Small blocks only, a few of them: per connection
+# this holds at most _BLOCKS_MAX * _BLOCK_BYTES bytes of keys.
+_BLOCKS_MAX = 32
+_BLOCK_BYTES = 256
 
 
 class HeaderError(ValueError):
@@ -63,7 +68,7 @@ def _integer(data: bytes, pos: int, bits: int) -> tuple[int, int]:
 class Decoder:
     """One per connection direction: decodes the blocks a peer sends, keeping its dynamic table."""
 
-    __slots__ = ("_table", "_size", "_max", "limit", "_huffman", "max_list_size")
+    __slots__ = ("_table", "_size", "_max", "limit", "_huffman", "max_list_size", "_version", "_blocks")
 
     def __init__(self, limit: int = 4096, max_list_size: int = 1 << 30) -> None:
         self._table: deque[Field] = deque()  # newest first: index 62 is _table[0]
@@ -72,6 +77,10 @@ class Decoder:
         self.limit = limit  # what our SETTINGS_HEADER_TABLE_SIZE allows the peer
         self.max_list_size = max_list_size  # what our SETTINGS_MAX_HEADER_LIST_SIZE allows the peer
         self._huffman: dict[bytes, bytes] = {}
+        self._version = 0  # changes with every change of the dynamic table
+        # block -> (the table's version it was decoded at, its list size, its fields): valid while the table is
+        # unchanged
+        self._blocks: dict[bytes, tuple[int, int, tuple[Field, ...]]] = {}
 
     def _string(self, data: bytes, pos: int) -> tuple[bytes, int]:
         if pos >= len(data):
@@ -114,11 +123,13 @@ class Decoder:
         if size <= self._max:
             table.appendleft(field)
             self._size += size
+        self._version += 1
 
     def _resize(self, size: int) -> None:
         if size > self.limit:
             raise HeaderError(f"dynamic table size {size} exceeds the {self.limit} allowed")
         self._max = size
+        self._version += 1
         table = self._table
         while table and self._size > size:
             old = table.pop()
@@ -126,7 +137,15 @@ class Decoder:
 
     def decode(self, data: bytes) -> list[Field]:
         """The fields of one complete header block, in order; :class:`HeaderListTooLarge` when they add up to
-        more than ``max_list_size`` (counted as they are decoded: an over-long list is never held)."""
+        more than ``max_list_size`` (counted as they are decoded: an over-long list is never held).
+
+        A block that neither changes the dynamic table nor goes over the limit is remembered with the table's
+        version: the same bytes at the same version decode to the same fields, so the next time it costs one
+        look-up (its size is checked against ``max_list_size`` again, in case the limit was lowered since)."""
+        version = self._version
+        known = self._blocks.get(data)
+        if known is not None and known[0] == version and known[1] <= self.max_list_size:
+            return list(known[2])
         fields: list[Field] = []
         pos = 0
         end = len(data)
@@ -170,6 +189,11 @@ class Decoder:
             fields.append(field)
         if total > limit:
             raise HeaderListTooLarge(total, limit)
+        if self._version == version and end <= _BLOCK_BYTES:
+            blocks = self._blocks
+            if len(blocks) >= _BLOCKS_MAX:
+                blocks.clear()
+            blocks[data] = (version, total, tuple(fields))
         return fields
 
 
@@ -209,6 +233,24 @@ def encode_field(field: Field) -> bytes:
     return out
 
 
+_ENCODED: dict[tuple[Field, ...], bytes] = {}  # whole blocks: a gateway writes the same few, call after call
+_ENCODED_BYTES = 1024  # larger blocks are encoded each time (and bound what the cache holds)
+
+
 def encode(fields: list[Field]) -> bytes:
     """A complete header block for ``fields`` (names must be lower case, as HTTP/2 requires)."""
-    return SIZE_ZERO + b"".join([encode_field(f) for f in fields])
+    key = tuple(fields)
+    block = _ENCODED.get(key)
+    if block is not None:
+        return block
+    get = _FIELDS.get
+    parts = [SIZE_ZERO]
+    for field in key:
+        part = get(field)
+        parts.append(encode_field(field) if part is None else part)
+    block = b"".join(parts)
+    if len(block) <= _ENCODED_BYTES:
+        if len(_ENCODED) >= _CACHE_MAX // 4:
+            _ENCODED.clear()
+        _ENCODED[key] = block
+    return block

@@ -54,16 +54,13 @@ class ServerConnection(Connection[ServerCore]):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # driven by hand (tests): the caller calls tick() with its own clock
-            return
-        self._timer = loop.call_later(self._tick_s, self._on_timer)
+        if self.loop is not None:  # (driven by hand, in tests, the caller calls tick() with its own clock)
+            self._timer = self.loop.call_later(self._tick_s, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.tick(time.monotonic()):
-            self._timer = asyncio.get_running_loop().call_later(self._tick_s, self._on_timer)
+        if self.tick(time.monotonic()) and self.loop is not None:
+            self._timer = self.loop.call_later(self._tick_s, self._on_timer)
 
     def tick(self, now: float) -> bool:
         """The clocks at ``now`` (``time.monotonic``): preface, idle connection, answers that make no
@@ -112,7 +109,7 @@ class ServerConnection(Connection[ServerCore]):
             self.transport.write(core.data_to_send())
         if core.finished:  # going away and the last answer is written: close right after
             self.core.finished = False
-            asyncio.get_running_loop().call_soon(self.close)
+            (self.loop or asyncio.get_running_loop()).call_soon(self.close)
 
     def release(self, stream: Stream, size: int) -> None:
         """The handler consumed ``size`` bytes of a streaming call's data: the client may send as many again."""

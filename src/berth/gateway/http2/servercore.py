@@ -179,9 +179,13 @@ class ServerCore(H2Connection):
             stream = Stream(sid, self.peer_window)
             stream.headers = fields
             self.streams[sid] = stream
-            if self.streaming and any(n == b":path" and v in self.streaming for n, v in fields):
-                stream.streaming = True
-                self._events.append(RequestReceived(stream))
+            if self.streaming:
+                for name, value in fields:  # (pseudo-headers come first)
+                    if name == b":path":
+                        if value in self.streaming:
+                            stream.streaming = True
+                            self._events.append(RequestReceived(stream))
+                        break
         elif not stream.ended:
             stream.trailers = fields  # a client's trailers: nothing in them matters to a unary call
         elif stream.cut_short:

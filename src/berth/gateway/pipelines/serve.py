@@ -26,6 +26,8 @@ from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.pipelines.dag import Result, execute
 from berth.gateway.pipelines.table import PipelineChoice, not_ready
 from berth.gateway.routing.router import Router
+from berth.gateway.routing.table import ModelEvicted
+from berth.gateway.routing.wake import held
 from berth.gateway.transports.checks import check_infer_body, is_plain_json
 
 MAX_NESTING = 8  # pipelines reading pipelines' outputs, deepest (the control plane refuses cycles already)
@@ -68,7 +70,10 @@ class PipelineServer:
         router, proxy = self.router, self.proxy
 
         async def call(model: str, body: dict[str, Any]) -> dict[str, Any]:
-            decision = router.decide(namespace, model)  # NotFound / ModelNotReady name the model
+            try:
+                decision = router.decide(namespace, model)  # NotFound / ModelNotReady name the model
+            except ModelEvicted as evicted:  # held while it reloads (routing/wake.py)
+                decision = await held(router, namespace, model, None, evicted)
             resp = await proxy.forward(decision, "infer", None, "POST", json.dumps(body).encode(), headers)
             raw = resp.body if isinstance(resp.body, bytes) else b""
             if resp.status >= 400:

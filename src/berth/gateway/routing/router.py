@@ -154,6 +154,7 @@ class Router:
         self._guarded: dict[str, frozenset[str]] = {}  # namespace requiring a token -> hashes allowed there
         self._operators: frozenset[str] | None = None  # None: the table carries no auth (metrics, probe open)
         self.pipelines = PipelineTable()
+        self.waker: object | None = None  # a routing.wake.Waker: holds requests for evicted models
         if table is not None:
             self.set(table)
 

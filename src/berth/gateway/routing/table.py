@@ -39,6 +39,7 @@ class Target:
     pb_name: bytes  # field 1 (model_name / name) of a gRPC request naming this model, encoded
     idempotent: bool = True  # False: a request already sent is never retried on another replica
     upstream: str = ""  # the inference server's name of the serving version ("" : ``name``; docs/rollouts.md)
+    evicted: bool = False  # no copy loaded, one evicted: a request is held while it reloads (routing/wake.py)
 
     def line(self, address: str, kind: str, version: str | None = None) -> bytes:
         """``METHOD PATH HTTP/1.1`` and the Host header for a ``kind`` request ("infer", "meta", "ready")."""
@@ -49,12 +50,18 @@ class Target:
         return request_line(method, path, address)
 
     def not_ready(self) -> ModelNotReady:
-        """The error for a request while no replica has this model loaded."""
+        """The error for a request while no replica has this model loaded (:class:`ModelEvicted` when a
+        request can wake it)."""
         reason = self.reason or "no replica has it loaded"
-        return ModelNotReady(
+        return (ModelEvicted if self.evicted else ModelNotReady)(
             f"model {self.name} in namespace {self.namespace} is not ready: {self.state}: {reason}",
             details={"model": self.name, "namespace": self.namespace, "state": self.state,
                      "reason": self.reason})
+
+
+class ModelEvicted(ModelNotReady):
+    """Every copy of the model is evicted (docs/overcommit.md): a transport holds the request and wakes the
+    model (:func:`berth.gateway.routing.wake.held`) instead of answering this, when it can."""
 
 
 def request_line(method: str, path: str, address: str) -> bytes:
@@ -72,7 +79,7 @@ def compile_route(route: ModelRoute) -> Target:
     return Target(key=(route.namespace, route.name), namespace=route.namespace, name=route.name,
                   state=route.state, reason=route.reason, addresses=addresses, grpc=grpc, lines=lines,
                   pb_name=protowire.string_field(1, route.upstream or route.name), idempotent=route.idempotent,
-                  upstream=route.upstream)
+                  upstream=route.upstream, evicted=route.evicted)
 
 
 def load_routes(path: Path) -> RoutingTable:

@@ -48,7 +48,8 @@ from berth.gateway.metrics import Metrics, error_labels
 from berth.gateway.pipelines.grpc_hook import grpc_infer
 from berth.gateway.pipelines.serve import PipelineServer
 from berth.gateway.routing.router import Decision, Router
-from berth.gateway.routing.table import Target, describe_connect_error
+from berth.gateway.routing.table import ModelEvicted, Target, describe_connect_error
+from berth.gateway.routing.wake import held
 from berth.gateway.transports.grpcmessages import (
     OK,
     SERVICE,
@@ -80,6 +81,11 @@ _TRAILERS_OK: list[Field] = [(b"grpc-status", b"0")]
 # Nor is the caller's token (``authorization``): it is for the gateway, never for the inference server.
 _DROPPED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"host", b"connection",
                       b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"authorization"))
+# What serve reads of a call's metadata, in one look-up per key: each name it acts on, and every dropped one (0)
+_DROP, _PATH, _MODEL, _NAMESPACE, _ROUTE, _TIMEOUT, _ENCODING, _AUTHORIZATION = range(8)
+_READ: dict[bytes, int] = {**dict.fromkeys(_DROPPED, _DROP), b":path": _PATH, b"seldon-model": _MODEL,
+                           b"seldon-namespace": _NAMESPACE, b"x-seldon-route": _ROUTE, b"grpc-timeout": _TIMEOUT,
+                           b"grpc-encoding": _ENCODING, b"authorization": _AUTHORIZATION}
 
 
 class GrpcGateway:
@@ -111,15 +117,18 @@ class GrpcGateway:
                                 streaming=frozenset((_STREAM_INFER,)))
 
     def on_stream(self, conn: ServerConnection, stream: Stream) -> None:
-        task = asyncio.ensure_future(self.serve(conn, stream))
-        task.add_done_callback(lambda t: self._crashed(conn, stream, t))
-        stream.task = task
+        # the loop's own create_task (asyncio.ensure_future's checks cost more than the task), and the crash
+        # guard inside the task (a done-callback per call is one more closure and one more loop callback)
+        stream.task = (conn.loop or asyncio.get_running_loop()).create_task(self._guarded(conn, stream))
 
-    def _crashed(self, conn: ServerConnection, stream: Stream, task: asyncio.Future[None]) -> None:
+    async def _guarded(self, conn: ServerConnection, stream: Stream) -> None:
+        try:
+            await self.serve(conn, stream)
+        except Exception as exc:  # (a cancelled call is not a crash: CancelledError is not an Exception)
+            self._crashed(conn, stream, exc)
+
+    def _crashed(self, conn: ServerConnection, stream: Stream, exc: BaseException) -> None:
         """A bug, not a failure of the request: logged with its traceback, answered INTERNAL (never left hanging)."""
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
         log.error("gRPC call on stream %d failed inside the gateway", stream.sid, exc_info=exc)
         self._fail(conn, stream, BerthError(f"the gateway failed while handling the call: {exc!r}; this is a bug "
                                             "in Berth, please report it with the gateway's log"), time.perf_counter())
@@ -130,26 +139,33 @@ class GrpcGateway:
         model = namespace = route = encoding = authorization = None
         timeout = self.upstream_timeout
         extra: list[Field] = []
-        for name, value in stream.headers:
-            if name[0] == 58:  # b":" - pseudo-headers
-                if name == b":path":
-                    path = value
-            elif name == b"seldon-model":
+        for field in stream.headers:
+            name = field[0]
+            kind = _READ.get(name)
+            if kind is None:  # metadata the gateway passes on as sent
+                if name[0] != 58:  # (b":": a pseudo-header of no use here)
+                    extra.append(field)
+                continue
+            value = field[1]
+            if kind == _PATH:
+                path = value
+            elif kind == _MODEL:
                 model = value.decode("latin-1")
-            elif name == b"seldon-namespace":
+                extra.append(field)
+            elif kind == _NAMESPACE:
                 namespace = value.decode("latin-1")
-            elif name == b"x-seldon-route":
+                extra.append(field)
+            elif kind == _ROUTE:
                 route = value.decode("latin-1")
-            elif name == b"grpc-timeout":
+                extra.append(field)
+            elif kind == _TIMEOUT:
                 asked = grpc_timeout(value)
                 if asked is not None and asked < timeout:
                     timeout = max(asked, 0.001)
-            elif name == b"grpc-encoding":
+            elif kind == _ENCODING:
                 encoding = value
-            elif name == b"authorization":
+            elif kind == _AUTHORIZATION:
                 authorization = value
-            if name not in _DROPPED and name[0] != 58:
-                extra.append((name, value))
         if path.startswith(_PREFIX):
             method = path[len(_PREFIX):]
         if stream.inbox is not None or method in ROUTED:
@@ -172,7 +188,7 @@ class GrpcGateway:
                 f"the gRPC request is larger than the gateway's limit of {self.max_request_bytes} bytes; "
                 "send a smaller request or raise --max-request-bytes"), started)
             return
-        if self.pipelines is not None and method == b"ModelInfer":
+        if self.pipelines is not None and method == b"ModelInfer" and self.router.pipelines.pipes:  # (else no await)
             try:
                 piped = await grpc_infer(self.pipelines, stream.body(), encoding, model, namespace, route,
                                          authorization, self.max_request_bytes)
@@ -185,10 +201,25 @@ class GrpcGateway:
                 return
         try:
             request, decision = self._route(method.decode(), stream.body(), encoding, model, namespace, route)
+        except ModelEvicted as evicted:  # held while the control plane reloads it (routing/wake.py)
+            try:
+                request, decision = await self._held_route(evicted, method.decode(), stream.body(), encoding, model,
+                                                           namespace, route)
+            except BerthError as err:
+                self._fail(conn, stream, err, started)
+                return
         except BerthError as err:
             self._fail(conn, stream, err, started)
             return
         await self._forward(conn, stream, path, method, decision, request, extra, timeout, started)
+
+    async def _held_route(self, evicted: ModelEvicted, method: str, body: bytes, encoding: bytes | None,
+                          model: str | None, namespace: str | None, route: str | None) -> tuple[bytes, Decision]:
+        """:meth:`_route` once the evicted model it chose is loaded again (or the wake's 503)."""
+        details = evicted.details or {}
+        await held(self.router, details.get("namespace") or namespace or "default", details.get("model") or "",
+                   route, evicted)
+        return self._route(method, body, encoding, model, namespace, route)
 
     def _route(self, method: str, body: bytes, encoding: bytes | None, model: str | None, namespace: str | None,
                route: str | None) -> tuple[bytes, Decision]:
@@ -248,7 +279,11 @@ class GrpcGateway:
         counter.messages = 1  # the first, routed here
         try:
             counter.feed(rest)
-            request, decision = self._route("ModelStreamInfer", first, encoding, model, namespace, route)
+            try:
+                request, decision = self._route("ModelStreamInfer", first, encoding, model, namespace, route)
+            except ModelEvicted as evicted:
+                request, decision = await self._held_route(evicted, "ModelStreamInfer", first, encoding, model,
+                                                           namespace, route)
         except BerthError as err:
             self._fail(conn, stream, err, started)
             return
@@ -336,13 +371,13 @@ class GrpcGateway:
     async def _call(self, upstream: str, head: list[Field], body: bytes, timeout: float) -> Stream:
         """One call to ``upstream``; the answered stream (or ConnectFailed, Vanished, Cut, StreamReset,
         TimeoutError)."""
-        conn = await self.upstreams.get(upstream)
+        conn = self.upstreams.ready(upstream) or await self.upstreams.get(upstream)
         if not conn.has_room():
             await conn.room()
         call = conn.request(head, body)
         future = call.future
         assert future is not None
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        timer = (conn.loop or asyncio.get_running_loop()).call_later(timeout, _expire, future)
         try:
             return await future
         except BaseException:
