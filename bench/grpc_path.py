@@ -150,6 +150,7 @@ def _round(table: Any, client: tuple[bytes, list[bytes]], upstream_bytes: tuple[
         from berth.gateway.grpcserver import GrpcGateway  # type: ignore[no-redef]
         from berth.gateway.h2client import ClientConnection  # type: ignore[no-redef]
         from berth.gateway.mirror import Mirrors  # type: ignore[no-redef]
+
         from berth.gateway.routing import Router  # type: ignore[attr-defined,no-redef,unused-ignore]  # noqa: I001
 
     client_preface, requests = client

@@ -44,6 +44,7 @@ from aiohttp import web
 
 from berth.kube.crds import GROUP, VERSION, all_crds
 from berth.kube.openapi import json_schema
+from tests.kube.service_proxy import PROXY, proxy
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
 KINDS = {c["spec"]["names"]["plural"]: c["spec"]["names"]["kind"] for c in all_crds()}
@@ -90,6 +91,7 @@ class ApiServer:
         self.requests: list[tuple[str, str]] = []
         self.interfere_puts = 0  # the next N PUTs lose a race against another writer (409)
         self.tokens: dict[str, dict[str, Any]] = {}  # ServiceAccount tokens TokenReview knows
+        self.pod_ports: dict[str, dict[int, int]] = {}  # pod IP -> container port -> host port (kubelet.py)
         self._watchers: set[asyncio.Queue[Any]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-apiserver", daemon=True)
@@ -231,6 +233,10 @@ class ApiServer:
             return _status(401, "Unauthorized", "Unauthorized")
         if request.method == "POST" and request.path == "/apis/authentication.k8s.io/v1/tokenreviews":
             return self._review(await request.json())
+        if request.path == "/version":
+            return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulated"})
+        if (proxied := PROXY.fullmatch(request.path)) is not None:  # services/NAME:PORT/proxy/...
+            return await proxy(self, request, *proxied.groups())
         route = self._route(request.path)
         if route is None:
             return _status(404, "NotFound", f"the server could not find the requested resource {request.path}")

@@ -141,6 +141,7 @@ class Kubelet:
         self._ips += 1
         assert self._ips < 255, "the harness hands out 253 pod IPs"
         pod = Pod(ns, name, doc, ports, f"127.0.0.{self._ips}")
+        self.api.pod_ports[pod.ip] = ports  # what the API server's service proxy forwards to
         for c in spec["containers"]:
             env = self._env(pod, c, spec, mounts)
             argv = [_path(a, mounts.get(c["name"], {})) for a in [*c.get("command", []), *c.get("args", [])]]

@@ -3,10 +3,12 @@ store and the provisioner's builders touch, and generated files are current."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -75,19 +77,31 @@ def test_the_control_plane_deployment_fits_its_service_account_service_and_polic
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def _chart_render(namespace: str) -> list[dict[str, Any]]:
+def _chart_render(namespace: str, tls: bool = False) -> list[dict[str, Any]]:
     """The chart's templates rendered: by `helm template` when helm is installed, else by substituting the
-    only expressions they use ({{ .Release.Namespace }} and {{ .Values.KEY }}) and parsing the YAML."""
+    only expressions they use ({{ .Release.Namespace }}, {{ .Values.KEY.KEY }} and {{- if .Values.KEY.KEY }} …
+    {{- end }} blocks, unnested) and parsing the YAML.  ``tls``: with ``--set tls.enabled=true``."""
     chart = DEPLOY / "helm" / "berth"
     if shutil.which("helm"):
-        out = subprocess.run(["helm", "template", "berth", str(chart), "-n", namespace], capture_output=True,
+        out = subprocess.run(["helm", "template", "berth", str(chart), "-n", namespace,
+                              *(["--set", "tls.enabled=true"] if tls else [])], capture_output=True,
                              text=True, timeout=60, check=True).stdout
         return [d for d in yaml.safe_load_all(out) if d]
     values = yaml.safe_load((chart / "values.yaml").read_text())
+    values["tls"]["enabled"] = tls
+
+    def value(path: str) -> Any:
+        found: Any = values
+        for key in path.split("."):
+            found = found[key]
+        return found
+
     docs: list[dict[str, Any]] = []
     for template in sorted((chart / "templates").glob("*.yaml")):
         text = template.read_text().replace("{{ .Release.Namespace }}", namespace)
-        text = re.sub(r"\{\{ \.Values\.([A-Za-z]+) \}\}", lambda m: str(values[m.group(1)]), text)
+        text = re.sub(r"\{\{- if \.Values\.([A-Za-z.]+) \}\}\n(.*?)\{\{- end \}\}\n",
+                      lambda m: m.group(2) if value(m.group(1)) else "", text, flags=re.S)
+        text = re.sub(r"\{\{ \.Values\.([A-Za-z.]+) \}\}", lambda m: str(value(m.group(1))), text)
         assert "{{" not in text, f"{template.name}: an expression this test cannot substitute"
         docs += [d for d in yaml.safe_load_all(text) if d]
     return docs
@@ -154,3 +168,44 @@ def test_kustomize_renders_valid_objects() -> None:
     for doc in docs:
         kubernetes_validate.validate(doc, "1.30.0", strict=True)
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "berth"
+
+
+def _kustomize_tls(tmp_path: Path) -> list[dict[str, Any]]:
+    """deploy/base with the deploy/tls Component, as an overlay of a user's would take them."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "base", overlay)],
+        "components": [os.path.relpath(DEPLOY / "tls", overlay)]}))
+    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize ships with it)")
+def test_tls_install_serves_https_and_tells_the_pods_it_makes_to_trust_the_ca(tmp_path: Path) -> None:
+    """deploy/tls (kustomize) and the chart's tls.enabled render the same control plane: its TLS Secret mounted
+    read-only, HTTPS probes, and settings that make the provisioner mount the tenant CA Secret into agent and
+    gateway pods and point them at wss:// and https://."""
+    rendered = _kustomize_tls(tmp_path)
+    base = {_key(d): d for d in rendered if d["kind"] not in ("Namespace", "CustomResourceDefinition")}
+    assert {_key(d): d for d in _chart_render("berth-system", tls=True)} == base
+    deployment = base[("Deployment", "berth-control")]
+    for doc in rendered:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    [secret] = [v["secret"] for v in pod["volumes"] if "secret" in v]
+    assert secret == {"secretName": "berth-control-tls", "defaultMode": 0o400}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["tls"]["readOnly"] is True
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    settings = ControlSettings.from_env({**env, "BERTH_CONTROL_NAMESPACE": "berth-system"}, store="kubernetes")
+    assert settings.tls_cert is not None and str(settings.tls_cert).startswith(mounts["tls"]["mountPath"])
+    kube = settings.options().kube
+    assert kube is not None and kube.ca_secret == "berth-control-ca"
+    plain = ControlSettings.from_env({"BERTH_CONTROL_NAMESPACE": "berth-system"}, store="kubernetes")
+    assert plain.options().kube is not None and plain.options().kube.ca_secret is None  # type: ignore[union-attr]

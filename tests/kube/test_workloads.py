@@ -154,3 +154,42 @@ def test_dns_and_named_storage_are_admitted() -> None:
     storage = [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}]
     with_storage = tenant_policies(RUNTIME, INSTALL, storage=storage)
     assert evaluate(Flow("agent → S3", agent, s3, 443), with_storage, NAMESPACES).allowed
+
+
+def test_with_tls_agent_and_gateway_pods_trust_the_ca_secret_only() -> None:
+    """With the control plane serving TLS (Install.ca_secret), agent and gateway pods mount ca.crt of the tenant
+    namespace's CA Secret (that key only, read-only) and reach the control plane over wss:// / https://; the
+    settings they are given are ones their processes accept."""
+    from berth.agent.config import AgentConfig
+    from berth.gateway.settings import GatewaySettings
+
+    install = Install(ca_secret="berth-control-ca")
+    server = stored(EXAMPLES / "financial-ml" / "10-server.yaml")
+    runtime = stored(EXAMPLES / "financial-ml" / "00-runtime.yaml")
+    made = server_objects(server, None, install) + runtime_objects(runtime, install)
+    for doc in made:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    [statefulset] = [d for d in made if d["kind"] == "StatefulSet"]
+    [deployment] = [d for d in made if d["kind"] == "Deployment"]
+    for doc, name in ((statefulset, "agent"), (deployment, "gateway")):
+        pod = doc["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "berth-control-ca"]
+        assert volume["secret"] == {"secretName": "berth-control-ca", "defaultMode": 0o444,
+                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}  # never the Secret's tls.key
+        [container] = [c for c in pod["containers"] if c["name"] == name]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "berth-control-ca"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert mount["readOnly"] is True and env["BERTH_CONTROL_CA"] == mount["mountPath"] + "/ca.crt"
+        others = [c for c in pod["containers"] if c["name"] != name]
+        assert not any(m["name"] == "berth-control-ca" for c in others for m in c.get("volumeMounts", []))
+    agent_env = {e["name"]: e["value"] for c in statefulset["spec"]["template"]["spec"]["containers"]
+                 if c["name"] == "agent" for e in c["env"] if "value" in e and e["name"] != "BERTH_AGENT_TOKEN_FILE"}
+    config = AgentConfig.from_env({**agent_env, "POD_NAME": "mlserver-0", "POD_NAMESPACE": "financial-ml",
+                                   "BERTH_ADVERTISE_HOST": "10.42.0.7"})
+    assert config.control_url.startswith("wss://berth-control.berth-system.svc:")
+    gateway_env = {e["name"]: e["value"] for c in deployment["spec"]["template"]["spec"]["containers"]
+                   for e in c["env"] if "value" in e}
+    gw = GatewaySettings.from_env(gateway_env)
+    assert gw.control.startswith("https://berth-control.berth-system.svc:") and gw.control_ca is not None
+    plain = runtime_objects(runtime, Install())  # no TLS: as before, no CA anywhere
+    assert "BERTH_CONTROL_CA" not in str(plain) and "http://berth-control" in str(plain)

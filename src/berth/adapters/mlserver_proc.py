@@ -88,6 +88,10 @@ GRPC_MAX_MESSAGE = 256 << 20  # bytes, each way
 # MLServer finds a model by reading <repository>/<name>/model-settings.json only, not by parsing every model's
 # settings on each load (see berth.adapters.mlserver_repo; named here so the control plane need not import MLServer)
 REPOSITORY_IMPLEMENTATION = "berth.adapters.mlserver_repo.BerthModelRepository"
+# Runtime modules MLServer imports while starting, before it answers ready, instead of in its event loop on the
+# first load (scikit-learn and SciPy: 2-4 s of CPU, during which the replica loads and answers nothing);
+# one that is not installed is skipped with a warning in the MLServer log (docs/loading.md)
+PRELOAD = ("mlserver_sklearn",)
 
 
 @dataclass
@@ -100,6 +104,7 @@ class MLServerProcess:
     grpc_port: int = 0
     metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    preload: tuple[str, ...] = PRELOAD
 
     @property
     def repository(self) -> Path:
@@ -131,7 +136,7 @@ class MLServerProcess:
             "model_repository_root": str(self.repository),
             "model_repository_implementation": REPOSITORY_IMPLEMENTATION,
             # `mlserver start WORKDIR` sets model_repository_root to WORKDIR; Berth's class reads this folder
-            "model_repository_implementation_args": {"folder": str(self.repository)},
+            "model_repository_implementation_args": {"folder": str(self.repository), "preload": list(self.preload)},
             "debug": False,
             # gRPC's 4 MiB default would refuse tensors REST takes; the gateway's own limit is the same
             "grpc_max_message_length": GRPC_MAX_MESSAGE,

@@ -23,11 +23,20 @@ MLServer is told to use this class through its ``model_repository_implementation
 :class:`berth.adapters.mlserver_proc.MLServerProcess`; the MLServer process must be able to import
 ``berth`` (true for local replicas, which run MLServer from Berth's own environment).  This module is
 imported inside MLServer: it imports nothing else of Berth.
+
+``preload`` (also an implementation argument) names runtime modules imported when MLServer builds its
+repository, before it answers ready: MLServer imports a model's runtime on its first load, in its event loop,
+and ``mlserver_sklearn`` (scikit-learn, SciPy) takes 2-4 s of CPU there, 10-15 s on a busy host, during which
+that replica loads nothing and answers no probe (docs/loading.md).  A module that cannot be imported is logged
+and skipped: the first load of a model needing it reports the error as before.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlserver.errors import ModelNotFound
@@ -39,13 +48,27 @@ from pydantic import ValidationError
 
 SETTINGS_FILE: str = DEFAULT_MODEL_SETTINGS_FILENAME
 
+
+def _preload(module: str) -> bool:
+    """Import a runtime module now (MLServer is starting, not yet ready); False, logged, when it cannot be."""
+    started = time.perf_counter()
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a runtime missing from this environment: its models' loads will say so
+        logger.warning(f"Berth: cannot preload runtime module {module!r}: {type(exc).__name__}: {exc}")
+        return False
+    logger.info(f"Berth: preloaded runtime module {module!r} in {time.perf_counter() - started:.1f}s")
+    return True
+
+
 class BerthModelRepository(ModelRepository):  # type: ignore[misc]  # MLServer ships no type hints
     """``<root>/<name>/model-settings.json`` per model; lookups cost one file read, not a scan."""
 
-    def __init__(self, root: str, folder: str | None = None) -> None:
+    def __init__(self, root: str, folder: str | None = None, preload: Sequence[str] = ()) -> None:
         # `mlserver start DIR` replaces model_repository_root with DIR (where settings.json is), so the
         # folder models are placed in comes as an implementation argument; without one, the root it is.
         self._root = folder or root
+        self.preloaded = [name for name in preload if _preload(name)]
 
     def _settings_path(self, name: str) -> Path | None:
         """The settings file of model ``name``, or None when ``name`` cannot be a folder of the root."""

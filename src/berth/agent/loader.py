@@ -40,7 +40,7 @@ from pathlib import Path
 
 from berth.adapters import settings, storage
 from berth.adapters.base import InferenceServer
-from berth.adapters.mlserver import pid_listening_on, rss_of
+from berth.adapters.mlserver import pid_alive, pid_listening_on, rss_of
 from berth.agent.config import AgentConfig
 from berth.errors import BerthError, LoadError, StorageError, Unavailable
 from berth.resources.instances import instance_problem
@@ -168,7 +168,7 @@ class ModelLoader:
         """The inference server's PID: configured, or the process listening on its HTTP port."""
         if self.config.inference_pid is not None:
             return self.config.inference_pid
-        if self._pid is None or rss_of(self._pid) == 0:
+        if self._pid is None or not pid_alive(self._pid):
             self._pid = pid_listening_on(self.config.inference_http_port)
         return self._pid
 
@@ -253,7 +253,8 @@ class ModelLoader:
         gate = self.gate
         async with gate.exclusive() if measure else gate.shared():
             entered, alone = gate.entered, gate.active == 1
-            pid = self.inference_pid()
+            # RSS is read only for a load that may count as measured (alone): each read is file work on the loop
+            pid = self.inference_pid() if alone else None
             before = rss_of(pid) if pid is not None else 0
             load_started = time.monotonic()
             try:
@@ -263,8 +264,8 @@ class ModelLoader:
                                 f"{exc.message}", details=exc.details) from exc
             seconds = time.monotonic() - load_started
             await self.client.metadata(msg.name)
-            after = rss_of(pid) if pid is not None else 0
             alone = alone and gate.entered == entered  # no other load call started meanwhile
+            after = rss_of(pid) if pid is not None and alone else 0
         await asyncio.to_thread(self._evicted_path(msg.name).unlink, missing_ok=True)
         await asyncio.to_thread(self._drop_other_generations, msg.name, msg.generation)
         return (max(0, after - before) if alone else 0), seconds

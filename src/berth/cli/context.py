@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:  # recent typer carries its own copy of click (see berth.main)
     from typer._click.exceptions import UsageError
@@ -22,6 +22,9 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 
 from berth.client.http import BerthClient
 from berth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from berth.client.kube import KubeClient
 
 
 @dataclass
@@ -33,16 +36,25 @@ class Settings:
     kubeconfig: str | None = None  # --kubeconfig / --context: read Berth's resources from a cluster, as kubectl
     kube_context: str | None = None
 
+    def cluster(self, kubeconfig: str | None = None, context: str | None = None) -> bool:
+        """No --server (nor BERTH_ADDRESS) but a cluster named (--kubeconfig, --context or KUBECONFIG, or a
+        command's own ``kubeconfig``/``context``): the CLI reaches that cluster's API, as kubectl does."""
+        return self.server is None and not os.environ.get("BERTH_ADDRESS") and bool(
+            kubeconfig or context or self.kubeconfig or self.kube_context or os.environ.get("KUBECONFIG"))
+
+    def kube_client(self, timeout: float = 30.0, kubeconfig: str | None = None,
+                    context: str | None = None) -> KubeClient:
+        try:
+            from berth.client.kube import KubeClient  # the Kubernetes client only when a cluster is named
+        except ModuleNotFoundError as exc:
+            raise kube_missing("reaching a cluster named by --kubeconfig, --context or KUBECONFIG") from exc
+        return KubeClient(kubeconfig or self.kubeconfig, context or self.kube_context, timeout=timeout)
+
     def client(self, timeout: float = 30.0) -> BerthClient:
         """The control plane's client; with no --server (nor BERTH_ADDRESS) but a cluster named (--kubeconfig,
         --context or KUBECONFIG), a client reading the cluster's API as kubectl does (client/kube.py)."""
-        if self.server is None and not os.environ.get("BERTH_ADDRESS") and (
-                self.kubeconfig or self.kube_context or os.environ.get("KUBECONFIG")):
-            try:
-                from berth.client.kube import KubeClient  # the Kubernetes client only when a cluster is named
-            except ModuleNotFoundError as exc:
-                raise kube_missing("reading a cluster named by --kubeconfig, --context or KUBECONFIG") from exc
-            return KubeClient(self.kubeconfig, self.kube_context, timeout=timeout)
+        if self.cluster():
+            return self.kube_client(timeout)
         return BerthClient(self.server, timeout=timeout, token=self.token)
 
     def use_token(self, token: str | None) -> None:

@@ -283,19 +283,28 @@ def doctor(
     output: str | None = typer.Option(None, "-o", "--output", help="json|yaml|jsonpath=TEMPLATE"),
     kube: bool = typer.Option(False, "--kube", help="Also evaluate the namespace's NetworkPolicies, read from the "
                                                     "cluster, against every flow Berth needs"),
-    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="With --kube: kubeconfig (default KUBECONFIG)"),
-    context: str | None = typer.Option(None, "--context", help="With --kube: kubeconfig context"),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="The cluster to check (default KUBECONFIG)"),
+    context: str | None = typer.Option(None, "--context", help="kubeconfig context"),
     control_namespace: str = typer.Option("berth-system", "--control-namespace",
                                           help="With --kube: the control plane's namespace"),
 ) -> None:
-    """Check every link (CLI, control plane, agents, inference servers, gateway, storage) and say what to fix."""
+    """Check every link (CLI, control plane, agents, inference servers, gateway, storage) and say what to fix.
+    With a cluster named (--kubeconfig, --context or KUBECONFIG) and no --server: what the cluster's API shows."""
     fmt = out.parse(output, out.DOCUMENT)
     threshold = _duration(stuck_after)
     if kube and all_namespaces:
         raise InvalidInput("--kube evaluates one namespace's network: give -n NAMESPACE instead of -A")
-    with settings.client(timeout=15.0) as client:
-        rows = diagnose(client, gateway_from_env(settings.gateway), None if all_namespaces else namespace,
-                        threshold)
+    if settings.cluster(kubeconfig, context):  # no --server: the cluster's API, as kubectl (doctor_kube.py)
+        from berth.cli.doctor_kube import kube_diagnose
+
+        with settings.kube_client(15.0, kubeconfig, context) as kclient:
+            rows = kube_diagnose(kubeconfig, context, None if all_namespaces else namespace, threshold,
+                                 control_namespace, kclient)
+        kube = False  # its network rows are in already
+    else:
+        with settings.client(timeout=15.0) as client:
+            rows = diagnose(client, gateway_from_env(settings.gateway), None if all_namespaces else namespace,
+                            threshold)
     if kube:
         try:
             from berth.cli.doctor_network import kube_network_rows  # the Kubernetes client only for --kube

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -15,6 +16,9 @@ from berth.cli import render
 from berth.cli.context import settings
 from berth.client.gateway import GatewayClient
 from berth.errors import BerthError, InvalidInput
+
+if TYPE_CHECKING:
+    from berth.client.kube import KubeGateway
 
 
 def _payload(data: str) -> dict[str, Any]:
@@ -46,7 +50,9 @@ def infer(
     mode: str = typer.Option("rest", "--inference-mode", help="rest or grpc (the gateway's V2 gRPC port, "
                              "--gateway-grpc); the gRPC answer is shown in V2 JSON form"),
 ) -> None:
-    """Send a V2 inference request to MODEL through the gateway; print the answer and who answered."""
+    """Send a V2 inference request to MODEL through the gateway; print the answer and who answered.  With a
+    cluster named (--kubeconfig, --context or KUBECONFIG) and no --server or --gateway: the namespace's gateway
+    Service, through the Kubernetes API server's service proxy."""
     if mode not in ("rest", "grpc"):
         raise InvalidInput(f"--inference-mode {mode!r}: expected rest or grpc")
     fmt = out.parse(output, out.DOCUMENT)
@@ -57,7 +63,13 @@ def infer(
         if not sep:
             raise InvalidInput(f"--header {h!r}: expected NAME=VALUE")
         headers[k.strip()] = v.strip()
-    client = GatewayClient(settings.gateway, grpc_address=settings.gateway_grpc)
+    client: GatewayClient | KubeGateway
+    if settings.gateway is None and not os.environ.get("BERTH_GATEWAY") and settings.cluster():
+        from berth.client.kube import KubeGateway  # the namespace's gateway through the API server's proxy
+
+        client = KubeGateway(settings.kube_client(timeout=60.0))
+    else:
+        client = GatewayClient(settings.gateway, grpc_address=settings.gateway_grpc)
     send = client.infer_grpc if mode == "grpc" else client.infer
     try:
         if iterations == 1:

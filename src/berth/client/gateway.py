@@ -130,13 +130,18 @@ class GatewayClient:
             body = r.json()
         except ValueError:
             body = r.text
-        if r.status_code >= 400:
-            if isinstance(body, dict) and "code" in body:
-                raise _with_hint(errors.from_dict(body, status=r.status_code))
-            detail = body.get("error") if isinstance(body, dict) else str(body)[:300]
-            raise errors.BerthError(f"model {model}: HTTP {r.status_code}: {detail}",
-                                    code="InferenceFailed", details=body)
-        return InferResult(r.status_code, body, r.headers.get("x-seldon-route", ""), elapsed)
+        return answer(model, r.status_code, body, r.headers.get("x-seldon-route", ""), elapsed)
+
+
+def answer(model: str, status: int, body: Any, route: str, seconds: float) -> InferResult:
+    """The gateway's REST answer as ``berth infer`` shows it, or its error (wherever it came through: directly, or
+    through a Kubernetes API server's service proxy, client/kube.py)."""
+    if status >= 400:
+        if isinstance(body, dict) and "code" in body:
+            raise _with_hint(errors.from_dict(body, status=status))
+        detail = body.get("error") if isinstance(body, dict) else str(body)[:300]
+        raise errors.BerthError(f"model {model}: HTTP {status}: {detail}", code="InferenceFailed", details=body)
+    return InferResult(status, body, route, seconds)
 
 
 def _with_hint(err: errors.BerthError) -> errors.BerthError:

@@ -1,11 +1,13 @@
 """What the CLI reads straight from a Kubernetes cluster, as kubectl would (``--kubeconfig``/``KUBECONFIG``,
 ``--context``): the objects `berth doctor` evaluates the namespace's network with, and Berth's resources
-for ``berth get``, ``describe`` and ``wait`` (:class:`KubeClient`)."""
+for ``berth get``, ``describe`` and ``wait`` (:class:`KubeClient`); the namespace's gateway for ``berth infer``
+and ``doctor``, reached through the API server's service proxy (:class:`KubeGateway`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +15,13 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from berth.client.gateway import InferResult, answer
 from berth.client.http import BerthClient
-from berth.errors import InvalidInput, Timeout, Unavailable
+from berth.errors import BerthError, InvalidInput, NotFound, Timeout, Unavailable
 from berth.kube.crds import GROUP, VERSION
-from berth.kubeapi import KIND_APIS, Api, as_error, connect
+from berth.kube.flows import COMPONENT, GATEWAY
+from berth.kube.workloads import GATEWAY_NAME
+from berth.kubeapi import JSON_HEADERS, KIND_APIS, Api, as_error, connect
 
 
 @dataclass(frozen=True)
@@ -176,3 +181,114 @@ class KubeClient(BerthClient):
 def _revision(listed: dict[str, Any]) -> int:
     text = str((listed.get("metadata") or {}).get("resourceVersion") or "0")
     return int(text) if text.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Proxied:
+    """What came back through the API server's service proxy: the backend's answer, or the API server's own."""
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return self.body.decode(errors="replace")
+
+    def api_status(self) -> str | None:
+        """The API server's own refusal (a v1 Status: no such Service, no ready pod, not allowed), else None."""
+        doc = self.json()
+        if isinstance(doc, dict) and doc.get("kind") == "Status" and doc.get("apiVersion") == "v1":
+            return str(doc.get("message") or doc.get("reason") or self.status)
+        return None
+
+
+def proxy_path(namespace: str, service: str, port: str, path: str) -> str:
+    """kube-apiserver's service proxy: ``/api/v1/namespaces/NS/services/NAME:PORT/proxy/PATH`` (PORT by name)."""
+    return f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{path.lstrip('/')}"
+
+
+def _proxy(client: KubeClient, method: str, namespace: str, service: str, port: str, path: str,
+           body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+           timeout: float | None = None) -> Proxied:
+    """One request to ``service``'s ``port`` through the API server, with the kubeconfig's credentials (which the
+    API server consumes; nothing of Berth's own travels in the URL)."""
+    api = client._api
+
+    async def run() -> Proxied:
+        response: aiohttp.ClientResponse = await api.client.call_api(
+            proxy_path(namespace, service, port, path), method, header_params={**JSON_HEADERS, **(headers or {})},
+            body=body, auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=timeout or client.timeout)
+        try:
+            return Proxied(response.status, {k.lower(): v for k, v in response.headers.items()},
+                           await response.read())
+        finally:
+            response.release()
+
+    try:
+        return client._loop.run_until_complete(run())
+    except Exception as exc:
+        raise as_error(exc, f"{method} {path} of Service {namespace}/{service} through the API server's proxy",
+                       api.host) from exc
+
+
+GATEWAY_PORT = "http"  # the gateway Service's REST port, by name (berth.kube.workloads.runtime_objects)
+_AUTH_THROUGH_PROXY = ("; through the API server's service proxy the gateway gets no Berth token (the API server "
+                       "takes the Authorization header for itself): reach the gateway directly instead, e.g. "
+                       "kubectl port-forward -n {ns} svc/{svc} 9000, then --gateway 127.0.0.1:9000 with BERTH_TOKEN")
+
+
+class KubeGateway:
+    """``berth infer`` against a cluster: REST V2 to the namespace's gateway Service (made for its SeldonRuntime)
+    through the API server's service proxy, as ``kubectl proxy`` users reach it; the same answers and errors
+    as :class:`~berth.client.gateway.GatewayClient`, and one line when the namespace has no gateway."""
+
+    def __init__(self, kube: KubeClient, *, service: str = GATEWAY_NAME, port: str = GATEWAY_PORT) -> None:
+        self.kube, self.service, self.port = kube, service, port
+
+    def close(self) -> None:
+        self.kube.close()
+
+    def get(self, namespace: str, path: str) -> Proxied:
+        return self.request("GET", namespace, path)
+
+    def request(self, method: str, namespace: str, path: str, body: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None) -> Proxied:
+        """A request to the gateway; the API server's own refusals become Berth errors naming what to do."""
+        got = _proxy(self.kube, method, namespace, self.service, self.port, path, body, headers)
+        refusal = got.api_status()
+        if refusal is None:
+            return got
+        host = self.kube._api.host
+        where = f"Service {namespace}/{self.service} through the Kubernetes API at {host}"
+        if got.status == 404:
+            raise NotFound(f"namespace {namespace} has no SeldonRuntime gateway ({where}: {refusal}); apply a "
+                           f"SeldonRuntime there (kubectl apply -n {namespace} -f runtime.yaml, as in "
+                           "seed-manifests/financial-ml/00-runtime.yaml) and Berth's control plane creates it")
+        if got.status == 503:
+            raise Unavailable(f"the gateway of namespace {namespace} has no ready pod ({where}: {refusal}); check "
+                              f"kubectl get pods -n {namespace} -l {COMPONENT}={GATEWAY} and its logs")
+        raise as_error(ApiException(status=got.status, reason=refusal), f"{method} {path} of {where}", host)
+
+    def infer(self, model: str, payload: dict[str, Any], *, namespace: str = "default",
+              headers: dict[str, str] | None = None) -> InferResult:
+        started = time.perf_counter()
+        got = self.request("POST", namespace, f"/v2/models/{model}/infer", payload,
+                           {"seldon-namespace": namespace, **(headers or {})})
+        elapsed = time.perf_counter() - started
+        try:
+            return answer(model, got.status, got.json(), got.headers.get("x-seldon-route", ""), elapsed)
+        except BerthError as exc:
+            if exc.code in ("Unauthenticated", "Forbidden"):
+                exc.message = exc.message.split("; the CLI sends")[0] + _AUTH_THROUGH_PROXY.format(
+                    ns=namespace, svc=self.service)
+                exc.args = (exc.message,)
+            raise
+
+    def infer_grpc(self, model: str, payload: dict[str, Any], *, namespace: str = "default",
+                   headers: dict[str, str] | None = None) -> InferResult:
+        raise InvalidInput("--inference-mode grpc cannot go through the Kubernetes API server's service proxy "
+                           "(HTTP/1.1 only): kubectl port-forward -n NAMESPACE svc/berth-gateway 9001, then "
+                           "--gateway-grpc 127.0.0.1:9001; or use --inference-mode rest")

@@ -26,7 +26,7 @@ from berth.control.hub import AgentHub, ReplicaModel, ReplicaRecord
 from berth.control.metrics import ControlMetrics
 from berth.control.pipelines import pipeline_statuses
 from berth.control.routes import RoutesPublisher
-from berth.control.slices import Slicer
+from berth.control.slices import Slicer, let_go
 from berth.control.tenants import runtime_status, server_config_status
 from berth.control.usage import UsageBook
 from berth.errors import Conflict, NotFound
@@ -312,6 +312,8 @@ class Reconciler:
         await self.routes.publish_sliced(ns, fresh_models, records, experiments, runtime,  # sliced like the pass
                                          pipelines=self._with_statuses(docs, statuses, "Pipeline"), slicer=slicer)
         self._start_drains(ns)
+        # what only this pass held (its documents, the last pass's memo) freed in slices, not all at once
+        await let_go(slicer, docs, models, fresh_models, statuses, memo)
 
     def _read(self, ns: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """What a pass over ``ns`` reads (in the store thread): its documents, other namespaces' Servers

@@ -53,6 +53,9 @@ class Placer:
         # refs and success message by the replicas chosen (Slot objects): many models share a set
         self._combos: dict[tuple[Slot, ...], tuple[tuple[ReplicaRef, ...], str]] = {}
         self._pins: dict[tuple[str | None, tuple[str, ...]], tuple[str | None, Rejection | None]] = {}
+        # hopeless_again's answers by (spec.server, requirements, the previous memo entry): the same for every
+        # model of a group, so worked out once per group
+        self._again: dict[tuple[str | None, tuple[str, ...], int], tuple[tuple[Rejection, ...], str] | None] = {}
 
     def _route(self, model: ModelWant) -> Route:
         """(pin, rejection, requirements, candidates) of the model's group: ``candidates`` is the indexed
@@ -229,6 +232,14 @@ class Placer:
         When the entry comes out equal to ``before``, this pool's memo holds ``before`` itself (the previous
         ModelPlan stands as it is).  Made once per (requirements, pin), not per model: a re-plan after a
         server changed does not place every such model again."""
+        again_key = (model.server, model.requirements, id(before[0]))  # ``before`` outlives this placer
+        if again_key in self._again:
+            return self._again[again_key]
+        found = self._again[again_key] = self._hopeless_again(model, before)
+        return found
+
+    def _hopeless_again(self, model: ModelWant, before: tuple[tuple[Rejection, ...], str]
+                        ) -> tuple[tuple[Rejection, ...], str] | None:
         key = (model.server, model.requirements)
         resolved = self._pins.get(key)
         if resolved is None:

@@ -148,9 +148,10 @@ class Pool:
     @classmethod
     def successor(cls, snapshot: Snapshot, old: Pool) -> tuple[Pool, set[SlotKey], set[str]]:
         """The pool of ``snapshot`` built from ``old`` (a pool of the same namespace): the Slot objects of
-        replicas whose report and server did not change are ``old``'s own (their ``used`` is reset by the
-        caller), only changed servers are rebuilt.  Also returns the dirty replicas (changed, new, gone,
-        or of a changed server) and the changed servers (declaration changed, or a dirty replica)."""
+        replicas whose report and server declaration did not change are ``old``'s own (their ``used`` is reset
+        by the caller): a lost or changed replica rebuilds that replica alone, a changed declaration its
+        server's.  Also returns the dirty replicas (changed, new, gone, or of a redeclared server) and the
+        changed servers (declaration changed, or a dirty replica): their memos and candidate sets are redone."""
         ns = snapshot.namespace
         self = cls.__new__(cls)
         self.indexed, self.namespace, self.policy = old.indexed, ns, snapshot.policy
@@ -168,6 +169,7 @@ class Pool:
             same = by_info.keys() & set(ids)
             infos = () if len(same) == len(ids) else tuple(r for r in infos if id(r) not in same)
         seen: set[SlotKey] = set()
+        fresh_keys: set[SlotKey] = set()  # replicas new or reported differently
         for rep in infos:
             if rep.namespace != ns:
                 continue
@@ -180,6 +182,7 @@ class Pool:
                 implied.setdefault(rep.server, []).append(rep)
             if slot is None or (slot.info is not rep and slot.info != rep):
                 changed.add(rep.server)
+                fresh_keys.add(key)
         if same:
             gone = {slot.key for i, slot in old._by_info().items() if i not in same} - seen
         else:
@@ -187,19 +190,26 @@ class Pool:
         changed.update(key[0] for key in gone)
         for name, reps in implied.items():
             servers[name] = _implied_server(name, ns, reps)
+        redeclared: set[str] = set()  # servers whose declaration changed (or implied, now or before)
         for name in servers.keys() | old.servers.keys():
             new_server, old_server = servers.get(name), old.servers.get(name)
             if new_server is not old_server and new_server != old_server:
-                changed.add(name)
+                redeclared.add(name)
+        changed |= redeclared
         self.servers = servers
         self.names = old.names if servers.keys() == old.servers.keys() else sorted(servers)
         by_server = dict(old.by_server)
         slots = dict(old_slots)
-        dirty: set[SlotKey] = set()
+        # dirty: every replica of a redeclared server (its Slots depend on the declaration); of a server
+        # whose declaration is as it was, only its new, changed and gone replicas (the others keep their Slot)
+        dirty: set[SlotKey] = set(gone) | fresh_keys
         for name in changed:
             for slot in by_server.pop(name, ()):
-                dirty.add(slot.key)
-                del slots[slot.key]
+                if name in redeclared or name not in servers:
+                    dirty.add(slot.key)
+                    del slots[slot.key]
+                elif slot.key in dirty:
+                    del slots[slot.key]
         if changed:
             grouped: dict[str, list[ReplicaInfo]] = {}
             for rep in snapshot.replicas:
@@ -208,11 +218,15 @@ class Pool:
             for name in changed:
                 if name not in servers:
                     continue
-                fresh = [Slot(r, servers[name]) for r in sorted(grouped.get(name, ()), key=lambda r: r.index)]
+                again = name in redeclared
+                fresh = [Slot(r, servers[name]) if again or (r.server, r.index) in dirty
+                         else old_slots[(r.server, r.index)]
+                         for r in sorted(grouped.get(name, ()), key=lambda r: r.index)]
                 by_server[name] = fresh
                 for slot in fresh:
-                    slots[slot.key] = slot
-                    dirty.add(slot.key)
+                    if again or slot.key in dirty:
+                        slots[slot.key] = slot
+                        dirty.add(slot.key)
         self.by_server = {name: by_server[name] for name in self.names} if changed else by_server
         self.slots = slots
         self._caches()

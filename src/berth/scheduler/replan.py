@@ -45,18 +45,19 @@ def _same_placements(assignments: Mapping[str, tuple[ReplicaRef, ...]],
 def _changed(snapshot: Snapshot, wants: dict[str, ModelWant], basis: Basis, dirty: set[SlotKey]) -> set[str]:
     """Models whose want or assignment changed; their assigned replicas become dirty."""
     assignments = snapshot.assignments
+    placements = basis.placements.get()
     changed: set[str] = set()
     if wants is not basis.wants:
         for name, want in wants.items():
             old = basis.wants.get(name)
             if old is None or (old is not want and old != want):
                 changed.add(name)
-    if not _same_placements(assignments, basis.placements):
-        for name in assignments.keys() | basis.placements.keys():
+    if not _same_placements(assignments, placements):
+        for name in assignments.keys() | placements.keys():
             now = wants.get(name)
             if now is None or now.deleting or now.replicas <= 0:
                 continue  # the plan of such a model depends on its want alone
-            if tuple(assignments.get(name, ())) != basis.placements.get(name, ()):
+            if tuple(assignments.get(name, ())) != placements.get(name, ()):
                 changed.add(name)
     for name in changed:
         dirty.update((r.server, r.index) for r in assignments.get(name, ()))
@@ -105,11 +106,12 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     removed = [] if wants is basis.wants else [name for name in basis.wants if name not in wants]
     for key, slot in pool.slots.items():
         slot.used = basis.used.get(key, 0)
+    placements = basis.placements.get()
     for name in (*affected, *removed):
         old_want = basis.wants.get(name)
         if old_want is None:
             continue
-        for ref in basis.placements.get(name, ()):
+        for ref in placements.get(name, ()):
             resident = pool.slots.get(ref)
             if resident is not None:
                 resident.used -= old_want.memory

@@ -231,9 +231,28 @@ class H2Connection:
     def send(self, stream: Stream, head: bytes | None, data: bytes | None, trailers: bytes | None) -> None:
         """Queue ``head`` (HEADERS frames), DATA ``data`` and ``trailers`` (HEADERS frames that end the stream),
         as much as the windows allow now.  With no ``trailers`` the DATA ends the stream."""
-        parts: list[bytes] = []
-        if head is not None:
-            parts.append(head)
+        parts: list[bytes] = [head] if head is not None else []
+        if data and len(data) <= FRAME_MAX and len(data) <= stream.send_window and len(data) <= self.conn_window:
+            # the common case, a message that fits one frame and both windows: what _drain does, in one step
+            size = len(data)
+            if trailers is None:
+                parts.append(frame(DATA, END_STREAM, stream.sid, data))
+            else:
+                parts.append(frame(DATA, 0, stream.sid, data))
+                parts.append(trailers)
+            stream.send_window -= size
+            self.conn_window -= size
+            self.sent += size
+            stream.out = b""
+            stream.out_pos = 0
+            stream.out_end = trailers is None
+            stream.after = None
+            if self.blocked:
+                self.blocked.pop(stream.sid, None)
+            stream.closed = True
+            self._maybe_forget(stream, parts)
+            self.write(b"".join(parts))
+            return
         stream.out = data or b""
         stream.out_pos = 0
         stream.out_end = trailers is None
