@@ -166,3 +166,16 @@ def test_health_check_follows_the_routing_table() -> None:
 def test_gateway_messages_are_percent_encoded() -> None:
     answer = call(gateway(Router(TABLE)), "ModelInfer", protowire.string_field(1, "ün%"))
     assert "%C3%BCn%25" in answer["grpc-message"]  # grpc-message is percent-encoded UTF-8 (the gRPC spec)
+
+
+def test_a_namespace_gateway_takes_calls_without_seldon_namespace_as_its_own() -> None:
+    table = RoutingTable(revision=1, models=[ModelRoute(namespace="team-a", name="iris", state="ModelProgressing",
+                                                        reason="loading on s-0")])
+    request = protowire.string_field(1, "iris")
+    own = gateway(Router(table))
+    own.namespace = "team-a"  # berth gateway --namespace team-a (a SeldonRuntime's gateway)
+    answer = call(own, "ModelInfer", request)
+    assert answer["berth-error-code"] == "ModelNotReady" and "namespace team-a" in answer["grpc-message"]
+    # the header still wins, and a gateway of no namespace keeps "default"
+    assert call(own, "ModelInfer", request, (b"seldon-namespace", b"default"))["grpc-status"] == str(NOT_FOUND)
+    assert call(gateway(Router(table)), "ModelInfer", request)["grpc-status"] == str(NOT_FOUND)

@@ -296,6 +296,7 @@ async def run_gateway(host: str, port: int, control_url: str | None, stop: async
                                        connect_timeout=connect_timeout, max_request_bytes=max_request_bytes,
                                        limits=grpc_limits)
             grpc_gateway.pipelines = pipelines  # NAME.pipeline over gRPC, run as over REST
+            grpc_gateway.namespace = namespace  # a call without seldon-namespace: this gateway's namespace
             router.listeners.append(lambda: grpc_gateway.forget_unrouted() if grpc_gateway else None)
             grpc_server, grpc_bound = await start_grpc(grpc_gateway, host, grpc_port)
             grpc_side.gateway, grpc_side.address = grpc_gateway, f"{host}:{grpc_bound}"

@@ -106,6 +106,7 @@ class GrpcGateway:
         self._heads: dict[tuple[bytes, str], list[Field]] = {}
         # set by run_gateway: NAME.pipeline (berth.gateway.pipelines.grpc_hook)
         self.pipelines: PipelineServer | None = None
+        self.namespace = "default"  # of a call without seldon-namespace (a namespace's gateway: its own)
 
     def forget_unrouted(self) -> None:
         """Close the upstream connections of replicas the new table no longer holds."""
@@ -136,7 +137,8 @@ class GrpcGateway:
     async def serve(self, conn: ServerConnection, stream: Stream) -> None:
         started = time.perf_counter()
         path = method = b""
-        model = namespace = route = encoding = authorization = None
+        model = route = encoding = authorization = None
+        namespace: str | None = None
         timeout = self.upstream_timeout
         extra: list[Field] = []
         for field in stream.headers:
@@ -168,9 +170,11 @@ class GrpcGateway:
                 authorization = value
         if path.startswith(_PREFIX):
             method = path[len(_PREFIX):]
+        if namespace is None:
+            namespace = self.namespace
         if stream.inbox is not None or method in ROUTED:
             try:  # first: a refused caller learns nothing of the namespace
-                self.router.admit(namespace or "default", authorization)
+                self.router.admit(namespace, authorization)
             except BerthError as err:
                 self._fail(conn, stream, err, started)
                 return
@@ -214,14 +218,14 @@ class GrpcGateway:
         await self._forward(conn, stream, path, method, decision, request, extra, timeout, started)
 
     async def _held_route(self, evicted: ModelEvicted, method: str, body: bytes, encoding: bytes | None,
-                          model: str | None, namespace: str | None, route: str | None) -> tuple[bytes, Decision]:
+                          model: str | None, namespace: str, route: str | None) -> tuple[bytes, Decision]:
         """:meth:`_route` once the evicted model it chose is loaded again (or the wake's 503)."""
         details = evicted.details or {}
-        await held(self.router, details.get("namespace") or namespace or "default", details.get("model") or "",
+        await held(self.router, details.get("namespace") or namespace, details.get("model") or "",
                    route, evicted)
         return self._route(method, body, encoding, model, namespace, route)
 
-    def _route(self, method: str, body: bytes, encoding: bytes | None, model: str | None, namespace: str | None,
+    def _route(self, method: str, body: bytes, encoding: bytes | None, model: str | None, namespace: str,
                route: str | None) -> tuple[bytes, Decision]:
         """The request message to send upstream (renamed when the chosen model is not the one it names) and
         the routing decision; a BerthError saying what is wrong with the request otherwise."""
@@ -234,12 +238,12 @@ class GrpcGateway:
         if not wanted:
             raise InvalidInput(f"{method} request names no model: set model_name (name) or the seldon-model "
                                "metadata key")
-        decision = self.router.decide(namespace or "default", wanted, route)
+        decision = self.router.decide(namespace, wanted, route)
         upstream = decision.target.upstream or decision.target.name  # the serving version's name upstream
         return (request if asked == upstream else request + decision.target.pb_name), decision
 
     async def _stream(self, conn: ServerConnection, stream: Stream, path: bytes, model: str | None,
-                      namespace: str | None, route: str | None, encoding: bytes | None, extra: list[Field],
+                      namespace: str, route: str | None, encoding: bytes | None, extra: list[Field],
                       timeout: float, started: float) -> None:
         """``ModelStreamInfer``: routed by its first message (the model it names, or ``seldon-model``), then
         both directions forwarded message by message as they come.  Not retried once the first message is sent;
