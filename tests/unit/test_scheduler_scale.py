@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from berth.errors import InvalidInput, InvalidManifest
 from berth.scheduler import plan
+from berth.scheduler.basis import Placements
 from berth.scheduler.build import SnapshotCache, model_want, snapshot_for
 from berth.scheduler.plan import collector_paused, plan_by_scan
 from berth.scheduler.replan import _same_placements
-from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaInfo, ReplicaRef, ServerInfo, Snapshot
+from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, ReplicaInfo, ReplicaRef, ServerInfo, Snapshot
 
 NS = "ns"
 MiB = 2**20
@@ -253,3 +254,58 @@ def test_models_no_server_can_take_keep_their_plan_when_a_change_leaves_their_re
     again = plan(fewer, previous=first)
     assert again == plan_by_scan(fewer)
     assert again.models["torch-1"] != first.models["torch-1"]
+
+
+def _next(snap: Snapshot, before: Plan, rng: random.Random) -> Snapshot:
+    """The control plane's next snapshot: the placements as assignments, and one or two replicas lost,
+    turned unready or shrunk (a server's other replicas unchanged: the re-plan rebuilds those alone)."""
+    replicas = list(snap.replicas)
+    for _ in range(rng.randint(1, 2)):
+        if not replicas:
+            break
+        i = rng.randrange(len(replicas))
+        what = rng.choice(["lose", "lose", "unready", "shrink"])
+        if what == "lose":
+            replicas.pop(i)
+        elif what == "unready":
+            replicas[i] = dataclasses.replace(replicas[i], ready=not replicas[i].ready)
+        else:
+            replicas[i] = dataclasses.replace(replicas[i], memory=replicas[i].memory // 2)
+    assignments = {n: mp.replicas for n, mp in before.models.items() if mp.replicas}
+    return dataclasses.replace(snap, replicas=tuple(replicas), assignments=assignments)
+
+
+@PROPS
+@given(fleets(), st.randoms(use_true_random=False))
+def test_replans_along_a_chain_and_back_to_older_plans_equal_the_scan(snap: Snapshot, rng: random.Random) -> None:
+    """Re-plans share state along a chain (Slots of unchanged replicas, the placements dict rerooted to the
+    plan re-planned from, fit trees carried over): re-planning from any earlier plan of the chain, again and
+    again, in any order, must still equal the scan."""
+    chain = [(snap, plan(snap))]
+    for _ in range(4):
+        base_snap, base = chain[rng.randrange(len(chain))] if rng.random() < 0.4 else chain[-1]
+        nxt = _next(base_snap, base, rng)
+        quick = plan(nxt, previous=base)
+        again = plan(nxt, previous=base)  # the same previous plan twice: nothing of it was used up
+        scanned = plan_by_scan(nxt)
+        assert quick == scanned and again == scanned
+        assert list(quick.models) == list(scanned.models)
+        assert quick.basis.used == scanned.basis.used and quick.basis.residents == scanned.basis.residents
+        for name, mp in quick.models.items():
+            assert (mp.message, mp.reasons) == (scanned.models[name].message, scanned.models[name].reasons)
+        chain.append((nxt, quick))
+
+
+def test_placements_versions_read_the_same_in_any_order() -> None:
+    """``basis.Placements``: versions of one shared dict; each reads as its own placements whichever was
+    read last (the dict is rerooted to the one read), and a removed model is absent, not empty."""
+    a, b = (ReplicaRef("s", 0),), (ReplicaRef("s", 1),)
+    root = Placements({"m1": a, "m2": b})
+    v1 = root.then({"m3": a})
+    v2 = v1.then({"m1": (), "m2": a})
+    v3 = root.then({"m2": ()})
+    want = {root: {"m1": a, "m2": b}, v1: {"m1": a, "m2": b, "m3": a}, v2: {"m2": a, "m3": a}, v3: {"m1": a}}
+    order = [v2, root, v3, v1, v2, v3, root, v1, v1, v2]
+    for version in order:
+        assert dict(version.get()) == want[version]
+    assert all(dict(v.get()) == w for v, w in reversed(list(want.items())))

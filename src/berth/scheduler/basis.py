@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from berth.scheduler.placer import Print
 from berth.scheduler.pool import Memos, Pool, SlotKey
 from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaRef, ServerInfo, Snapshot
 
@@ -77,10 +78,12 @@ class Basis:
     # re-plan rewrites their ``used``, the plans of one chain re-plan one at a time, under ``lock``
     pool: Pool
     lock: threading.Lock
+    # pinned models that failed: what their outcome depended on (Placer._pinned_print), for the next re-plan
+    prints: dict[str, Print]
 
     @classmethod
     def of(cls, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
-           models: dict[str, ModelPlan]) -> Basis:
+           models: dict[str, ModelPlan], prints: dict[str, Print]) -> Basis:
         """The basis of a full plan."""
         placements = {name: refs for name, refs in zip(models, map(_REPLICAS, models.values()), strict=True) if refs}
         # residents by replica: models placed alone on one replica share its refs tuple (Slot.alone), so
@@ -104,10 +107,11 @@ class Basis:
                               if state in UNSETTLED)
         return cls(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
                    {k: s.used for k, s in pool.slots.items()}, Placements(placements), unsettled,
-                   {k: frozenset(v) for k, v in lists.items()}, models, pool.memos, pool, threading.Lock())
+                   {k: frozenset(v) for k, v in lists.items()}, models, pool.memos, pool, threading.Lock(),
+                   prints)
 
     def successor(self, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
-                  models: dict[str, ModelPlan], changed: Iterable[str]) -> Basis:
+                  models: dict[str, ModelPlan], changed: Iterable[str], prints: dict[str, Print]) -> Basis:
         """The basis of an incremental plan: this one with the ``changed`` models' placements redone."""
         placements = self.placements.get()
         diff: dict[str, tuple[ReplicaRef, ...]] = {}
@@ -134,6 +138,8 @@ class Basis:
                     resident_set(ref).add(name)
             if mp.state in UNSETTLED:
                 unsettled.add(name)
+        kept_prints = {name: p for name, p in self.prints.items() if name not in diff}
+        kept_prints.update(prints)
         residents = dict(self.residents)
         for key, names in touched.items():
             if names:
@@ -142,4 +148,5 @@ class Basis:
                 residents.pop(key, None)
         return Basis(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
                      {k: s.used for k, s in pool.slots.items()},
-                     self.placements.then(diff), frozenset(unsettled), residents, models, pool.memos, pool, self.lock)
+                     self.placements.then(diff), frozenset(unsettled), residents, models, pool.memos, pool, self.lock,
+                     kept_prints)

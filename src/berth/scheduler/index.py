@@ -56,6 +56,22 @@ class FitTree:
         self.bounds = bounds
         self.leaf = {name: i for i, name in enumerate(names)}
 
+    @classmethod
+    def derived(cls, old: FitTree, slots: list[list[Slot]], loosen: set[str]) -> FitTree:
+        """The tree of the same servers (``old.names``) with their replicas now ``slots``, from ``old``'s
+        bounds, valid when ``old``'s were upper bounds of the replicas' free memory when its plan ended and
+        free memory rose since only on the servers in ``loosen`` (their leaves become unknown)."""
+        self = cls.__new__(cls)
+        self.k, self.names, self.slots, self.size = old.k, old.names, slots, old.size
+        self.bounds = old.bounds.copy()
+        self.leaf = old.leaf
+        leaf = self.leaf
+        for name in loosen:
+            i = leaf.get(name)
+            if i is not None:
+                self._set(i, UNKNOWN)
+        return self
+
     def _set(self, i: int, value: int) -> None:
         bounds = self.bounds
         j = i + self.size
@@ -178,6 +194,16 @@ class Candidates:
         self.by_server = by_server
         self.names = names
         self.trees: dict[int, FitTree] = {}
+
+    @classmethod
+    def derived(cls, old: Candidates, by_server: dict[str, list[Slot]], names: list[str],
+                loosen: set[str]) -> Candidates:
+        """``old``'s set (the same servers) in a re-plan's pool: its trees carried over (FitTree.derived)."""
+        self = cls(by_server, names)
+        slots = [by_server[n] for n in names]
+        for k, tree in old.trees.items():
+            self.trees[k] = FitTree.derived(tree, slots, loosen)
+        return self
 
     def tree(self, k: int) -> FitTree:
         found = self.trees.get(k)

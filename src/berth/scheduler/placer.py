@@ -37,12 +37,17 @@ def _refs(slots: list[Slot]) -> tuple[ReplicaRef, ...]:
 
 
 Route = tuple[str | None, Rejection | None, frozenset[str], Candidates | None]
+Print = tuple[ModelWant, tuple[Slot, ...], tuple[int, ...]]
 
 
 class Placer:
     def __init__(self, pool: Pool, assignments: Mapping[str, tuple[ReplicaRef, ...]],
-                 previous: Mapping[str, ModelPlan]) -> None:
+                 previous: Mapping[str, ModelPlan], prints: Mapping[str, Print] | None = None) -> None:
         self.pool = pool
+        # pinned models that failed, by name: what their outcome depended on (see _pinned_print), in the
+        # previous plan (``prints``, whose ModelPlans are ``previous``) and in this one
+        self.prints_before: Mapping[str, Print] = prints or {}
+        self.prints: dict[str, Print] = {}
         self.assignments = assignments
         self.previous = previous  # earlier ModelPlans, reused when identical (saves building them)
         self.kept: dict[str, list[Slot]] = {}
@@ -191,12 +196,31 @@ class Placer:
             return self._failed(model, [rejection], kept)
         if pin is None and not self.pool.names:
             return self._failed(model, [reasons.no_servers(self.pool.namespace)], kept)
+        fingerprint = None
+        if pin is not None and not kept:
+            fingerprint = self._pinned_print(model, pin)
+            before = self.prints_before.get(model.name)
+            old = self.previous.get(model.name)
+            if before is not None and old is not None and before[1] == fingerprint[1] \
+                    and before[2] == fingerprint[2] and (before[0] is model or before[0] == model):
+                self.prints[model.name] = fingerprint
+                return old  # it failed on this very server in this very state: the same outcome, reasons and all
         found = filters.find_full(self.pool, model, reqs, pin, kept)
         if found is not None:
             chosen = self.pool.pick(found[1], kept, desired)
             self._move(model, kept, chosen)
             return self._scheduled(model, chosen)
-        return self._short(model, reqs, pin, kept)
+        result = self._short(model, reqs, pin, kept)
+        if fingerprint is not None and result.state == "ScheduleFailed" and not result.replicas:
+            self.prints[model.name] = fingerprint
+        return result
+
+    def _pinned_print(self, model: ModelWant, pin: str) -> Print:
+        """What the outcome of ``model``, pinned to ``pin`` with nothing kept, depends on: the model, the
+        server's replicas (Slot objects: a changed report or declaration makes new ones) and their memory
+        in use at this point of the plan.  (Rejections of other servers are not part of a pinned outcome.)"""
+        slots = tuple(self.pool.by_server.get(pin, ()))
+        return model, slots, tuple([s.used for s in slots])
 
     def _unfit(self, model: ModelWant, reqs: frozenset[str], name: str) -> tuple[list[Rejection], list[str]]:
         """A server none of whose replicas is usable and capable: its rejections depend on the

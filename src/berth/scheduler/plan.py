@@ -98,4 +98,4 @@ def _full(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan | None
         if name in assignments:  # keep() has nothing to do for a model with no assignment
             placer.keep(wants[name])
     models = placer.place_all(names, wants)
-    return Plan(snapshot.namespace, models, basis=Basis.of(snapshot, wants, pool, models))
+    return Plan(snapshot.namespace, models, basis=Basis.of(snapshot, wants, pool, models, placer.prints))

@@ -184,7 +184,8 @@ class Pool:
                 changed.add(rep.server)
                 fresh_keys.add(key)
         if same:
-            gone = {slot.key for i, slot in old._by_info().items() if i not in same} - seen
+            by_info = old._by_info()
+            gone = {by_info[i].key for i in by_info.keys() - same} - seen  # the set difference at C speed
         else:
             gone = old_slots.keys() - seen
         changed.update(key[0] for key in gone)
@@ -231,6 +232,8 @@ class Pool:
         self.slots = slots
         self._caches()
         self._prior = (old._eligible, changed)
+        if old.indexed:
+            self._prior_candidates = old._candidates
         return self, dirty, changed
 
     def _by_info(self) -> dict[int, Slot]:
@@ -253,6 +256,11 @@ class Pool:
         self._candidates: dict[frozenset[str], Candidates] = {}
         self._shared: dict[tuple[Slot, ...], Candidates] = {}
         self._member_of: dict[str, list[Candidates]] = {}
+        # a successor pool: the previous pool's candidate sets as its plan left them, whose fit trees are
+        # carried over (see candidates); ``loosen``: servers whose replicas may have more free memory now
+        # than when that plan ended (set by the re-plan before it asks for a candidate set)
+        self._prior_candidates: dict[frozenset[str], Candidates] = {}
+        self.loosen: set[str] = set()
         self.reset_bounds()
         # rejections that depend on no memory figure, built once per plan (see Memos)
         self.memos = Memos()
@@ -313,7 +321,12 @@ class Pool:
             key = tuple(chain.from_iterable(by_server.values()))  # the candidate Slots (in name order)
             found = self._shared.get(key)
             if found is None:
-                found = self._shared[key] = Candidates(by_server, names)
+                before = self._prior_candidates.get(reqs)
+                if before is not None and before.names == names:
+                    found = Candidates.derived(before, by_server, names, self.loosen)
+                else:
+                    found = Candidates(by_server, names)
+                self._shared[key] = found
                 for name in names:
                     self._member_of.setdefault(name, []).append(found)
             self._candidates[reqs] = found

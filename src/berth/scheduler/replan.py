@@ -12,10 +12,13 @@ Models not fully placed are affected too (their reasons quote figures that may h
 that no server could take at all whose servers did not change, or whose outcome (which depends on them
 alone) is made again from the memo of the changed ones.
 
-Why it is fast.  The pool is built from the previous one (``Pool.successor``): only changed servers'
-replicas are rebuilt, and rejections that depend on servers alone (``Memos``) are inherited for the
-servers that did not change.  What is left per re-plan is a few passes over the replicas at C speed or
-close, and the affected models.
+Why it is fast.  The pool is built from the previous one (``Pool.successor``): only changed replicas are
+rebuilt (every replica of a server whose declaration changed), rejections that depend on servers alone
+(``Memos``) are inherited for the servers that did not change, the fit trees start from the previous
+plan's with the leaves of servers that gained free memory made unknown, and the placements the basis keeps
+are a version of one shared dict (``basis.Placements``), not a copy.  What is left per re-plan is a few
+passes over the replicas and the assignments at C speed or close, copying the Plan's own dict, and the
+affected models.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     # One whose memo was not inherited (a server changed) and that no server can take still gets its outcome
     # straight from the memo, made again for this pool once per (requirements, pin) (Placer.hopeless_again):
     # the previous ModelPlan when it comes out equal, else a new one, as ``place`` would make it.
-    placer = Placer(pool, snapshot.assignments, previous.models)
+    placer = Placer(pool, snapshot.assignments, previous.models, basis.prints)
     still = {id(entry[0]) for entry in pool.memos.hopeless.values()}
     before = {id(entry[0]): entry for entry in basis.memos.hopeless.values()}
     old = previous.models
@@ -107,6 +110,7 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     for key, slot in pool.slots.items():
         slot.used = basis.used.get(key, 0)
     placements = basis.placements.get()
+    loosen = set(changed_servers)  # servers with more free memory than when the previous plan ended
     for name in (*affected, *removed):
         old_want = basis.wants.get(name)
         if old_want is None:
@@ -115,6 +119,8 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
             resident = pool.slots.get(ref)
             if resident is not None:
                 resident.used -= old_want.memory
+                loosen.add(resident.server)
+    pool.loosen = loosen
     pool.reset_bounds()  # the placer made above has not asked for a candidate set yet
     order = sorted(affected)
     for name in order:
@@ -128,4 +134,5 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     if len(models) != len(old) - len(removed):  # models were added: keep the name order
         models = {name: models[name] for name in sorted(models)}
     return Plan(snapshot.namespace, models,
-                basis=basis.successor(snapshot, wants, pool, models, [*affected, *removed, *redone]))
+                basis=basis.successor(snapshot, wants, pool, models, [*affected, *removed, *redone],
+                                      placer.prints))
