@@ -78,3 +78,4 @@ def test_settings_berth_writes_make_mlserver_preload(tmp_path: Path, monkeypatch
     repo = ModelRepositoryFactory.resolve_model_repository(Settings(**written))  # as MLServer builds it
     assert isinstance(repo, BerthModelRepository)
     assert repo.preloaded == ["berth_preload_probe2"]
+
