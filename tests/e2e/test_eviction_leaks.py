@@ -270,6 +270,8 @@ def test_a_reload_that_cannot_happen_ends_the_held_request_with_the_reason(rig: 
         metrics = httpx.get(f"{rig.short_gateway}/metrics",
                             headers={"Authorization": f"Bearer {p.control.admin_token}"}, timeout=10).text
         assert 'berth_gateway_held_requests_total{namespace="default",outcome="timeout"} 1.0' in metrics
-        assert 'berth_gateway_held_requests_total{namespace="default",outcome="failed"} 1.0' in metrics
+        # (the failed reload of "lost" may reach the request while it is held, outcome "failed", or be in the
+        # table already when it arrives, under load: both answer the same 503; the held outcomes one by one are
+        # tests/unit/test_gateway_wake.py)
         for n in ("lost", "keeper", "stuck"):
             p.client.delete("Model", "default", n)
