@@ -7,7 +7,7 @@ import struct
 
 import hpack
 
-from berth.gateway.http2.core import ConnectionTerminated, RequestReceived, StreamReset
+from berth.gateway.http2.events import ConnectionTerminated, RequestReceived, StreamReset
 from berth.gateway.http2.limits import Limits
 from berth.gateway.http2.servercore import ServerCore
 

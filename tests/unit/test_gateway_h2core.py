@@ -16,7 +16,7 @@ import h2.settings
 import pytest
 
 from berth.gateway.http2.clientcore import ClientCore
-from berth.gateway.http2.core import (
+from berth.gateway.http2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,

@@ -9,8 +9,8 @@ import time
 
 from berth.gateway.http2.clientcore import ClientCore
 from berth.gateway.http2.connection import Connection
-from berth.gateway.http2.core import (
-    UPSTREAM_LIMITS,
+from berth.gateway.http2.core import UPSTREAM_LIMITS
+from berth.gateway.http2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,

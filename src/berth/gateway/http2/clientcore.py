@@ -4,14 +4,8 @@
 from __future__ import annotations
 
 from berth.gateway.http2 import headerblock
-from berth.gateway.http2.core import (
-    UPSTREAM_LIMITS,
-    ConnectionTerminated,
-    H2Connection,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-)
+from berth.gateway.http2.core import UPSTREAM_LIMITS, H2Connection
+from berth.gateway.http2.events import ConnectionTerminated, ResponseReceived, StreamEnded, StreamReset
 from berth.gateway.http2.frames import (
     CANCEL,
     CONN_WINDOW,

@@ -13,7 +13,8 @@ import asyncio
 import time
 from typing import Generic, TypeVar
 
-from berth.gateway.http2.core import ConnectionTerminated, Event, H2Connection
+from berth.gateway.http2.core import H2Connection
+from berth.gateway.http2.events import ConnectionTerminated, Event
 from berth.gateway.http2.frames import Stream
 
 Core = TypeVar("Core", bound=H2Connection)

@@ -23,9 +23,17 @@ held whole (a request is :class:`RequestReceived` once its stream ends); streami
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
 
 from berth.gateway.http2 import headerblock
+from berth.gateway.http2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    PingReceived,
+    SettingsChanged,
+    WindowUpdated,
+)
 from berth.gateway.http2.frames import (
     ACK,
     COMPRESSION_ERROR,
@@ -71,95 +79,9 @@ UPSTREAM_LIMITS = Limits(max_header_list_size=4 * MiB, max_header_block_bytes=4 
                          stream_window=STREAM_WINDOW)
 
 
-# ---- events ----
-
-class Event:
-    """Something the peer's bytes (or the clock) made happen on a connection."""
-
-    __slots__ = ()
-
-
-@dataclass(slots=True)
-class RequestReceived(Event):
-    """Server: a request to hand to the handler: whole (unary; ``stream.cut_short`` when it outgrew the body
-    limit, its rest dropped), or at its HEADERS (``stream.streaming``: its data follows as events)."""
-
-    stream: Stream
-
-
-@dataclass(slots=True)
-class ResponseReceived(Event):
-    """Client: the first header block of an answer (``stream.headers``)."""
-
-    stream: Stream
-    headers: list[Field]
-
-
-@dataclass(slots=True)
-class DataReceived(Event):
-    """A streaming call's data (unary calls' data is gathered in ``stream.chunks``)."""
-
-    stream: Stream
-    data: bytes
-
-
-@dataclass(slots=True)
-class StreamEnded(Event):
-    """The peer ended its side of a stream (client: the answer is whole); ``trailers`` if it sent any."""
-
-    stream: Stream
-    trailers: list[Field] | None
-
-
-@dataclass(slots=True)
-class StreamReset(Event):
-    """A stream ended abnormally: reset by the peer (``remote``), or by this end (a stalled answer, a request
-    whose metadata was over the limit); its handler, if any, should stop."""
-
-    stream: Stream
-    code: int
-    remote: bool = True
-
-
-@dataclass(slots=True)
-class WindowUpdated(Event):
-    """The peer gave more send window: to stream ``sid``, or (0) to the connection."""
-
-    sid: int
-    delta: int
-
-
-@dataclass(slots=True)
-class PingReceived(Event):
-    """A PING (already acknowledged)."""
-
-    data: bytes
-
-
-@dataclass(slots=True)
-class SettingsChanged(Event):
-    """The peer's SETTINGS (already acknowledged and applied)."""
-
-    changed: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class ConnectionTerminated(Event):
-    """The connection ends: this end sent GOAWAY ``code`` (``remote`` False: the peer broke a rule or a clock
-    ran out), or the peer sent one (``remote``: it handles no stream above ``last_sid``).  ``close``: the
-    transport should be closed now (``abort``: without flushing, nothing useful being left to say)."""
-
-    code: int
-    last_sid: int
-    reason: str = ""
-    remote: bool = False
-    close: bool = True
-    abort: bool = False
-
-
 # ---- what both ends share ----
 
-class H2Connection:
+class H2Connection(ABC):
     """Framing, settings, PING, flow control, HPACK and the limits both ends need; no I/O, no clock."""
 
     def __init__(self, settings: dict[int, int], limits: Limits, connection_window: int = CONN_WINDOW,
@@ -311,7 +233,8 @@ class H2Connection:
 
     def _maybe_forget(self, stream: Stream, parts: list[bytes]) -> None:
         """Drop a stream once both sides are done with it (hook for the two ends; frames to send go to ``parts``,
-        after the stream's own)."""
+        after the stream's own); by default nothing is dropped."""
+        return
 
     def reset(self, sid: int, code: int) -> None:
         self.write(frame(RST_STREAM, 0, sid, U32.pack(code)))
@@ -336,8 +259,6 @@ class H2Connection:
     def receive_data(self, data: bytes, now: float, buffered: int = 0) -> list[Event]:
         """Take ``data`` the peer sent at ``now`` (``time.monotonic``), with ``buffered`` bytes still unsent on
         the transport; returns the events it made (what to send is then in :meth:`data_to_send`)."""
-        if self._preface:
-            return self._receive_preface(data, now, buffered)
         self.now = now
         self.buffered = buffered
         self.just_reset = 0
@@ -348,6 +269,10 @@ class H2Connection:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        if self._preface:
+            data = self._take_preface(data)
+            if not data:
+                return events
         try:
             pos = self._frames(data)
         except ProtocolError as exc:
@@ -357,9 +282,10 @@ class H2Connection:
             self._buf = data[pos:]
         return events
 
-    def _receive_preface(self, data: bytes, now: float, buffered: int) -> list[Event]:
-        """A server's connection before the client's preface (:class:`ServerCore`)."""
-        raise NotImplementedError
+    def _take_preface(self, data: bytes) -> bytes:
+        """What follows the peer's connection preface in ``data`` (b"" while it is incomplete, kept in the
+        buffer, or refused); only a server's connection waits for one (:class:`ServerCore`)."""
+        return data
 
     def _frames(self, data: bytes) -> int:
         pos = 0
@@ -599,20 +525,25 @@ class H2Connection:
 
     # ---- what each end does: abstract hooks, implemented by ServerCore (servercore.py) and ClientCore ----
 
+    @abstractmethod
     def on_headers(self, sid: int, fields: list[Field], end_stream: bool) -> None:
-        raise NotImplementedError
+        """A HEADERS block (with its CONTINUATIONs) decoded for stream ``sid``."""
 
     def on_data(self, stream: Stream) -> None:
-        """More of a message arrived (the stream is still open)."""
+        """More of a message arrived (the stream is still open); by default it waits for its end."""
+        return
 
+    @abstractmethod
     def on_end(self, stream: Stream) -> None:
-        raise NotImplementedError
+        """The peer ended ``stream`` (END_STREAM)."""
 
+    @abstractmethod
     def on_reset(self, sid: int, code: int) -> None:
-        raise NotImplementedError
+        """The peer reset stream ``sid`` with ``code``."""
 
+    @abstractmethod
     def on_goaway(self, last_sid: int, code: int) -> None:
-        raise NotImplementedError
+        """The peer sent GOAWAY: streams above ``last_sid`` were not processed."""
 
 
 # ---- the gateway's end of a client's connection ----

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from berth.gateway.http2.connection import Connection
-from berth.gateway.http2.core import (
+from berth.gateway.http2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,

@@ -7,14 +7,8 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from berth.gateway.http2 import headerblock
-from berth.gateway.http2.core import (
-    ConnectionTerminated,
-    Event,
-    H2Connection,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-)
+from berth.gateway.http2.core import H2Connection
+from berth.gateway.http2.events import ConnectionTerminated, Event, RequestReceived, StreamEnded, StreamReset
 from berth.gateway.http2.frames import (
     CANCEL,
     FRAME_MAX,
@@ -77,29 +71,18 @@ class ServerCore(H2Connection):
     def handler_finished(self) -> None:
         self.running -= 1
 
-    def _receive_preface(self, data: bytes, now: float, buffered: int) -> list[Event]:
-        self.now = now
-        events: list[Event] = []
-        self._events = events
-        if self.closed:
-            return events
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
+    def _take_preface(self, data: bytes) -> bytes:
         if len(data) < len(PREFACE):
             if not PREFACE.startswith(data):
                 self._terminate(PROTOCOL_ERROR, "not an HTTP/2 preface", say=False)
             else:
                 self._buf = data
-            return events
+            return b""
         if not data.startswith(PREFACE):  # not HTTP/2 with prior knowledge (an HTTP/1.1 client, say)
             self._terminate(PROTOCOL_ERROR, "this port speaks gRPC (HTTP/2) only")
-            return events
+            return b""
         self._preface = False
-        data = data[len(PREFACE):]
-        if not data:
-            return events
-        return self.receive_data(data, now, buffered)
+        return data[len(PREFACE):]
 
     def tick(self, now: float, buffered: int = 0) -> list[Event]:
         """The clocks at ``now`` (``time.monotonic``), with ``buffered`` bytes unsent on the transport: preface,
