@@ -165,6 +165,7 @@ def test_wake_endpoint_refuses_hostile_callers_and_coalesces_a_flood(platform: t
         def wake(_: int) -> httpx.Response:  # one client for all (16 threads making SSL contexts at once hung)
             return http.post(url, headers=gw)
 
+        flood_started = time.time()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(wake, range(64)))
     assert {a.status_code for a in answers} <= {202, 200}  # 200: it was loaded again when that one came
@@ -174,6 +175,9 @@ def test_wake_endpoint_refuses_hostile_callers_and_coalesces_a_flood(platform: t
     after = control_metrics(p)
     assert metric(after, "berth_model_wakes_total", namespace="default") - before == 1
     assert metric(after, "berth_model_reloads_total", namespace="default") - reloads == 1
+    started = [a for a in p.client.audit() if a["verb"] == "wake" and a["outcome"] == "ok" and a["name"] == name
+               and a["time"] >= flood_started]
+    assert len(started) == 1, started  # the wake that started the reload; the 63 that joined it changed nothing
 
 
 def test_bad_annotations_are_refused_at_apply_naming_the_field(platform: tuple[Platform, Path]) -> None:

@@ -7,7 +7,8 @@ again, so a flood of wakes for one model makes one reload) and marks the namespa
 which residency loads the woken model first (docs/overcommit.md).
 
 Security: a gateway token only (the middleware refuses anything else, audited), and a namespace's gateway
-only for its own namespace (refused and audited here); no body is read; at most
+only for its own namespace (refused and audited here); a wake that starts a reload is audited, one that
+joins a wake in force is not (it changes nothing); no body is read; at most
 :data:`~berth.control.residency.MAX_PENDING_WAKES` wakes are in force at once (503 beyond, audited).  The
 answer says only what the caller may know: the model's name in the namespace it may serve.
 """
@@ -69,7 +70,9 @@ class WakeAPI:
             raise Unavailable(f"{MAX_PENDING_WAKES} model wake-ups are already under way; retry in a few seconds",
                               details={"namespace": ns, "model": name})
         started = self.book.wake(ns, name, now)
-        if started:
+        if started:  # a reload it asked for is a change: audited (a wake that joined one in force changes nothing)
+            await off_loop(auth.record, request, principal.name, "wake", "Model", ns, name, outcome="ok",
+                           reason="reload of the evicted model requested")
             self.mark(ns)
         return web.json_response({"namespace": ns, "model": name, "waking": True, "coalesced": not started},
                                  status=202)
