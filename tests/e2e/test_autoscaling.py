@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.load import Traffic
 from tests.support.models import IRIS_INPUT, train_sklearn
 from tests.support.platform import Platform, model_doc, server_doc
 from tests.support.servers import auth_headers
@@ -24,43 +24,6 @@ pytestmark = pytest.mark.e2e
 
 ANNOTATIONS = {"berth.io/autoscale-target-inflight": "0.5", "berth.io/autoscale-up-after": "1",
                "berth.io/autoscale-down-after": "3"}
-
-
-class Load:
-    """``threads`` clients sending infer requests through the gateway back to back (``pause`` seconds between
-    a client's requests); every answer that is not 200 is kept."""
-
-    def __init__(self, platform: Platform, model: str, threads: int, pause: float = 0.0) -> None:
-        self.url = f"{platform.gateway_url}/v2/models/{model}/infer"
-        self.pause = pause
-        self.answers = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post(self.url, json=IRIS_INPUT)
-                    if r.status_code == 200:
-                        self.answers += 1
-                    else:
-                        self.failures.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                if self.pause:
-                    self._stop.wait(self.pause)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
 
 def wait_scaled(platform: Platform, replicas: int, timeout: float) -> dict[str, Any]:
@@ -91,11 +54,11 @@ def test_a_model_under_load_scales_up_then_down_without_failed_requests(tmp_path
         # the autoscaler's first decision comes on its own tick, possibly a pass after the model is available
         wait_scaled(platform, 1, timeout=30)
         assert platform.client.get("Model", "default", "iris")["spec"].get("replicas") is None
-        with Load(platform, "iris", threads=6) as heavy:
+        with Traffic(platform.gateway_url, "iris", rest_threads=6, pause=0.0, timeout=30) as heavy:
             up = wait_scaled(platform, 2, timeout=40)
             scaled_up_s = time.monotonic() - started
             time.sleep(1.0)  # both replicas answer under load
-        with Load(platform, "iris", threads=1, pause=0.2) as trickle:
+        with Traffic(platform.gateway_url, "iris", rest_threads=1, pause=0.2, timeout=30) as trickle:
             down = wait_scaled(platform, 1, timeout=40)
             time.sleep(2.0)  # the replica scaled away drains, then unloads, while requests keep coming
         total_s = time.monotonic() - started

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,71 +16,12 @@ import psutil
 import pytest
 
 from berth.adapters.mlserver_proc import free_ports
-from tests.support.models import IRIS_INPUT, train_sklearn
+from tests.support.load import Traffic
+from tests.support.models import train_sklearn
 from tests.support.platform import Platform, model_doc, server_doc
 from tests.support.servers import wait_http
 
 pytestmark = pytest.mark.e2e
-
-
-class Traffic:
-    """Steady V2 traffic through the gateway from a few REST threads (and gRPC ones, given the gateway's gRPC
-    address); counts every failure."""
-
-    def __init__(self, url: str, model: str, namespace: str = "default", threads: int = 3,
-                 grpc_address: str | None = None, grpc_threads: int = 2) -> None:
-        self.url = f"{url}/v2/models/{model}/infer"
-        self.model = model
-        self.headers = {"seldon-namespace": namespace}
-        self.ok = 0
-        self.grpc_ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        if grpc_address is not None:
-            self._threads += [threading.Thread(target=self._run_grpc, args=(grpc_address,), daemon=True)
-                              for _ in range(grpc_threads)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post(self.url, json=IRIS_INPUT, headers=self.headers)
-                    if r.status_code == 200:
-                        self.ok += 1
-                    else:
-                        self.failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                time.sleep(0.005)
-
-    def _run_grpc(self, address: str) -> None:
-        import grpc
-        from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
-
-        from tests.e2e.test_gateway_grpc import infer_request
-
-        request = infer_request(self.model)
-        metadata = tuple(self.headers.items())
-        with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while not self._stop.is_set():
-                try:
-                    stub.ModelInfer(request, metadata=metadata, timeout=10)
-                    self.grpc_ok += 1
-                except grpc.RpcError as exc:
-                    self.failures.append(f"gRPC {exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
-                time.sleep(0.005)
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +62,7 @@ def test_replica_killed_under_traffic_loses_nothing(platform: Platform, iris: Pa
     assert victim is not None
     rows = platform.client.get("Server", "default", "pool")["status"]["replicaStatus"]
     old_address = next(r["address"] for r in rows if r["index"] == 1)
-    with Traffic(platform.gateway_url, "twin", grpc_address=platform.gateway_grpc) as traffic:
+    with Traffic(platform.gateway_url, "twin", grpc_address=platform.gateway_grpc, grpc_threads=2) as traffic:
         time.sleep(1.0)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
@@ -171,7 +111,7 @@ def test_control_plane_killed_under_traffic(tmp_path: Path, iris: Path) -> None:
         mls_before = _mlserver_pid(data.resolve(), "default", "mlserver", 0)
         control = next(p for p in psutil.Process(up.pid).children()
                        if "control" in p.cmdline() and "--provision" in p.cmdline())
-        with Traffic(f"http://127.0.0.1:{gport}", "iris", grpc_address=f"127.0.0.1:{grpc}") as traffic:
+        with Traffic(f"http://127.0.0.1:{gport}", "iris", grpc_address=f"127.0.0.1:{grpc}", grpc_threads=2) as traffic:
             time.sleep(0.5)
             control.kill()
             assert wait_http(f"http://127.0.0.1:{cport}/healthz", 30), "berth up did not restart the control plane"

@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.support.models import IRIS_INPUT, train_sklearn
+from tests.support.load import Traffic
+from tests.support.models import train_sklearn
 from tests.support.platform import Platform, model_doc, server_doc
 
 pytestmark = pytest.mark.e2e
@@ -40,74 +39,6 @@ def broken(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.joblib").write_bytes(b"this is not a joblib file\n" * 10)
     return folder
-
-
-class Answers:
-    """Steady traffic (REST threads and a gRPC one) recording, per request, when it was sent, when answered,
-    and which MLServer model name answered (the version) and what; every failure is kept."""
-
-    def __init__(self, platform: Platform, model: str, rest_threads: int = 2) -> None:
-        self.rest = f"{platform.gateway_url}/v2/models/{model}/infer"
-        self.grpc_address = platform.gateway_grpc
-        self.model = model
-        self.rows: list[tuple[float, float, str, list[int]]] = []  # (sent, answered, model_name, outputs)
-        self.failures: list[str] = []
-        self.grpc_answers = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run_rest, daemon=True) for _ in range(rest_threads)]
-        self._threads.append(threading.Thread(target=self._run_grpc, daemon=True))
-
-    def _run_rest(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    r = client.post(self.rest, json=IRIS_INPUT)
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"REST {type(exc).__name__}: {exc}")
-                    continue
-                if r.status_code != 200:
-                    self.failures.append(f"REST HTTP {r.status_code}: {r.text[:300]}")
-                    continue
-                body = r.json()
-                self.rows.append((sent, time.monotonic(), body["model_name"], list(body["outputs"][0]["data"])))
-                time.sleep(0.002)
-
-    def _run_grpc(self) -> None:
-        import grpc
-        import numpy as np
-        from mlserver.grpc import dataplane_pb2_grpc as pb_grpc
-
-        from tests.e2e.test_gateway_grpc import infer_request
-
-        request = infer_request(self.model)
-        with grpc.insecure_channel(self.grpc_address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    resp = stub.ModelInfer(request, timeout=10)
-                except grpc.RpcError as exc:
-                    self.failures.append(f"gRPC {exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
-                    continue
-                values = (np.frombuffer(resp.raw_output_contents[0], dtype=np.int64).tolist()
-                          if resp.raw_output_contents else list(resp.outputs[0].contents.int64_contents))
-                self.rows.append((sent, time.monotonic(), resp.model_name, [int(v) for v in values]))
-                self.grpc_answers += 1
-                time.sleep(0.002)
-
-    def __enter__(self) -> Answers:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=15)
-
-    def since(self, t: float) -> list[tuple[float, float, str, list[int]]]:
-        return [r for r in list(self.rows) if r[0] >= t]
 
 
 def cli(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
@@ -156,7 +87,8 @@ def test_update_and_broken_update_under_traffic_drop_nothing(tmp_path: Path, rep
         platform.client.apply([model_doc("iris", f"file://{v1}", replicas=replicas)])
         platform.wait_model("iris", available=replicas, timeout=90)
         ready = time.monotonic()
-        with Answers(platform, "iris") as traffic:
+        with Traffic(platform.gateway_url, "iris", rest_threads=2, grpc_address=platform.gateway_grpc,
+                     grpc_threads=1, pause=0.002, record=True) as traffic:
             time.sleep(0.5)
             # a good update: generation 2 loads beside generation 1, routes switch, generation 1 goes
             started = time.monotonic()
@@ -196,9 +128,9 @@ def test_update_and_broken_update_under_traffic_drop_nothing(tmp_path: Path, rep
         assert not traffic.failures, f"{len(traffic.failures)} failed of {len(traffic.rows)}: {traffic.failures[:5]}"
         assert {r[2] for r in after_undo} <= {"iris_2", "iris_4"} and after_undo[-1][2] == "iris_4"
         assert all(r[3] == NEW_ANSWER for r in after_undo)
-        assert len(traffic.rows) > 200 and traffic.grpc_answers > 20, (len(traffic.rows), traffic.grpc_answers)
+        assert len(traffic.rows) > 200 and traffic.grpc_ok > 20, (len(traffic.rows), traffic.grpc_ok)
         routes = [r for r in platform.client.routes()["models"] if r["name"] == "iris"]
         assert routes[0]["upstream"] == "iris_4" and len(routes[0]["endpoints"]) == replicas
-        print(f"\nreplicas={replicas}: {len(traffic.rows)} answers ({traffic.grpc_answers} gRPC), 0 failures; "
+        print(f"\nreplicas={replicas}: {len(traffic.rows)} answers ({traffic.grpc_ok} gRPC), 0 failures; "
               f"set-up {ready - t0:.1f}s, apply->first answer of the new version {switch_s:.2f}s, "
               f"apply->status Failed {failed_s:.2f}s, total {time.monotonic() - t0:.1f}s")
