@@ -12,23 +12,30 @@ the template's own ``command``, ``args`` and ``env``:
 - **volumes** become folders of the pod (``emptyDir``; a ``projected`` ServiceAccount token is issued by the
   API server for the pod's ServiceAccount and audience, bound to the pod, and written there); a path under
   a mount in an env value or argument is rewritten to that folder;
-- **network**: each pod gets an IP of its own on the host's loopback network (``127.0.0.N``, N ≥ 2: Linux
-  answers the whole 127/8 on ``lo``), its ``status.podIP`` and what ``0.0.0.0`` means in its env; the pod's
-  ``127.0.0.1`` is the host's, shared (no network namespace here), so each pod also gets distinct ports:
-  every container port, and every ``*_PORT`` variable, is mapped to a free port of its own, except a
-  Service's port (``services``: ``{host: {port: real port}}``), which maps to what the test runs; a
-  ``*.svc`` host becomes 127.0.0.1, and so does a ``http://HOST.svc:PORT`` URL's (with the Service's port);
+- **network** (tests/kube/podnet.py): as root with ``ip netns``, each pod gets a network namespace of its own
+  (its own ``127.0.0.1``, shared by its containers only) joined to a bridge the harness makes, its IP
+  ``10.244.X.N`` on it; its containers run inside through ``ip netns exec`` and keep their ports. Else (the
+  fallback) each pod gets ``127.0.0.N`` on the host's loopback (Linux answers the whole 127/8 on ``lo``),
+  what ``0.0.0.0`` means in its env; its ``127.0.0.1`` is then the host's, shared, so every container port,
+  and every ``*_PORT`` variable, is mapped to a free port of its own. Either way the IP is the pod's
+  ``status.podIP``, a Service's port (``services``: ``{host: {port: real port}}``) maps to what the test runs,
+  and a ``*.svc`` host, or a ``http://HOST.svc:PORT`` URL's, becomes the address the test's services listen on
+  for the pods (``network.host``: the bridge's address, or 127.0.0.1), with the Service's port;
 - **readiness**: a container's ``readinessProbe`` (``httpGet`` or ``tcpSocket``) is polled at the pod's IP on
   its mapped port, as a kubelet probes, and the pod's ``Ready`` condition and IP written back through
   ``pods/status``;
 - **restarts**: a container whose process exits is started again (``restartPolicy: Always``), as a kubelet
   heals a crashed MLServer; a pod whose StatefulSet is gone or scaled down is stopped and deleted.
 
+``exec`` runs a command in a pod's network (``kubectl exec``), ``connects`` says whether a TCP connection from
+a pod (or the host) is accepted: what the tests check the pods' isolation with.
+
 Commands are found beside this interpreter (``berth``, ``mlserver``: the image's ``PATH``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -43,10 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiohttp import web
 
 from berth.adapters.mlserver_proc import free_port
 from berth.resources.quantity import parse_quantity
 from tests.kube.apiserver import ApiServer
+from tests.kube.podnet import PodNetwork, pod_network
 
 BIN = Path(sys.executable).parent
 
@@ -58,6 +67,7 @@ class Container:
     env: dict[str, str]
     log: Path
     probe: tuple[str | None, int] | None  # (path, host port) of its readinessProbe (path None: tcpSocket)
+    launch: list[str] = field(default_factory=list)  # what starts it in its pod's network namespace (or nothing)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -67,8 +77,8 @@ class Pod:
     namespace: str
     name: str
     doc: dict[str, Any]
-    ports: dict[int, int]  # container port (or *_PORT value) -> host port
-    ip: str  # 127.0.0.N, its own
+    ports: dict[int, int]  # container port (or *_PORT value) -> port it listens on (the same in a namespace)
+    ip: str  # its own: 10.244.X.N in its network namespace, or 127.0.0.N
     containers: list[Container] = field(default_factory=list)
     ready: bool = False
 
@@ -77,10 +87,17 @@ class Pod:
 
 
 class Kubelet:
-    def __init__(self, api: ApiServer, folder: Path, services: dict[str, dict[int, int]]) -> None:
+    def __init__(self, api: ApiServer, folder: Path, services: dict[str, dict[int, int]],
+                 network: PodNetwork | None = None) -> None:
         self.api, self.folder, self.services = api, folder, services
         self.pods: dict[tuple[str, str], Pod] = {}
-        self._ips = 1  # the last 127.0.0.N handed out
+        self.network = network if network is not None else pod_network()
+        try:
+            if not self.network.shared_loopback:  # the pods reach the API server at the bridge's address too
+                asyncio.run_coroutine_threadsafe(_listen(api, self.network.host), api._loop).result(10)
+        except BaseException:
+            self.network.close()
+            raise
         self.http = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.token}"}, timeout=10)
 
     # -- the StatefulSet controller's part ---------------------------------------------------------------
@@ -133,15 +150,16 @@ class Kubelet:
         doc = created.json()
         spec = template["spec"]
         root = self.folder / ns / name
+        root.mkdir(parents=True, exist_ok=True)  # its HOME and its containers' logs, with or without volumes
         mounts = self._volumes(doc, spec, root)
         ports: dict[int, int] = {}
         for c in spec["containers"]:
             for p in c.get("ports") or []:
-                ports.setdefault(int(p["containerPort"]), free_port())
-        self._ips += 1
-        assert self._ips < 255, "the harness hands out 253 pod IPs"
-        pod = Pod(ns, name, doc, ports, f"127.0.0.{self._ips}")
+                port = int(p["containerPort"])
+                ports.setdefault(port, free_port() if self.network.shared_loopback else port)
+        pod = Pod(ns, name, doc, ports, self.network.attach(ns, name))
         self.api.pod_ports[pod.ip] = ports  # what the API server's service proxy forwards to
+        launch = self.network.launcher(pod.ip)
         for c in spec["containers"]:
             env = self._env(pod, c, spec, mounts)
             argv = [_path(a, mounts.get(c["name"], {})) for a in [*c.get("command", []), *c.get("args", [])]]
@@ -150,7 +168,7 @@ class Kubelet:
             probe = readiness.get("httpGet") or readiness.get("tcpSocket")
             named = {p.get("name"): int(p["containerPort"]) for p in c.get("ports") or []}
             probe_at = (probe.get("path"), ports[named.get(probe["port"], probe["port"])]) if probe else None
-            container = Container(c["name"], argv, env, root / f"{c['name']}.log", probe_at)
+            container = Container(c["name"], argv, env, root / f"{c['name']}.log", probe_at, launch)
             pod.containers.append(container)
             self._run(container)
         return pod
@@ -193,26 +211,27 @@ class Kubelet:
         return env
 
     def _net(self, name: str, value: str, pod: Pod) -> str:
-        if value == "0.0.0.0":
+        shared = self.network.shared_loopback
+        if value == "0.0.0.0" and shared:
             return pod.ip  # every address of the pod: its IP here (its 127.0.0.1 is the host's, shared)
         if re.fullmatch(r"[a-z0-9.-]+\.svc(\.cluster\.local)?", value):
-            return "127.0.0.1"  # a Service's: what the test runs on the host's loopback
+            return self.network.host  # a Service's: where the test runs it for the pods
         url = re.fullmatch(r"(https?://)([a-z0-9.-]+\.svc(?:\.cluster\.local)?):(\d+)(/.*)?", value)
         if url is not None:  # a Service's URL: what the test runs behind that Service
             port = self.services.get(url[2], {}).get(int(url[3]), int(url[3]))
-            return f"{url[1]}127.0.0.1:{port}{url[4] or ''}"
+            return f"{url[1]}{self.network.host}:{port}{url[4] or ''}"
         if name.endswith("_PORT") and value.isdigit():
             port = int(value)
             for ports in self.services.values():
                 if port in ports:
                     return str(ports[port])
-            return str(pod.ports.setdefault(port, free_port()))
+            return str(pod.ports.setdefault(port, free_port() if shared else port))
         return value
 
     # -- the kubelet's part ----------------------------------------------------------------------------------
     def _run(self, c: Container) -> None:
         with c.log.open("a") as log:
-            c.proc = subprocess.Popen(c.argv, env=c.env, stdout=log, stderr=subprocess.STDOUT,
+            c.proc = subprocess.Popen([*c.launch, *c.argv], env=c.env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True, cwd=c.env["HOME"])
 
     def _report(self, pod: Pod) -> None:
@@ -226,9 +245,31 @@ class Kubelet:
             pod.ready = ready
 
     def _remove(self, pod: Pod) -> None:
-        for c in pod.containers:
-            _stop(c)
+        try:
+            for c in pod.containers:
+                _stop(c)
+        finally:
+            self.network.detach(pod.ip)
         self.http.request("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}", json={})
+
+    def exec(self, pod: Pod, argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``pod``'s network, as ``kubectl exec`` would (in the fallback: on the host)."""
+        return subprocess.run([*self.network.launcher(pod.ip), *argv], capture_output=True, text=True,
+                              timeout=timeout, env={"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C.UTF-8"})
+
+    def connects(self, pod: Pod | None, host: str, port: int) -> bool:
+        """Whether a TCP connection to ``host:port`` from inside ``pod`` (None: from the host) is accepted."""
+        if pod is None:
+            try:
+                socket.create_connection((host, port), timeout=3).close()
+                return True
+            except OSError:
+                return False
+        probe = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)"
+                 "\nexcept OSError:\n    sys.exit(3)")
+        done = self.exec(pod, [sys.executable, "-c", probe, host, str(port)])
+        assert done.returncode in (0, 3), f"could not run a probe in pod {pod.name} ({done.returncode}): {done.stderr}"
+        return done.returncode == 0
 
     def kill(self, pod: tuple[str, str], container: str) -> int:
         """SIGKILL one container's process (as an OOM kill would); the next ``sync`` starts it again."""
@@ -239,11 +280,21 @@ class Kubelet:
         return proc.pid
 
     def close(self) -> None:
-        for pod in self.pods.values():
-            for c in pod.containers:
-                _stop(c)
-        self.pods.clear()
-        self.http.close()
+        """Stop every pod's containers, then take the pods' network down (even when a stop fails)."""
+        try:
+            for pod in self.pods.values():
+                for c in pod.containers:
+                    _stop(c)
+        finally:
+            self.pods.clear()
+            self.http.close()
+            self.network.close()
+
+
+async def _listen(api: ApiServer, host: str) -> None:
+    """The emulated API server also on ``host`` (the bridge's address), same port: pods reach it there."""
+    assert api._runner is not None
+    await web.TCPSite(api._runner, host, api.port).start()
 
 
 def _path(value: str, mounts: dict[str, Path]) -> str:

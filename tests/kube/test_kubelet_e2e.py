@@ -4,11 +4,21 @@ Deployment it makes (the pod templates' own agent, MLServer and gateway commands
 the agent enrolled and the gateway authenticated with their pods' projected tokens through TokenReview).
 A Model applied to the API becomes Ready and answers through the namespace's gateway (which takes its own
 namespace for a request without a seldon-namespace header); a killed MLServer is
-started again and the model served again through the gateway; deleting the Server stops its pods."""
+started again and the model served again through the gateway; deleting the Server stops its pods.
+
+The pods' network (tests/kube/podnet.py) is a network namespace per pod when run as root with ``ip netns``
+(the control plane and the API server then listen on the pods' bridge address, never on a public interface),
+else an address ``127.0.0.N`` per pod with distinct ports; the test's id says which ran (``[netns]`` or
+``[loopback]``, also printed with ``-s``/``-rA``). With namespaces it also checks the isolation Kubernetes
+gives: MLServer's ports answer on the replica pod's own loopback only (not on its IP from the host, nor from
+the gateway pod), the agent's relay ports answer on the pod's IP from both, and the gateway pod reaches the
+replica at its pod IP."""
 
 from __future__ import annotations
 
 import copy
+import ipaddress
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +29,13 @@ import httpx
 import pytest
 from mlserver.grpc import dataplane_pb2, dataplane_pb2_grpc
 
+from berth.kube.flows import Ports
 from berth.resources.identity import new_token
 from berth.store.kubernetes import KubernetesStore
 from berth.wire.routes import ROUTES_PATH
 from tests.kube.apiserver import ApiServer
-from tests.kube.kubelet import Kubelet
+from tests.kube.kubelet import Kubelet, Pod
+from tests.kube.podnet import NetnsNetwork, chosen_mode
 from tests.kube.test_control_kube import ControlProcess, condition, example
 from tests.support.models import IRIS_INPUT, train_sklearn
 from tests.support.servers import wait_http
@@ -32,23 +44,33 @@ pytestmark = pytest.mark.e2e
 NS = "financial-ml"
 POD = (NS, "mlserver-0")
 ADMIN = new_token()
+NETWORK, WHY = chosen_mode()
+PORTS = Ports()
 
 
-@pytest.fixture
+@pytest.fixture(params=[NETWORK])  # in the test's id: which pod network ran
 def cluster(tmp_path: Path) -> Iterator[tuple[ApiServer, KubernetesStore, ControlProcess, Kubelet]]:
     (tmp_path / "admin-token").write_text(ADMIN + "\n")
     (tmp_path / "admin-token").chmod(0o600)
     with ApiServer(tmp_path) as api:
-        store = KubernetesStore(kubeconfig=str(api.kubeconfig))
-        control = ControlProcess(api, tmp_path, ("--admin-token-file", str(tmp_path / "admin-token")))
-        kubelet = Kubelet(api, tmp_path / "nodes", {"berth-control.berth-system.svc": {9004: control.port}})
+        kubelet = Kubelet(api, tmp_path / "nodes", {})
+        print(f"pod network: {kubelet.network.describe()} [{WHY}]")
+        store = control = None
         try:
+            store = KubernetesStore(kubeconfig=str(api.kubeconfig))
+            host = kubelet.network.host  # the bridge's address with namespaces (pods reach it), else 127.0.0.1
+            control = ControlProcess(api, tmp_path, ("--admin-token-file", str(tmp_path / "admin-token"),
+                                                     "--host", host))
+            control.url = f"http://{host}:{control.port}"
+            kubelet.services["berth-control.berth-system.svc"] = {PORTS.control: control.port}
             assert wait_http(control.url + "/healthz", 30), control.output()
             yield api, store, control, kubelet
         finally:
-            kubelet.close()
-            control.stop()
-            store.close()
+            kubelet.close()  # the pods, then (namespaces) every namespace, veth and the bridge
+            if control is not None:
+                control.stop()
+            if store is not None:
+                store.close()
 
 
 def settle(kubelet: Kubelet, what: str, check: Any, control: ControlProcess, timeout: float = 120.0) -> Any:
@@ -123,12 +145,9 @@ def test_financial_ml_served_by_pods_the_kubelet_runs(
     replica = kubelet.pods[POD]
     table = httpx.get(control.url + ROUTES_PATH, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()
     [route] = [m for m in table["models"] if m["name"] == name]
-    assert [e["http"] for e in route["endpoints"]] == [f"{replica.ip}:{replica.ports[8080]}"], route
+    assert [e["http"] for e in route["endpoints"]] == [f"{replica.ip}:{replica.ports[PORTS.replica_http]}"], route
     assert replica.ip != "127.0.0.1"
-    inside = replica.ports[9500]  # MLServer's REST port (MLSERVER_HTTP_PORT) in this pod
-    assert httpx.get(f"http://127.0.0.1:{inside}/v2/health/live", timeout=5).status_code == 200
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://{replica.ip}:{inside}/v2/health/live", timeout=5)
+    _isolation(kubelet, replica, gateway)
     server = store.get("Server", NS, "mlserver")
     assert (condition(server, "Ready") or {}).get("status") == "True", server.get("status")
 
@@ -142,6 +161,34 @@ def test_financial_ml_served_by_pods_the_kubelet_runs(
     store.delete("Server", NS, "mlserver")
     settle(kubelet, "the pods' removal", lambda: POD not in kubelet.pods, control, timeout=60)
     assert ("pods", NS, "mlserver-0") not in api._sync(lambda: set(api.objects))
+
+
+def _isolation(kubelet: Kubelet, replica: Pod, gateway: Pod) -> None:
+    """Who reaches MLServer's ports and the agent's relay ports of the replica pod, from the host and the gateway."""
+    mlserver = [replica.ports[PORTS.mlserver_http], replica.ports[PORTS.mlserver_grpc],
+                replica.ports[8082]]  # its REST, gRPC and metrics (MLSERVER_METRICS_PORT) ports
+    relay = [replica.ports[PORTS.replica_http], replica.ports[PORTS.replica_grpc]]
+    for port in mlserver:  # not on the pod's IP, from the host
+        assert not kubelet.connects(None, replica.ip, port), f"MLServer's port {port} answers on {replica.ip}"
+    for port in relay:  # the relay does, from the host (as a kubelet probes)
+        assert kubelet.connects(None, replica.ip, port), f"the agent's relay port {port} is not on {replica.ip}"
+    live = "/v2/health/live"
+    if not isinstance(kubelet.network, NetnsNetwork):  # one loopback for every pod: MLServer answers the host
+        assert httpx.get(f"http://127.0.0.1:{mlserver[0]}{live}", timeout=5).status_code == 200
+        return
+    fetch = ("import sys, urllib.request as u\n"
+             "print(u.urlopen(f'http://{sys.argv[1]}{sys.argv[2]}', timeout=5).status)")
+    inside = kubelet.exec(replica, [sys.executable, "-c", fetch, f"127.0.0.1:{mlserver[0]}", live])
+    assert inside.stdout.strip() == "200", inside.stderr  # MLServer answers on the pod's own loopback
+    for port in mlserver:  # nor from another pod, at the replica's IP or at that pod's own 127.0.0.1
+        assert not kubelet.connects(gateway, replica.ip, port), f"MLServer's {port} reached from the gateway pod"
+        assert not kubelet.connects(gateway, "127.0.0.1", port), f"the gateway pod's loopback has MLServer's {port}"
+    for port in relay:  # the gateway pod reaches the replica by its pod IP, on the relay ports
+        assert kubelet.connects(gateway, replica.ip, port), f"the gateway pod cannot reach {replica.ip}:{port}"
+    through = kubelet.exec(gateway, [sys.executable, "-c", fetch, f"{replica.ip}:{relay[0]}", live])
+    assert through.stdout.strip() == "200", through.stderr  # and MLServer answers through the relay
+    assert ipaddress.ip_address(replica.ip) in kubelet.network.subnet
+    assert ipaddress.ip_address(gateway.ip) in kubelet.network.subnet
 
 
 def _infer(kubelet: Kubelet, name: str) -> httpx.Response | None:
