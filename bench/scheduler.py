@@ -6,11 +6,14 @@ replica (the previous plan's placements as assignments, the previous plan handed
 close to linear in models.  Prints medians of a few runs (wall and CPU: the machine may be shared), the
 growth factor, and checks each re-plan equals a full plan of the same input.
 
-    python bench/scheduler.py [--runs 5] [--points 10000,30000,100000] [--replicas 10] [--against SRC]
+    python bench/scheduler.py [--runs 5] [--points 10000,30000,100000] [--replicas 10] [--against SRC [--rounds N]]
 
 ``--against SRC`` measures every point a second time with the ``berth`` package found under SRC (say an
 older commit's ``src/``, from ``git worktree add``), in a subprocess, and prints the CPU ratios: a before
-and after taken under the same load.  Every run prints a reference loop's CPU, to compare runs.
+and after taken under the same load.  Every run prints a reference loop's CPU, to compare runs.  With
+``--rounds N`` both trees are then measured N times more, alternating, each in a fresh process (a process
+that already planned the smaller points has another heap), and the median per-round ratio is printed: on a
+shared machine one pair of runs can differ by more than the code does.
 """
 
 from __future__ import annotations
@@ -195,14 +198,31 @@ def describe(p: Point, label: str = "") -> str:
             f"ModelPlans rebuilt {p.redone}; incremental == full: {p.same}; states {p.states}")
 
 
-def against(tree: str, n: int, args: argparse.Namespace) -> Point:
+def against(tree: str | None, n: int, args: argparse.Namespace) -> Point:
     """The same point measured with the ``berth`` package of another source tree (e.g. a checkout of an
-    older commit's ``src``), in a subprocess: side by side with this one, under the same load."""
-    env = {**os.environ, "PYTHONPATH": tree}
+    older commit's ``src``), in a subprocess: side by side with this one, under the same load.  ``tree``
+    None: this tree's package, in a fresh process too (``--rounds``: both sides alike)."""
+    env = {**os.environ, "PYTHONPATH": tree} if tree is not None else dict(os.environ)
     out = subprocess.run([sys.executable, __file__, "--points", str(n), "--runs", str(args.runs),
                           "--replicas", str(args.replicas), "--json"],
                          env=env, capture_output=True, text=True, check=True, timeout=3600).stdout
     return Point(**json.loads(out.strip().splitlines()[-1]))
+
+
+def rounds(tree: str, n: int, args: argparse.Namespace) -> None:
+    """``--rounds``: this tree and ``tree`` measured alternately, each in a fresh process, ``args.rounds``
+    times; per-round CPU ratios and their medians (each round's two runs are minutes apart at most)."""
+    full: list[float] = []
+    incr: list[float] = []
+    for r in range(args.rounds):
+        old, new = against(tree, n, args), against(None, n, args)
+        full.append(old.full_cpu_s / new.full_cpu_s)
+        incr.append(old.incr_cpu_s / new.incr_cpu_s)
+        print(f"  {'':9}round {r + 1}: full plan CPU {old.full_cpu_s * 1000:.0f} -> {new.full_cpu_s * 1000:.0f} ms, "
+              f"re-plan {old.incr_cpu_s * 1000:.1f} -> {new.incr_cpu_s * 1000:.1f} ms (against -> this)")
+    print(f"  {'':9}median of {args.rounds} alternating rounds, CPU ratio against/this: full plan "
+          f"{statistics.median(full):.2f}x (rounds {min(full):.2f}-{max(full):.2f}), re-plan "
+          f"{statistics.median(incr):.2f}x ({min(incr):.2f}-{max(incr):.2f})")
 
 
 def main() -> None:
@@ -214,6 +234,9 @@ def main() -> None:
     ap.add_argument("--against", metavar="SRC",
                     help="also measure each point with the berth package under SRC (e.g. an older commit's src/) "
                          "and print the CPU ratios")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --against: measure both trees this many times each, alternating, every one in a "
+                         "fresh process, and print the median of the per-round CPU ratios (a noisy machine)")
     ap.add_argument("--json", action="store_true", help="print each point as one JSON line, nothing else")
     args = ap.parse_args()
 
@@ -237,6 +260,8 @@ def main() -> None:
             print(describe(old, "against: "))
             print(f"  {'':9}CPU ratio against/this: full plan {old.full_cpu_s / p.full_cpu_s:.2f}x, "
                   f"re-plan {old.incr_cpu_s / p.incr_cpu_s:.2f}x")
+            if args.rounds > 1:
+                rounds(args.against, n, args)
     first, last = points[0], points[-1]
     if len(points) > 1:
         growth = (last.full_cpu_s / first.full_cpu_s) / (last.models / first.models)

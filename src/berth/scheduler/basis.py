@@ -6,6 +6,7 @@ import operator
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import compress
 
 from berth.scheduler.placer import Print
 from berth.scheduler.pool import Memos, Pool, SlotKey
@@ -14,7 +15,13 @@ from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaRef, ServerInf
 UNSETTLED = ("ScheduleFailed", "PartiallyScheduled")
 _REPLICAS = operator.attrgetter("replicas")
 _STATE = operator.attrgetter("state")
+_USED = operator.attrgetter("used")
 Placed = dict[str, tuple[ReplicaRef, ...]]
+
+
+def _used(pool: Pool) -> dict[SlotKey, int]:
+    """The memory in use on every replica of ``pool``, by key (built in C: 10,000 replicas)."""
+    return dict(zip(pool.slots, map(_USED, pool.slots.values()), strict=True))
 
 
 class Placements:
@@ -85,7 +92,8 @@ class Basis:
     def of(cls, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
            models: dict[str, ModelPlan], prints: dict[str, Print]) -> Basis:
         """The basis of a full plan."""
-        placements = {name: refs for name, refs in zip(models, map(_REPLICAS, models.values()), strict=True) if refs}
+        refs_list = list(map(_REPLICAS, models.values()))  # C-speed passes: no Python step per model
+        placements = dict(compress(zip(models, refs_list, strict=True), refs_list))
         # residents by replica: models placed alone on one replica share its refs tuple (Slot.alone), so
         # names are grouped by refs object first and each group's replicas are looked at once
         groups: dict[int, tuple[tuple[ReplicaRef, ...], list[str]]] = {}
@@ -103,10 +111,9 @@ class Basis:
                     lists[ref] = list(names)
                 else:
                     found.extend(names)
-        unsettled = frozenset(name for name, state in zip(models, map(_STATE, models.values()), strict=True)
-                              if state in UNSETTLED)
+        unsettled = frozenset(compress(models, map(UNSETTLED.__contains__, map(_STATE, models.values()))))
         return cls(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
-                   {k: s.used for k, s in pool.slots.items()}, Placements(placements), unsettled,
+                   _used(pool), Placements(placements), unsettled,
                    {k: frozenset(v) for k, v in lists.items()}, models, pool.memos, pool, threading.Lock(),
                    prints)
 
@@ -147,6 +154,6 @@ class Basis:
             else:
                 residents.pop(key, None)
         return Basis(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
-                     {k: s.used for k, s in pool.slots.items()},
+                     _used(pool),
                      self.placements.then(diff), frozenset(unsettled), residents, models, pool.memos, pool, self.lock,
                      kept_prints)

@@ -136,6 +136,34 @@ def evaluate(pool: Pool, model: ModelWant, reqs: frozenset[str], name: str, kept
     return suitable
 
 
+def uniform_incapable(pool: Pool, model: ModelWant, reqs: frozenset[str], name: str
+                      ) -> tuple[list[Rejection], list[str]] | None:
+    """``evaluate`` and ``server_lines`` of a server, nothing kept, in the common case of a server that
+    lacks the requirements: every replica of it connected, ready, not draining, reporting its server's
+    capabilities (none unimportable), with the indexes 0..n-1 covering its declared replicas.  The
+    rejections are then one per replica, worded alike, and the lines that one sentence.  None when the
+    server is not such a case (``evaluate`` then words it), or when some replica offers the requirements.
+    A model pinned to a server of another kind (one in twenty of 100,000 in the bench) asks this once per
+    (requirements, server)."""
+    server = pool.servers[name]
+    slots = pool.by_server[name]
+    if server.deleting or server.inference_server != RUNS or not slots or slots[-1].index != len(slots) - 1 \
+            or server.desired_replicas > len(slots):
+        return None
+    for slot in slots:
+        info = slot.info
+        if not (info.connected and info.ready) or info.draining or not slot.per_server or slot.broken \
+                or reqs <= slot.caps:
+            return None
+    caps = slots[0].caps  # every replica offers its server's capabilities, none broken: the same set
+    missing = tuple(dict.fromkeys(r for r in model.requirements if r not in caps))
+    first = reasons.missing_capabilities(name, slots[0].index, missing, slots[0].offered, True, pool.caps_memo)
+    code, message, _, _, data = first
+    out = [first]
+    out.extend(_new_tuple(Rejection, (code, message, name, slot.index, data)) for slot in slots[1:])
+    return out, [message]
+
+
 def _capability_rejections(pool: Pool, model: ModelWant, reqs: frozenset[str], name: str
                            ) -> dict[int, Rejection]:
     """Filter 4 for every replica of a server (memoised: many models share requirements)."""

@@ -105,12 +105,18 @@ class Placer:
             self.kept[model.name] = kept
 
     def _scheduled(self, model: ModelWant, slots: list[Slot]) -> ModelPlan:
-        refs = _refs(slots)
+        if len(slots) != 1:
+            return self._scheduled_together(model, slots)
+        slot = slots[0]
+        alone = slot.alone  # the refs and message of one replica, shared (as in place_all)
+        if alone is None:
+            refs = (slot.ref,)
+            alone = slot.alone = (refs, success_message(refs))
         old = self.previous.get(model.name)
         if old is not None and old.state == "Scheduled" and old.desired == model.replicas \
-                and old.replicas == refs:
+                and old.replicas == alone[0]:
             return old
-        return ModelPlan(model.name, model.replicas, refs, "Scheduled", success_message(refs))
+        return _plan_of(model.name, model.replicas, alone[0], alone[1])
 
     def _scheduled_together(self, model: ModelWant, slots: list[Slot]) -> ModelPlan:
         """``_scheduled`` with the refs and message of a set of replicas built once per plan."""
@@ -198,21 +204,23 @@ class Placer:
             return self._failed(model, [reasons.no_servers(self.pool.namespace)], kept)
         fingerprint = None
         if pin is not None and not kept:
-            fingerprint = self._pinned_print(model, pin)
             before = self.prints_before.get(model.name)
             old = self.previous.get(model.name)
-            if before is not None and old is not None and before[1] == fingerprint[1] \
-                    and before[2] == fingerprint[2] and (before[0] is model or before[0] == model):
-                self.prints[model.name] = fingerprint
-                return old  # it failed on this very server in this very state: the same outcome, reasons and all
+            if before is not None and old is not None:
+                fingerprint = self._pinned_print(model, pin)
+                if before[1] == fingerprint[1] and before[2] == fingerprint[2] \
+                        and (before[0] is model or before[0] == model):
+                    self.prints[model.name] = fingerprint
+                    return old  # it failed on this very server in this very state: the same outcome, reasons and all
         found = filters.find_full(self.pool, model, reqs, pin, kept)
         if found is not None:
             chosen = self.pool.pick(found[1], kept, desired)
             self._move(model, kept, chosen)
             return self._scheduled(model, chosen)
         result = self._short(model, reqs, pin, kept)
-        if fingerprint is not None and result.state == "ScheduleFailed" and not result.replicas:
-            self.prints[model.name] = fingerprint
+        if pin is not None and not kept and result.state == "ScheduleFailed" and not result.replicas:
+            # nothing was taken on the way to this outcome: the memory in use is what it was at the model's turn
+            self.prints[model.name] = fingerprint if fingerprint is not None else self._pinned_print(model, pin)
         return result
 
     def _pinned_print(self, model: ModelWant, pin: str) -> Print:
@@ -228,9 +236,12 @@ class Placer:
         key = (model.requirements, name)
         found = self.pool.unfit.get(key)
         if found is None:
-            out: list[Rejection] = []
-            filters.evaluate(self.pool, model, reqs, name, [], out)
-            found = self.pool.unfit[key] = (out, server_lines(out))
+            found = filters.uniform_incapable(self.pool, model, reqs, name)
+            if found is None:
+                out: list[Rejection] = []
+                filters.evaluate(self.pool, model, reqs, name, [], out)
+                found = (out, server_lines(out))
+            self.pool.unfit[key] = found
         return found
 
     def _hopeless(self, model: ModelWant, reqs: frozenset[str], pin: str | None) -> ModelPlan:
@@ -246,7 +257,8 @@ class Placer:
                 rejections.extend(got)
                 chunks.append(lines)
             found = self.pool.hopeless[key] = (tuple(rejections), failure_message(combine([], chunks), False))
-        return ModelPlan(model.name, model.replicas, (), "ScheduleFailed", found[1], found[0])
+        plan: ModelPlan = _new_tuple(ModelPlan, (model.name, model.replicas, (), "ScheduleFailed", found[1], found[0]))
+        return plan
 
     def hopeless_again(self, model: ModelWant, before: tuple[tuple[Rejection, ...], str]
                        ) -> tuple[tuple[Rejection, ...], str] | None:
@@ -257,8 +269,10 @@ class Placer:
         ModelPlan stands as it is).  Made once per (requirements, pin), not per model: a re-plan after a
         server changed does not place every such model again."""
         again_key = (model.server, model.requirements, id(before[0]))  # ``before`` outlives this placer
-        if again_key in self._again:
-            return self._again[again_key]
+        try:
+            return self._again[again_key]  # one look-up for all but the first model of a group
+        except KeyError:
+            pass
         found = self._again[again_key] = self._hopeless_again(model, before)
         return found
 

@@ -22,27 +22,46 @@ class Slot:
     __slots__ = ("info", "key", "ref", "server", "index", "offered", "caps", "broken", "per_server", "capacity",
                  "used", "usable", "alone", "kind")
 
-    def __init__(self, info: ReplicaInfo, server: ServerInfo) -> None:
+    def __init__(self, info: ReplicaInfo, server: ServerInfo, shapes: Shapes | None = None) -> None:
+        """``shapes``: what the capability fields came to for replicas reporting alike (a pool builds 10,000
+        Slots, mostly of a few shapes); the same objects are shared, never mutated."""
         self.info = info
-        self.key: SlotKey = (info.server, info.index)
-        self.ref = info.ref
+        self.ref: ReplicaRef = _new_tuple(ReplicaRef, (info.server, info.index))
+        self.key: SlotKey = self.ref  # a ReplicaRef equals (and hashes as) its (server, index) key
         self.server = info.server
         self.index = info.index
-        # the replica's own report wins; a replica that reports none offers its server's capabilities
-        self.offered: tuple[str, ...] = info.capabilities or server.capabilities
-        # claimed capabilities whose runtime the replica's inference server cannot import: not offered after all
-        self.broken: dict[str, str] = {cap: module for cap, module in info.unimportable if cap in self.offered}
-        self.caps = frozenset(self.offered) - frozenset(self.broken)
-        self.per_server = self.offered == server.capabilities
-        # what a capability rejection of this replica depends on, besides its server and index
-        self.kind = (self.caps, self.offered, self.per_server, tuple(self.broken.items()))
-        self.capacity = info.capacity
+        shape_key = (info.capabilities, info.unimportable, server.capabilities)
+        shape = shapes.get(shape_key) if shapes is not None else None
+        if shape is None:
+            shape = _shape(info, server)
+            if shapes is not None:
+                shapes[shape_key] = shape
+        self.offered, self.broken, self.caps, self.per_server, self.kind = shape
+        self.capacity = info.memory * (100 + info.overcommit_percent) // 100  # ReplicaInfo.capacity
         self.used = 0
         # may take new models: connected, ready, not draining, and its server is not being deleted
         self.usable = (info.connected and info.ready and not info.draining and not server.deleting
                        and server.inference_server == "mlserver")  # Berth places models only where it runs them
         # (refs, message) of a model placed on this replica alone: built once, shared by every such ModelPlan
         self.alone: tuple[tuple[ReplicaRef], str] | None = None
+
+
+Shape = tuple[tuple[str, ...], dict[str, str], frozenset[str], bool,
+              tuple[frozenset[str], tuple[str, ...], bool, tuple[tuple[str, str], ...]]]
+Shapes = dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]], Shape]
+_new_tuple = tuple.__new__
+
+
+def _shape(info: ReplicaInfo, server: ServerInfo) -> Shape:
+    """A Slot's capability fields: (offered, broken, caps, per_server, kind)."""
+    # the replica's own report wins; a replica that reports none offers its server's capabilities
+    offered: tuple[str, ...] = info.capabilities or server.capabilities
+    # claimed capabilities whose runtime the replica's inference server cannot import: not offered after all
+    broken: dict[str, str] = {cap: module for cap, module in info.unimportable if cap in offered}
+    caps = frozenset(offered) - frozenset(broken)
+    per_server = offered == server.capabilities
+    # what a capability rejection of this replica depends on, besides its server and index
+    return offered, broken, caps, per_server, (caps, offered, per_server, tuple(broken.items()))
 
 
 def _implied_server(name: str, namespace: str, replicas: list[ReplicaInfo]) -> ServerInfo:
@@ -137,9 +156,10 @@ class Pool:
         self.names: list[str] = sorted(servers)
         self.by_server: dict[str, list[Slot]] = {}
         self.slots: dict[SlotKey, Slot] = {}
+        shapes: Shapes = {}
         for name in self.names:
             reps = sorted(grouped.get(name, ()), key=lambda r: r.index)
-            slots = [Slot(r, servers[name]) for r in reps]
+            slots = [Slot(r, servers[name], shapes) for r in reps]
             self.by_server[name] = slots
             for slot in slots:
                 self.slots[slot.key] = slot
@@ -212,15 +232,21 @@ class Pool:
                 elif slot.key in dirty:
                     del slots[slot.key]
         if changed:
+            shapes: Shapes = {}
             grouped: dict[str, list[ReplicaInfo]] = {}
-            for rep in snapshot.replicas:
+            if same:  # unchanged reports are old Slots' own: the changed servers' are found through those Slots
+                for name in changed:
+                    for slot in old.by_server.get(name, ()):
+                        if id(slot.info) in same:
+                            grouped.setdefault(name, []).append(slot.info)
+            for rep in infos if same else snapshot.replicas:  # the reports not found by identity
                 if rep.server in changed and rep.namespace == ns:
                     grouped.setdefault(rep.server, []).append(rep)
             for name in changed:
                 if name not in servers:
                     continue
                 again = name in redeclared
-                fresh = [Slot(r, servers[name]) if again or (r.server, r.index) in dirty
+                fresh = [Slot(r, servers[name], shapes) if again or (r.server, r.index) in dirty
                          else old_slots[(r.server, r.index)]
                          for r in sorted(grouped.get(name, ()), key=lambda r: r.index)]
                 by_server[name] = fresh

@@ -24,11 +24,14 @@ affected models.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import repeat
 
 from berth.scheduler.basis import Basis
 from berth.scheduler.placer import Placer
 from berth.scheduler.pool import Pool, SlotKey
 from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, ReplicaRef, Snapshot
+
+_new_tuple = tuple.__new__  # a ModelPlan built in C, without the NamedTuple's Python-level __new__
 
 
 def _same_placements(assignments: Mapping[str, tuple[ReplicaRef, ...]],
@@ -91,24 +94,30 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     before = {id(entry[0]): entry for entry in basis.memos.hopeless.values()}
     old = previous.models
     redone: dict[str, ModelPlan] = {}
+    again = placer.hopeless_again
     for name in basis.unsettled:
-        if name in wants and name not in affected:
-            mp = old[name]
-            if mp.replicas:
-                affected.add(name)
-            elif id(mp.reasons) not in still:
-                entry = before.get(id(mp.reasons))
-                now = None if entry is None or entry[0] is not mp.reasons \
-                    else placer.hopeless_again(wants[name], entry)
-                if now is None:
-                    affected.add(name)
-                elif now is not entry:
-                    redone[name] = ModelPlan(name, wants[name].replicas, (), "ScheduleFailed", now[1], now[0])
+        want = wants.get(name)
+        if want is None or name in affected:
+            continue
+        mp = old[name]
+        if mp.replicas:
+            affected.add(name)
+            continue
+        reasons = mp.reasons
+        if id(reasons) in still:
+            continue
+        entry = before.get(id(reasons))
+        now = None if entry is None or entry[0] is not reasons else again(want, entry)
+        if now is None:
+            affected.add(name)
+        elif now is not entry:
+            redone[name] = _new_tuple(ModelPlan, (name, want.replicas, (), "ScheduleFailed", now[1], now[0]))
     for key in dirty:
         affected.update(name for name in basis.residents.get(key, ()) if name in wants)
     removed = [] if wants is basis.wants else [name for name in basis.wants if name not in wants]
-    for key, slot in pool.slots.items():
-        slot.used = basis.used.get(key, 0)
+    slots = pool.slots
+    for slot, used in zip(slots.values(), map(basis.used.get, slots, repeat(0)), strict=True):  # look-ups in C
+        slot.used = used
     placements = basis.placements.get()
     loosen = set(changed_servers)  # servers with more free memory than when the previous plan ended
     for name in (*affected, *removed):
