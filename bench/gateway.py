@@ -17,8 +17,14 @@ Prints every phase with the CPU time MLServer and the gateway spent per request,
 throughput, p50 and p99 latency, the throughput ratio to direct MLServer and the added p50, with and
 without auth.  Goals (under load): ratio >= 0.95 and added p50 <= 0.5 ms, with auth too.
 
+With ``--gateway-src DIR`` a second gateway runs from another source tree (``PYTHONPATH=DIR``: a copy of ``src/``
+from before a change, e.g. ``git archive 3c6b565 src | tar -x -C /tmp/base3c6``) against the same MLServer, as the
+phases "base" (and "base+auth"), in the same rotation; both gateways' ratios to direct are printed side by side,
+round by round and as medians, with this tree's ÷ the base's.  A change that costs something end to end shows
+as a gap between the two in the same rounds; a machine that moved shows in both.
+
     .venv/bin/python bench/gateway.py [--duration 10] [--concurrency 1,8] [--rounds 2] [--protocols rest,grpc]
-                                      [--no-auth]
+                                      [--no-auth] [--gateway-src DIR]
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from tests.support.models import IRIS_INPUT, train_sklearn  # noqa: E402
 
 Result = dict[str, float]
 GUARDED = "secure"  # the namespace whose table entry requires a token
-VIAS = ("direct", "gateway", "gateway+auth")
+BASE = "base"  # the phase of the gateway built from --gateway-src
 
 
 def pct(values: list[float], q: float) -> float:
@@ -201,12 +207,11 @@ def _phase(protocol: str, address: str, concurrency: int, args: argparse.Namespa
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _start(workdir: Path, token: str) -> tuple[Any, subprocess.Popen[bytes], dict[str, str]]:
+def start_mlserver(workdir: Path) -> tuple[Any, str]:
+    """A real MLServer holding the iris model (loaded through its repository API); it and its gRPC address."""
     import httpx
 
-    from berth.adapters.mlserver_proc import MLServerProcess, free_ports
-    from berth.resources.identity import hash_token
-    from berth.wire.routes import Endpoint, ModelRoute, NamespaceAuth, RoutingTable, TableAuth
+    from berth.adapters.mlserver_proc import MLServerProcess
 
     mlserver = MLServerProcess(workdir / "mlserver")
     mlserver.start()
@@ -217,7 +222,36 @@ def _start(workdir: Path, token: str) -> tuple[Any, subprocess.Popen[bytes], dic
     r = httpx.post(f"http://{mlserver.http_address}/v2/repository/models/iris/load", timeout=120)
     if r.status_code != 200:
         raise SystemExit(f"MLServer did not load the model: {r.text}")
-    grpc_direct = f"127.0.0.1:{mlserver.grpc_port}"
+    return mlserver, f"127.0.0.1:{mlserver.grpc_port}"
+
+
+def start_gateway(routes: Path, workdir: Path, name: str, src: str | None = None,
+                  command: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``berth gateway`` serving the static table ``routes``, from this tree or from the source tree ``src``
+    (``PYTHONPATH=src``, e.g. a copy of ``src/`` taken before a change); the process and its REST and gRPC
+    addresses.  ``command`` runs it under another program (a profiler) instead of plain ``python -m``."""
+    from berth.adapters.mlserver_proc import free_ports
+
+    rest_port, grpc_port = free_ports(2)
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    args = ["gateway", "--host", "127.0.0.1", "--port", str(rest_port), "--grpc-port", str(grpc_port), "--control",
+            "", "--routes", str(routes), "--log-level", "WARNING"]
+    log = open(workdir / f"gateway-{name}.log", "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([*(command or [sys.executable, "-m", "berth.main"]), *args], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
+    _wait_http(f"http://127.0.0.1:{rest_port}/v2/health/ready", 60)
+    return proc, f"127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}"
+
+
+def _start(workdir: Path, token: str, sources: dict[str, str | None]) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """MLServer, and one gateway per entry of ``sources`` (name -> source tree, None: this one) in front of it;
+    the addresses of every phase (``"grpc direct"``, ``"rest gateway+auth"``, ...)."""
+    from berth.resources.identity import hash_token
+    from berth.wire.routes import Endpoint, ModelRoute, NamespaceAuth, RoutingTable, TableAuth
+
+    mlserver, grpc_direct = start_mlserver(workdir)
     endpoints = [Endpoint(server="mlserver", replica=0, http=mlserver.http_address, grpc=grpc_direct)]
     # the same replica in an open namespace and in one whose table entry requires a token (which a few
     # other tenants' and operators' tokens share with it, as in a real table)
@@ -230,17 +264,28 @@ def _start(workdir: Path, token: str) -> tuple[Any, subprocess.Popen[bytes], dic
                       everywhere=others[:2], operators=others[:1]))
     routes = workdir / "routes.json"
     routes.write_text(table.model_dump_json())
-    rest_port, grpc_port = free_ports(2)
-    log = open(workdir / "gateway.log", "wb")  # noqa: SIM115 - handed to the child
-    gateway = subprocess.Popen([sys.executable, "-m", "berth.main", "gateway", "--host", "127.0.0.1", "--port",
-                                str(rest_port), "--grpc-port", str(grpc_port), "--control", "", "--routes", str(routes),
-                                "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-    _wait_http(f"http://127.0.0.1:{rest_port}/v2/health/ready", 30)
-    addresses = {"rest direct": mlserver.http_address, "rest gateway": f"127.0.0.1:{rest_port}",
-                 "grpc direct": grpc_direct, "grpc gateway": f"127.0.0.1:{grpc_port}"}
-    for protocol in ("rest", "grpc"):
-        addresses[f"{protocol} gateway+auth"] = addresses[f"{protocol} gateway"]
-    return mlserver, gateway, addresses
+    addresses = {"rest direct": mlserver.http_address, "grpc direct": grpc_direct}
+    gateways: dict[str, Any] = {}
+    try:
+        for name, src in sources.items():
+            proc, rest, grpc = start_gateway(routes, workdir, name, src)
+            gateways[name] = proc
+            for protocol, address in (("rest", rest), ("grpc", grpc)):
+                addresses[f"{protocol} {name}"] = addresses[f"{protocol} {name}+auth"] = address
+    except BaseException:
+        _stop(mlserver, gateways)
+        raise
+    return mlserver, gateways, addresses
+
+
+def _stop(mlserver: Any, gateways: dict[str, Any]) -> None:
+    for proc in gateways.values():
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    mlserver.stop()
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -250,43 +295,43 @@ def bench_main(args: argparse.Namespace) -> int:
 
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
-    vias = VIAS if args.auth else VIAS[:2]
+    sources: dict[str, str | None] = {"gateway": None}
+    if args.gateway_src:
+        sources[BASE] = str(Path(args.gateway_src).resolve())
+    vias = ["direct", *(f"{name}{suffix}" for name in sources for suffix in ("", "+auth") if args.auth or not suffix)]
     token = new_token()
     # every phase sends the same headers, so the load generator does the same work in each: the token, and a
     # namespace (the open "default" one, where the gateway ignores the token, or the guarded one)
-    extras = {via: {"seldon-namespace": GUARDED if via == "gateway+auth" else "default",
-                    "Authorization": f"Bearer {token}"} for via in VIAS}
+    extras = {via: {"seldon-namespace": GUARDED if via.endswith("+auth") else "default",
+                    "Authorization": f"Bearer {token}"} for via in vias}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        mlserver, gateway, addresses = _start(workdir, token)
+        mlserver, gateways, addresses = _start(workdir, token, sources)
         results: dict[tuple[str, int, str], list[Result]] = {}
         try:
             print(f"{args.rounds} rounds x {args.duration:g}s per phase, concurrency {levels}, "
-                  f"REST client {args.client}, gRPC client grpc.aio, {os.cpu_count()} CPUs, phases {', '.join(vias)}")
+                  f"REST client {args.client}, gRPC client grpc.aio, {os.cpu_count()} CPUs, phases {', '.join(vias)}"
+                  + (f"; {BASE}: the gateway from {sources[BASE]}" if args.gateway_src else ""))
             for rnd in range(args.rounds):
                 for protocol in protocols:
                     for level in levels:
                         # each round starts at another phase, so a drift in the machine's load is not
                         # always paid by the same one
                         for via in vias[rnd % len(vias):] + vias[:rnd % len(vias)]:
-                            before = _cpu(gateway.pid), _cpu(mlserver.process.pid)
+                            gateway = gateways[via.split("+")[0]] if via != "direct" else None
+                            before = _cpu(gateway.pid) if gateway else 0.0, _cpu(mlserver.process.pid)
                             r = _phase(protocol, addresses[f"{protocol} {via}"], level, args, workdir, extras[via])
-                            gw_cpu, ml_cpu = _cpu(gateway.pid) - before[0], _cpu(mlserver.process.pid) - before[1]
+                            gw_cpu = _cpu(gateway.pid) - before[0] if gateway else 0.0
+                            ml_cpu = _cpu(mlserver.process.pid) - before[1]
                             r["gateway_cpu_us"] = gw_cpu / max(r["requests"], 1) * 1e6
                             r["mlserver_cpu_us"] = ml_cpu / max(r["requests"], 1) * 1e6
                             results.setdefault((protocol, level, via), []).append(r)
                             print(f"  round {rnd + 1} {protocol:4} c={level:<3} {via:12} {r['rps']:9.1f} req/s  "
                                   f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  errors {int(r['errors'])}  "
                                   f"CPU/request: MLServer {r['mlserver_cpu_us']:5.0f} us"
-                                  + (f", gateway {r['gateway_cpu_us']:4.0f} us" if via != "direct" else ""),
-                                  flush=True)
+                                  + (f", gateway {r['gateway_cpu_us']:4.0f} us" if gateway else ""), flush=True)
         finally:
-            gateway.terminate()
-            try:
-                gateway.wait(10)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-            mlserver.stop()
+            _stop(mlserver, gateways)
     print(f"\nmedians over {args.rounds} rounds{'':16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for protocol in protocols:
         for level in levels:
@@ -300,7 +345,28 @@ def bench_main(args: argparse.Namespace) -> int:
                 added = med[via]["p50_ms"] - med["direct"]["p50_ms"]
                 print(f"  {protocol:4} c={level:<3} {via}/direct throughput {ratio:.3f} (goal >= 0.95), added p50 "
                       f"{added:+.3f} ms (goal <= 0.5), gateway CPU {med[via]['gateway_cpu_us']:.0f} us/request")
+            if args.gateway_src:
+                _side_by_side(protocol, level, vias, results)
     return 0
+
+
+def _side_by_side(protocol: str, level: int, vias: list[str],
+                  results: dict[tuple[str, int, str], list[Result]]) -> None:
+    """This tree's gateway and the --gateway-src one, against the same MLServer in the same rounds: each round's
+    ratio to that round's direct phase (the pairs closest in time), their medians, and this ÷ base."""
+    for suffix in ("", "+auth"):
+        mine, base = f"gateway{suffix}", f"{BASE}{suffix}"
+        if mine not in vias:
+            continue
+        direct = results[(protocol, level, "direct")]
+        ours = [r["rps"] / d["rps"] for r, d in zip(results[(protocol, level, mine)], direct, strict=True)]
+        theirs = [r["rps"] / d["rps"] for r, d in zip(results[(protocol, level, base)], direct, strict=True)]
+        cpu = [statistics.median(r["gateway_cpu_us"] for r in results[(protocol, level, v)]) for v in (mine, base)]
+        print(f"  {protocol:4} c={level:<3} side by side{suffix}: per-round ratio to direct, this tree "
+              f"{' '.join(f'{x:.3f}' for x in ours)} (median {statistics.median(ours):.3f}), {BASE} "
+              f"{' '.join(f'{x:.3f}' for x in theirs)} (median {statistics.median(theirs):.3f}); this ÷ {BASE} "
+              f"throughput {statistics.median(ours) / statistics.median(theirs):.3f}, gateway CPU {cpu[0]:.0f} vs "
+              f"{cpu[1]:.0f} us/request ({cpu[0] / cpu[1]:.3f})")
 
 
 def main() -> int:
@@ -313,6 +379,10 @@ def main() -> int:
                         help="REST load generator (auto: wrk when installed)")
     parser.add_argument("--auth", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure a namespace that requires a token, with a valid one on every request")
+    parser.add_argument("--gateway-src", metavar="DIR",
+                        help="also run a second gateway from this source tree (a copy of src/, e.g. the code before a "
+                             "change) against the same MLServer, as phase 'base' alternating round by round with this "
+                             "tree's, and print both ratios to direct side by side")
     parser.add_argument("--load", choices=("rest", "grpc"), help=argparse.SUPPRESS)
     parser.add_argument("--headers", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)

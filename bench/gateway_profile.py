@@ -1,14 +1,15 @@
 """Where the gateway's CPU per call goes: one gateway under cProfile, driven by bench/gateway_cpu.py's stand-in load.
 
 The stand-in inference server (bench/gateway_cpu.py's, answering every V2 infer at once) is the only upstream, so
-the profile holds the gateway's own work and nothing else; the load generators are bench/gateway.py's (wrk for
+the profile holds the gateway's own work and nothing else (``--mlserver``: a real MLServer instead, whose answers
+come as its own HTTP/2 writes them and at its pace); the load generators are bench/gateway.py's (wrk for
 REST, grpc.aio for gRPC).  The gateway runs ``berth gateway`` under ``cProfile`` (``--source SRC`` runs another
 tree, e.g. a copy of ``src/`` before a change) and writes its profile when stopped; the top functions by own time
 and by cumulative time are printed, per call (cProfile inflates small functions: compare the two trees, not the
 figures with bench/gateway_cpu.py's).
 
     .venv/bin/python bench/gateway_profile.py [--protocol grpc] [--duration 10] [--concurrency 8] [--top 40]
-                                              [--source /tmp/src_before] [--save gateway.prof]
+                                              [--source /tmp/src_before] [--save gateway.prof] [--mlserver]
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> int:
                         help="cprofile: functions by CPU time of the gateway's thread; perf: where the process's CPU "
                              "goes by library and C symbol (kernel, interpreter, uvloop, the collector); strace: "
                              "system calls per call")
+    parser.add_argument("--mlserver", action="store_true",
+                        help="a real MLServer (iris, as bench/gateway.py runs it) upstream instead of the stand-in")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
@@ -73,15 +76,22 @@ def main() -> int:
     args.client = "wrk" if shutil.which("wrk") else "python"
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        up_rest, up_grpc = free_ports(2)
-        upstream = subprocess.Popen([sys.executable, str(ROOT / "bench" / "gateway_cpu.py"), "--upstream",
-                                     str(up_rest), str(up_grpc)], stdout=subprocess.PIPE, text=True)
+        upstream: subprocess.Popen[str] | None = None
+        mlserver = None
         gateway: subprocess.Popen[bytes] | None = None
         try:
-            assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
+            if args.mlserver:  # a real MLServer with the iris model, as bench/gateway.py runs it
+                mlserver, up_grpc_address = bench.start_mlserver(workdir)
+                up_http = mlserver.http_address
+            else:
+                up_rest, up_grpc = free_ports(2)
+                upstream = subprocess.Popen([sys.executable, str(ROOT / "bench" / "gateway_cpu.py"), "--upstream",
+                                             str(up_rest), str(up_grpc)], stdout=subprocess.PIPE, text=True)
+                assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
+                up_http, up_grpc_address = f"127.0.0.1:{up_rest}", f"127.0.0.1:{up_grpc}"
             table = RoutingTable(revision=1, models=[ModelRoute(
                 namespace="default", name="iris", state="ModelAvailable", endpoints=[Endpoint(
-                    server="stand-in", replica=0, http=f"127.0.0.1:{up_rest}", grpc=f"127.0.0.1:{up_grpc}")])])
+                    server="stand-in", replica=0, http=up_http, grpc=up_grpc_address)])])
             routes = workdir / "routes.json"
             routes.write_text(table.model_dump_json())
             rest_port, grpc_port = free_ports(2)
@@ -148,6 +158,8 @@ def main() -> int:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(10)
+            if mlserver is not None:
+                mlserver.stop()
     return 0
 
 

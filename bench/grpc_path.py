@@ -176,6 +176,7 @@ def _round(table: Any, client: tuple[bytes, list[bytes]], upstream_bytes: tuple[
 
     upstream.connection_made(Sink(from_gateway))  # type: ignore[arg-type]
     upstream.data_received(upstream_greeting)
+    upstream.coalesce = getattr(gateway, "coalesce_writes", False)  # (as Upstreams opens them)
     gateway.upstreams._conns[UPSTREAM] = upstream
     server = gateway.connection()
     server.connection_made(Sink(to_client))  # type: ignore[arg-type]

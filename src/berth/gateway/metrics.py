@@ -8,16 +8,27 @@
 
 ``model`` is the model that answered (the candidate, for an experiment).  Requests for names the table
 does not hold are counted with empty namespace and model, so unknown names cannot grow the label set.
-The labelled children are looked up once per label combination and cached, so a request costs one
-dictionary lookup and three increments.
+
+A request is counted on the answer path in plain Python ints and lists (one dictionary lookup per
+label combination, two increments and a bisect), not through ``prometheus_client``'s metric objects,
+whose ``inc``/``observe`` take a lock each and cost several times as much; the figures become the
+three families above only when ``/metrics`` is scraped (:class:`_Requests`, a collector).  Everything
+runs on the gateway's event loop, so nothing else is needed to keep the counts consistent.
 """
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from berth.errors import BerthError
 
@@ -27,6 +38,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 Labels = tuple[str, str, str, str]
 UNROUTED: Labels = ("", "", "", "")
 _ROUTED_CODES = frozenset({"ModelNotReady", "ExperimentNotReady"})  # errors about names in the table
+_LE = (*(floatToGoString(b) for b in BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
+_SUM = len(BUCKETS) + 1  # a histogram is a list: a count per bucket (the last one +Inf), then the sum of values
+Key = tuple[Labels, str, str, bool]  # route labels, protocol, code, error
 
 
 class Metrics:
@@ -34,42 +48,42 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("berth_gateway_requests", "Requests answered by the gateway", LABELS,
-                                registry=self.registry)
-        self.errors = Counter("berth_gateway_request_errors", "Requests answered with an error", LABELS,
-                              registry=self.registry)
-        self.latency = Histogram("berth_gateway_request_duration_seconds",
-                                 "Seconds from routing a request to its answer", LABELS[:-1],
-                                 buckets=BUCKETS, registry=self.registry)
+        # (labels, protocol, code, error) -> [answers, the route's histogram]; histograms per (labels, protocol)
+        self._children: dict[Key, list[Any]] = {}
+        self._histograms: dict[tuple[Labels, str], list[float]] = {}
+        self._created: dict[object, float] = {}  # when each series was first counted (Prometheus' _created)
+        self.registry.register(_Requests(self))
         self.mirrors = Counter("berth_gateway_mirror_requests", "Copies of requests sent to experiment "
                                "mirrors, by outcome (the answer is discarded)",
                                ("namespace", "model", "experiment", "protocol", "outcome"),
                                registry=self.registry)
-        self._children: dict[tuple[Labels, str, str, bool], tuple[Any, Any, Any]] = {}
         # answers for the usage meter (berth.gateway.usage), which drains it; None: no meter, nothing kept
         self.usage: list[tuple[Labels, float, bool]] | None = None
 
     def observe(self, labels: Labels, protocol: str, code: str, error: bool, seconds: float) -> None:
         """Count one answer with ``code`` for the route ``labels`` and record how long it took."""
         key = (labels, protocol, code, error)
-        children = self._children.get(key)
-        if children is None:
-            children = self._child(key)
-        children[0].inc()
-        if error:
-            children[1].inc()
-        children[2].observe(seconds)
+        child = self._children.get(key)
+        if child is None:
+            child = self._child(key)
+        child[0] += 1
+        histogram = child[1]
+        histogram[bisect_left(BUCKETS, seconds)] += 1  # (a bound is inclusive: le="0.001" counts 0.001)
+        histogram[_SUM] += seconds
         usage = self.usage
         if usage is not None:
             usage.append((labels, seconds, error))
 
-    def _child(self, key: tuple[Labels, str, str, bool]) -> tuple[Any, Any, Any]:
+    def _child(self, key: Key) -> list[Any]:
         labels, protocol, code, _ = key
-        values = (*labels, protocol, code)
-        children = (self.requests.labels(*values), self.errors.labels(*values),
-                    self.latency.labels(*labels, protocol))
-        self._children[key] = children
-        return children
+        route = (labels, protocol)
+        histogram = self._histograms.get(route)
+        if histogram is None:
+            histogram = self._histograms[route] = [0] * _SUM + [0.0]
+            self._created[route] = time.time()
+        child = self._children[key] = [0, histogram]
+        self._created.setdefault((*labels, protocol, code), time.time())
+        return child
 
     def mirrored(self, labels: Labels, protocol: str, outcome: str) -> None:
         namespace, model, experiment, _ = labels
@@ -78,6 +92,53 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)
+
+
+class _Requests(Collector):
+    """The request counters and the latency histogram, built from :class:`Metrics`' plain counts when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self.metrics
+        requests, errors, latency = self._families()
+        counts: dict[tuple[str, ...], list[int]] = {}  # label values -> [answers, errors]
+        for (labels, protocol, code, error), child in list(metrics._children.items()):
+            total = counts.setdefault((*labels, protocol, code), [0, 0])
+            total[0] += child[0]
+            if error:
+                total[1] += child[0]
+        created = metrics._created
+        for values, (answered, failed) in counts.items():
+            requests.add_metric(values, answered, created=created.get(values))
+            errors.add_metric(values, failed, created=created.get(values))
+        for route, histogram in list(metrics._histograms.items()):
+            labels, protocol = route
+            route_values = [*labels, protocol]
+            cumulative = []
+            running = 0.0
+            for le, count in zip(_LE, histogram, strict=False):
+                running += count
+                cumulative.append((le, running))
+            latency.add_metric(route_values, cumulative, histogram[_SUM])
+            stamp = created.get(route)
+            if stamp is not None:
+                latency.samples.append(Sample(latency.name + "_created",
+                                              dict(zip(LABELS, route_values, strict=False)), stamp))
+        yield requests
+        yield errors
+        yield latency
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+        return (CounterMetricFamily("berth_gateway_requests", "Requests answered by the gateway", labels=LABELS),
+                CounterMetricFamily("berth_gateway_request_errors", "Requests answered with an error", labels=LABELS),
+                HistogramMetricFamily("berth_gateway_request_duration_seconds",
+                                      "Seconds from routing a request to its answer", labels=LABELS[:-1]))
 
 
 def error_labels(err: BerthError) -> Labels:

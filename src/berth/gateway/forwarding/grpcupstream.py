@@ -11,8 +11,9 @@ from berth.gateway.http2.client import ClientConnection
 class Upstreams:
     """One HTTP/2 connection per inference-server gRPC address, opened on first use and shared by all calls."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, *, coalesce: bool = False) -> None:
         self.connect_timeout = connect_timeout
+        self.coalesce = coalesce  # the requests made in one round of the loop go out in one write
         self._conns: dict[str, ClientConnection] = {}
         self._opening: dict[str, asyncio.Future[ClientConnection]] = {}
 
@@ -41,6 +42,7 @@ class Upstreams:
                 self.connect_timeout)
         except (OSError, TimeoutError, ValueError) as exc:
             raise ConnectFailed(f"cannot connect to {address}: {exc}") from exc
+        conn.coalesce = self.coalesce
         old = self._conns.get(address)
         if old is not None:
             old.retire()

@@ -24,6 +24,7 @@ from berth.gateway.http2.headerblock import Field
 from berth.gateway.http2.limits import Limits
 
 __all__ = ["UPSTREAM_LIMITS", "ClientConnection"]
+_NEVER = float("inf")
 
 
 class ClientConnection(Connection[ClientCore]):
@@ -34,21 +35,56 @@ class ClientConnection(Connection[ClientCore]):
         self.address = address
         self.lost: str | None = None  # why the connection ended, once it has
         self._slots: list[asyncio.Future[None]] = []
+        self._alarm: asyncio.TimerHandle | None = None  # the calls' one timer (request's timeout)
+        self._alarm_at = _NEVER
 
     @property
     def usable(self) -> bool:
         core = self.core
         return not core.closed and not core.going_away and core.next_sid < (1 << 31) - 2
 
-    def request(self, head: list[Field], body: bytes) -> Stream:
-        """Send a request (``head`` must hold the pseudo-headers first); the stream's future gets the answer.
-        Raises :class:`Vanished` when the connection has already ended."""
+    def request(self, head: list[Field], body: bytes, timeout: float | None = None) -> Stream:
+        """Send a request (``head`` must hold the pseudo-headers first); the stream's future gets the answer, or
+        ``TimeoutError`` when none came within ``timeout`` seconds (the caller then cancels the stream).
+        Raises :class:`Vanished` when the connection has already ended.
+
+        The request is written at the end of the loop's round, with the other calls made in it.  Deadlines
+        share one timer per connection, armed for the earliest (calls usually share a timeout, so a new call's
+        deadline is the latest and the timer stays as it is): no timer is made and cancelled per call."""
         if self.core.closed:
             raise Vanished(f"{self.lost or 'the connection closed'} before the request was sent", unprocessed=True)
+        loop = self.loop or asyncio.get_running_loop()
         stream = self.core.request(head, body)
-        stream.future = (self.loop or asyncio.get_running_loop()).create_future()
-        self.flush()
+        stream.future = loop.create_future()
+        if timeout is not None:
+            stream.deadline = deadline = loop.time() + timeout
+            if deadline < self._alarm_at:
+                self._arm(loop, deadline)
+        self.flush_soon()
         return stream
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+        self._alarm_at = at
+        self._alarm = loop.call_at(at, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The earliest deadline is due: fail the calls whose time is up, and arm for the next one."""
+        self._alarm = None
+        self._alarm_at = _NEVER
+        now = loop.time() + 0.001  # (a timer may fire a clock tick early)
+        following = _NEVER
+        for stream in list(self.core.streams.values()):
+            deadline = stream.deadline
+            if deadline <= now:
+                future = stream.future
+                if future is not None and not future.done():
+                    future.set_exception(TimeoutError())
+            elif deadline < following:
+                following = deadline
+        if following < _NEVER and not self.core.closed:
+            self._arm(loop, following)
 
     def open(self, head: list[Field]) -> Stream:
         """Start a streaming call: HEADERS only; send with :meth:`push`, read the answer from ``stream.inbox``."""
@@ -143,6 +179,9 @@ class ClientConnection(Connection[ClientCore]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.closed = True
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
         self.lost = f"the connection closed ({exc})" if exc else "the server closed the connection"
         for stream in list(self.core.streams.values()):
             self._finish(stream, Cut(f"{self.lost} in the middle of the answer") if stream.answered

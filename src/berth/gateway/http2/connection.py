@@ -23,12 +23,16 @@ Core = TypeVar("Core", bound=H2Connection)
 class Connection(asyncio.Protocol, Generic[Core]):
     """An asyncio protocol driving one :class:`~h2core.H2Connection` (``core``)."""
 
+    #: answers and requests are written at the end of the loop's round (:meth:`flush_soon`), not at once
+    coalesce = False
+
     def __init__(self, core: Core) -> None:
         self.core = core
         self.transport: asyncio.Transport | None = None
         # the loop it runs on, once connected (asyncio.get_running_loop() is a getpid() system call per use on
         # Python 3.11, and a call needs the loop a few times); None when driven by hand
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._flushing = False  # a write of what is queued is due at the end of the loop's round (flush_soon)
 
     # views of the core's state (for callers and tests)
 
@@ -56,6 +60,26 @@ class Connection(asyncio.Protocol, Generic[Core]):
         """Write what the core has to send."""
         if self.core.outbound and self.transport is not None:
             self.transport.write(self.core.data_to_send())
+
+    def flush_soon(self) -> None:
+        """Write what the core has to send once the event loop's current round of callbacks is over, in one
+        write with whatever else the other calls of that round queue: calls whose answers (or requests) arrive
+        in one read are all woken in the same round, and a system call per call is what a loopback hop costs
+        most.  At once unless ``coalesce`` is set (the gateway's connections), and when driven by hand (no loop)."""
+        if self._flushing:
+            return
+        loop = self.loop
+        if loop is None or not self.coalesce:
+            self.flush()
+            return
+        self._flushing = True
+        loop.call_soon(self._flush_queued)
+
+    def _flush_queued(self) -> None:
+        self._flushing = False
+        transport = self.transport
+        if self.core.outbound and transport is not None and not transport.is_closing():
+            transport.write(self.core.data_to_send())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -27,6 +27,7 @@ MAX_WINDOW = (1 << 31) - 1
 FRAME_HEAD = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
 SETTING = struct.Struct(">HL")
 U32 = struct.Struct(">L")
+_NEVER = float("inf")
 
 
 class ProtocolError(Exception):
@@ -65,7 +66,7 @@ class Stream:
 
     __slots__ = ("sid", "headers", "trailers", "chunks", "size", "recv_unacked", "send_window", "out", "out_pos",
                  "out_end", "after", "ended", "closed", "future", "task", "answered", "cut_short", "inbox", "held",
-                 "stalled_at", "streaming", "recv_taken")
+                 "stalled_at", "streaming", "recv_taken", "deadline")
 
     def __init__(self, sid: int, send_window: int) -> None:
         self.sid = sid
@@ -92,6 +93,7 @@ class Stream:
         self.stalled_at = 0.0  # when the answer last made progress before waiting for window (while it waits)
         self.streaming = False  # a streaming call: its data goes on as events, not gathered in ``chunks``
         self.recv_taken = 0  # DATA bytes received on it that its receive window has not been refilled for
+        self.deadline = _NEVER  # client side: the loop's time at which a unary call's future times out
 
     def body(self) -> bytes:
         chunks = self.chunks

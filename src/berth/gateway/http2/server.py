@@ -105,8 +105,8 @@ class ServerConnection(Connection[ServerCore]):
 
     def _after_send(self) -> None:
         core = self.core
-        if core.outbound and self.transport is not None:
-            self.transport.write(core.data_to_send())
+        if core.outbound:
+            self.flush_soon()  # one write for the answers of every call woken in this round of the loop
         if core.finished:  # going away and the last answer is written: close right after
             self.core.finished = False
             (self.loop or asyncio.get_running_loop()).call_soon(self.close)
