@@ -7,7 +7,8 @@ limit) and follows the Models' statuses through a watch until all are ModelAvail
 time to the first and to all Ready, the Ready count over time, the RSS and CPU seconds of every process
 (this one: control plane, gateway and the watch; each agent; each MLServer and its workers), and where the
 time went: per replica when its agent received the loads and sent its outcomes (agent.log), how long after an
-agent's LOADED the status said ModelAvailable, and every reconcile pass (duration, statuses written).
+agent's LOADED the status said ModelAvailable, every reconcile pass (duration, statuses written), and how many
+WebSocket frames carried the loads and the outcomes.
 See docs/loading.md.
 
 Goals (issue 12): 1,000 models Ready on one replica in <= 60 s, on four in <= 20 s.
@@ -172,6 +173,48 @@ class PassLog:
         print("    " + " ".join(f"{e:.1f}:{n}/{a}" for _, e, n, a in runs if n)[:1500])
 
 
+class FrameLog:
+    """Frames on the agents' WebSockets of the in-process control plane: how many carried the loads, and how
+    many the agents' outcomes (protocol 2 batches them: docs/loading.md).  Counted by wrapping aiohttp's
+    ``send_str`` and the hub's ``_apply`` (bench only)."""
+
+    def __init__(self) -> None:
+        self.load_frames = self.loads = self.event_frames = self.events = 0
+
+    def reset(self) -> None:
+        self.load_frames = self.loads = self.event_frames = self.events = 0
+
+    def install(self) -> None:
+        from aiohttp import web
+
+        from berth.control.hub import AgentHub
+        from berth.wire import agent as wire
+
+        send, apply = web.WebSocketResponse.send_str, AgentHub._apply
+        book = self
+
+        async def send_str(ws: web.WebSocketResponse, data: str, *args: Any, **kwargs: Any) -> None:
+            if data.startswith('{"type":"load'):
+                book.load_frames += 1
+                book.loads += data.count('"type":"load"')
+            await send(ws, data, *args, **kwargs)
+
+        def apply_frame(hub: AgentHub, rec: Any, msg: object) -> None:
+            batch = getattr(wire, "ModelEvents", None)  # absent before protocol 2
+            if isinstance(msg, wire.ModelEvent) or (batch is not None and isinstance(msg, batch)):
+                book.event_frames += 1
+                book.events += len(getattr(msg, "events", [msg]))
+            apply(hub, rec, msg)
+
+        web.WebSocketResponse.send_str = send_str  # type: ignore[method-assign,assignment]
+        AgentHub._apply = apply_frame  # type: ignore[method-assign,assignment]
+
+    def report(self) -> None:
+        print(f"  agent frames: {self.loads} loads in {self.load_frames} frames; {self.events} outcomes in "
+              f"{self.event_frames} frames")
+        self.reset()
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -259,7 +302,7 @@ def probe_repository(counts: list[int], root: Path) -> None:
 
 
 def run(models: int, replicas: int, timeout: float, artifact: Path, data: Path, policy: str, memory: str,
-        passes: PassLog) -> bool:
+        passes: PassLog, frames: FrameLog) -> bool:
     namespace = "default"
     passes.passes.clear()
     with Platform(data) as p:
@@ -312,6 +355,7 @@ def run(models: int, replicas: int, timeout: float, artifact: Path, data: Path, 
         breakdown(p, namespace, total)
         timeline(data, applied_at, ready_at)
         passes.report(applied_at, time.time())
+        frames.report()
         print("  RSS of every process, and its CPU time since the apply:")
         for line in rss_lines(cpu_before):
             print(line)
@@ -337,6 +381,8 @@ def main() -> int:
     ok = True
     passes = PassLog()
     passes.install()
+    frames = FrameLog()
+    frames.install()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         artifact = train_sklearn(root / "iris")
@@ -344,7 +390,7 @@ def main() -> int:
             probe_repository([int(x) for x in args.probe.split(",")], root)
         for i, n in enumerate(int(x) for x in args.replicas.split(",") if x):
             data = (Path(args.keep) if args.keep else root) / f"berth-{i}-{n}"
-            ok = run(args.models, n, args.timeout, artifact, data, args.policy, args.memory, passes) and ok
+            ok = run(args.models, n, args.timeout, artifact, data, args.policy, args.memory, passes, frames) and ok
     return 0 if ok else 1
 
 

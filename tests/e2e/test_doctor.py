@@ -55,7 +55,8 @@ def test_healthy_namespace_passes(cli: Any, platform: Platform) -> None:
     assert code == 0 and report["ok"]
     checks = {r["check"] for r in report["checks"]}
     assert checks == {"cli → control plane", "control plane → agent", "agent → inference server", "agent → runtimes",
-                      "cli → gateway", "gateway → replica", "model storage", "requirements", "model progress"}
+                      "agents → control plane (as the agents see it)", "cli → gateway", "gateway → replica",
+                      "model storage", "requirements", "model progress"}
     assert {r["result"] for r in report["checks"]} == {"pass"}
     assert _row(report, "control plane → agent", "default/mlserver/0")["detail"].startswith("connected since")
     gw = _row(report, "cli → gateway", platform.gateway_url)["detail"]

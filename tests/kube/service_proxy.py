@@ -5,8 +5,9 @@ forwarded there with the caller's own ``Authorization`` removed (the API server 
 the caller; it never reaches the backend).  No Service: 404; no Ready pod: 503 ``no endpoints available``; a pod
 that does not answer: 503 ``error trying to reach service``, as a real server answers.
 
-The harness kubelet (tests/kube/kubelet.py) gives each pod an IP of its own but maps its container ports to
-free host ports: ``ApiServer.pod_ports`` (pod IP -> container port -> host port) is where it says so.
+The harness kubelet (tests/kube/kubelet.py) gives each pod an IP of its own: in a network namespace of its own
+the container ports are the pod's own; in the loopback fallback (``127.0.0.N``, one shared loopback) they are
+mapped to free host ports.  ``ApiServer.pod_ports`` (pod IP -> container port -> port to dial) says which.
 """
 
 from __future__ import annotations

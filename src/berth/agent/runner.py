@@ -28,17 +28,20 @@ from berth.adapters.mlserver import MLServerClient
 from berth.adapters.mlserver_proc import mlserver_executable
 from berth.agent import capabilities
 from berth.agent.config import AgentConfig
+from berth.agent.control_view import ControlReporter
 from berth.agent.loader import ModelLoader
 from berth.agent.readiness import ReadinessWatcher
 from berth.agent.relay import start_relays
 from berth.aiotasks import GuardedTask, guarded
 from berth.errors import ConfigError
 from berth.wire import agent as wire
+from berth.wire import batch
 from berth.wire.tls import client_context
 
 log = logging.getLogger("berth.agent")
 
 _MAX_PENDING = 1000
+_REPORT_WINDOW = 0.02  # outcomes wait this long for others to share their frame (protocol 2: docs/loading.md)
 _WELCOME_TIMEOUT = 10.0
 _REFUSED = ("Unauthenticated", "Forbidden")  # retrying soon would not change the answer
 
@@ -67,9 +70,14 @@ class Agent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
         self._pending: deque[wire.ModelEvent] = deque(maxlen=_MAX_PENDING)
+        self._outbox: list[wire.ModelEvent] = []  # outcomes for the next flush (batched: docs/loading.md)
+        self._flush: asyncio.Task[Any] | None = None
+        self._protocol = 1  # the control plane's, from its welcome: 2 takes ``models`` batches
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resync: asyncio.Task[Any] | None = None
         self.probe: capabilities.ProbeResult | None = None  # what the capability probe found (once per start)
+        # what this agent saw reaching the control plane, sent up in hello and heartbeats (agent/control_view.py)
+        self.view = ControlReporter(config.control_url, config.control_host, config.control_port)
         # --control-ca: wss:// trusting only that CA (wire/tls.py); a bad file stops the agent at start
         self._tls = client_context(config.control_ca) if config.control_ca is not None else None
 
@@ -84,7 +92,8 @@ class Agent:
             loaded=self.loader.loaded_models(), kept=self.loader.kept_models(),
             pid=self.loader.inference_pid() if readiness.ready else None,
             unavailable=list(self.probe.problems) if self.probe else [],
-            probed_with=self.probe.python if self.probe and not self.probe.error else None)
+            probed_with=self.probe.python if self.probe and not self.probe.error else None,
+            control=self.view.report())
 
     async def probe_capabilities(self) -> capabilities.ProbeResult:
         """Ask the inference server's Python whether each claimed capability's runtime is there (once)."""
@@ -113,6 +122,8 @@ class Agent:
             ws = self._ws
             if ws is None or ws.closed:
                 return False
+            if self._outbox:  # outcomes reported before this message go before it
+                await self._flush_locked()
             try:
                 await ws.send_str(wire.dump(msg))
                 return True
@@ -124,8 +135,33 @@ class Agent:
         """Report a model outcome now, or after reconnecting when the control plane is away."""
         log.info("model %s generation %d: %s%s", event.name, event.generation, event.state,
                  f" ({event.message})" if event.message else "")
-        if not await self._send(event):
-            self._pending.append(event)
+        self._outbox.append(event)  # sent with the others reported within _REPORT_WINDOW
+        if self._flush is None:
+            self._flush = self._spawn(self._flush_outbox(), "report model outcomes")
+
+    async def _flush_outbox(self) -> None:
+        await asyncio.sleep(_REPORT_WINDOW)
+        self._flush = None
+        async with self._send_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        """Send the outbox (``_send_lock`` held): batched to a control plane of protocol 2, one frame per
+        outcome to an older one; what cannot be sent waits for the next connection."""
+        events, self._outbox = self._outbox, []
+        ws, sent = self._ws, 0
+        try:
+            if ws is None or ws.closed:
+                raise ConnectionError("not connected")
+            texts = (wire.dump(e) for e in events)
+            for frame, count in (batch.frames("models", texts) if self._protocol >= wire.BATCH_PROTOCOL
+                                 else ((text, 1) for text in texts)):
+                await ws.send_str(frame)
+                sent += count
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            if ws is not None:
+                log.info("sending %d model outcomes to the control plane failed: %s", len(events) - sent, exc)
+            self._pending.extend(events[sent:])
 
     async def _on_readiness(self, new: wire.Readiness, old: wire.Readiness) -> None:
         await self._send(wire.Status(readiness=new))
@@ -160,8 +196,16 @@ class Agent:
         try:
             msg = wire.parse_control(text)
         except ValidationError as exc:
-            log.warning("ignoring an invalid frame from the control plane: %s", exc.errors()[0]["msg"])
-            return
+            loads, problems = batch.salvage(text, wire.Load)  # one bad load of a batch costs only itself
+            log.warning("ignoring an invalid frame from the control plane: %s", "; ".join(problems[:3])
+                        if loads or problems != ["not a batch frame"] else exc.errors()[0]["msg"])
+            if not loads:
+                return
+            msg = wire.LoadBatch(loads=loads)
+        for one in batch.items_of(msg):  # each load of a batch exactly as a lone load
+            self._handle(one)
+
+    def _handle(self, msg: Any) -> None:
         if isinstance(msg, wire.Load):
             if msg.namespace is not None and msg.namespace != self.config.namespace:
                 log.error("ignoring a load of model %s for namespace %s: this agent serves namespace %s",
@@ -185,13 +229,19 @@ class Agent:
         url = self.config.control_url
         token = self.config.bearer_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        await self.view.resolve()
         ws = await session.ws_connect(url, heartbeat=20.0, max_msg_size=8 * 1024 * 1024, headers=headers,
-                                      ssl=self._tls if self._tls is not None else True)
+                                      ssl=self._tls if self._tls is not None else True, autoping=False)
+        self.view.connected(ws)  # autoping off: the pongs of our pings time the round trip
         heartbeat: GuardedTask | None = None
         try:
             hello = self.hello()
             await ws.send_str(wire.dump(hello))
             first = await ws.receive(timeout=_WELCOME_TIMEOUT)
+            while first.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                if first.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(first.data)
+                first = await ws.receive(timeout=_WELCOME_TIMEOUT)
             if first.type != aiohttp.WSMsgType.TEXT:
                 log.warning("control plane %s closed the connection before welcome (%s)", url, first.type)
                 return False
@@ -199,10 +249,12 @@ class Agent:
             if isinstance(answer, wire.ErrorMsg):
                 log.error("control plane %s refused this agent %s (%s): %s", url, self.config.identity,
                           answer.code, answer.message)
+                self.view.rejected(f"{answer.code}: {answer.message}")
                 raise Refused(answer.code, answer.message)
             if not isinstance(answer, wire.Welcome):
                 log.warning("control plane %s answered hello with %s, not welcome", url, answer.type)
                 return False
+            self._protocol = answer.protocol
             async with self._send_lock:
                 while self._pending:
                     await ws.send_str(wire.dump(self._pending[0]))
@@ -218,6 +270,10 @@ class Agent:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self._dispatch(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PONG:
+                    self.view.pong(msg.data)
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     break
             return True
@@ -225,14 +281,18 @@ class Agent:
             async with self._send_lock:
                 self._ws = None
             self.connected.clear()
+            self.view.disconnected()
             if heartbeat is not None:
                 heartbeat.cancel()
             await ws.close()
 
     async def _heartbeat(self, interval: float) -> None:
         while True:
+            ws = self._ws
+            if ws is not None and not ws.closed:  # timed by its pong: the next heartbeat carries the round trip
+                await self.view.ping(ws)
             await asyncio.sleep(interval)
-            await self._send(wire.Heartbeat())
+            await self._send(wire.Heartbeat(control=self.view.changed()))
 
     async def _connect_loop(self, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -259,6 +319,7 @@ class Agent:
                         wait = max(delay, cfg.refused_retry)
                 except (aiohttp.ClientError, OSError, TimeoutError, ValidationError, ConfigError) as exc:
                     welcomed, reason = False, str(exc) or type(exc).__name__
+                    self.view.failed(exc)
                 except Exception as exc:  # keep serving the inference server whatever went wrong
                     log.exception("control plane session failed")
                     welcomed, reason = False, f"unexpected {type(exc).__name__}: {exc}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
 from rich.table import Table
 
+from berth.cli import doctor_agents_view as agents_view
 from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import settings
@@ -141,7 +143,26 @@ def describe_server(doc: dict[str, Any]) -> None:
         t.add_row(str(r.get("index")), str(r.get("connected")), str(r.get("ready")), r.get("address", "") or "",
                   str(r.get("memory", "")), ", ".join(r.get("models", [])), broken or "-", r.get("message", ""))
     render.console.print(t)
+    _control_plane(st)
     _autoscaling(st)
+
+
+def _control_plane(st: dict[str, Any]) -> None:
+    """Each replica's agent's own view of the control plane (replicaStatus[i].controlPlane, docs/doctor.md)."""
+    views = [(r.get("index"), r["controlPlane"]) for r in st.get("replicaStatus") or []
+             if isinstance(r, dict) and isinstance(r.get("controlPlane"), dict)]
+    if not views:
+        return
+    t = Table(box=None, pad_edge=False, header_style="bold", title="Control plane (as the agents see it)",
+              title_justify="left")
+    for c in ("INDEX", "CONNECTION", f"FAILED ATTEMPTS (last {agents_view.WINDOW / 60:g} min)", "LAST ATTEMPTS"):
+        t.add_column(c, overflow="fold")
+    now = time.time()
+    for index, view in views:
+        connection = agents_view.connection(view) if view.get("connectedSince") else "not connected"
+        last = ", ".join(f"{a.get('outcome')} {a.get('address')}" for a in (view.get("attempts") or [])[-3:])
+        t.add_row(str(index), connection, "; ".join(agents_view.failures(view, now)) or "none", last or "-")
+    render.console.print(t)
 
 
 def describe_experiment(doc: dict[str, Any]) -> None:

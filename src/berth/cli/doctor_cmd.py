@@ -22,6 +22,7 @@ from rich.table import Table
 from berth.cli import output as out
 from berth.cli import render
 from berth.cli.context import kube_missing, settings
+from berth.cli.doctor_agents_view import agents_view_rows
 from berth.cli.doctor_gateway import gateway_rows
 from berth.cli.doctor_rows import QUICK, RUNTIMES, Row, capability_rows, key, parallel
 from berth.client.gateway import gateway_from_env
@@ -261,7 +262,8 @@ def diagnose(client: BerthClient, gateway: str, namespace: str | None, stuck_aft
     def in_scope(ns: str) -> bool:
         return namespace is None or ns == namespace
 
-    return [head, *agent_rows(agents, servers, now), *inference_rows(agents), *capability_rows(agents),
+    return [head, *agent_rows(agents, servers, now), *agents_view_rows(servers, now), *inference_rows(agents),
+            *capability_rows(agents),
             *gateway_rows(gateway, agents, in_scope), *storage_rows(client, models),
             *requirement_rows(models, servers, agents), *stuck_rows(models, stuck_after, now)]
 

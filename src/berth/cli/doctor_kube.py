@@ -4,6 +4,8 @@ compute from outside the cluster, and one line for each check it cannot, saying 
 - the Kubernetes API answers (the CLI's only way in);
 - the agents and their inference servers, as the control plane reports them in each Server's status
   (``replicaStatus``: connected, ready, the last error), and the runtimes their MLServers can import;
+- the control plane's Service as each agent sees it (``replicaStatus[i].controlPlane``: resolved to which
+  addresses, its failed connects, since when and through which address it is connected);
 - the namespace's gateway, probed through the API server's service proxy (``/v2/health/ready``; its operators'
   ``/berth/v1/probe`` of the replicas when it answers without a Berth token);
 - requirements no Server offers and models stuck short of ModelAvailable, from the resources;
@@ -18,6 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from berth.cli.doctor_agents_view import agents_view_rows
 from berth.cli.doctor_cmd import requirement_rows, stuck_rows
 from berth.cli.doctor_gateway import PROBE
 from berth.cli.doctor_network import kube_network_rows
@@ -117,6 +120,7 @@ def kube_diagnose(kubeconfig: str | None, context: str | None, namespace: str | 
     models = client.list("Model", namespace)
     servers = client.list("Server", namespace)
     rows += server_rows(servers, control_namespace)
+    rows += agents_view_rows(servers, time.time())
     if namespace is None:
         rows.append(Row("cli → gateway", "-", None, "each namespace has its own gateway: give -n NAMESPACE"))
     else:

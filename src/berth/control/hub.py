@@ -9,6 +9,13 @@ Agents are enrolled, not trusted: the upgrade request carries ``Authorization: B
 server, replica) it claims, and no live connection holds that replica already.  Every refusal and every
 enrolment is audited.  A Load carrying a Secret's values is sent only to a connection enrolled in the
 model's namespace whose token is still valid.
+
+Loads sent inside :meth:`AgentHub.batch` (the reconcile pass sends its loads so) to an agent that speaks
+protocol 2 are batched (docs/loading.md): :meth:`AgentHub.send` queues the load on its replica's outbox and a
+flush, ``BATCH_WINDOW`` after the first load queued (at once when a frame is full, and when the batch ends),
+sends everything queued in as few ``loads`` frames as wire/batch.py's bounds allow.  Outside a batch a load
+goes at once, as before.  Any other
+message sent to that replica flushes the outbox first, so the agent sees them in the order they were sent.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +36,8 @@ from berth.control.tokens import TokenRegistry
 from berth.errors import BerthError
 from berth.resources.identity import AgentIdentity, Principal, bearer
 from berth.wire import agent as wire
+from berth.wire import batch
+from berth.wire.control_view import ControlView
 
 log = logging.getLogger("berth.control.hub")
 
@@ -39,6 +49,9 @@ HELLO_TIMEOUT = 30.0
 HELLO_TIMEOUT_UNAUTHENTICATED = 10.0
 STALE_HEARTBEATS = 3  # a connection silent this many heartbeat intervals no longer holds its replica
 MAX_UNENROLLED = 128  # connections waiting for their hello at once; more are answered 503 before the upgrade
+# a load queued for a batch frame waits at most this long for others to join it (a full frame goes at once);
+# small beside a load's own seconds, long enough that a pass slowed by a busy host still fills frames
+BATCH_WINDOW = 0.05
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,16 @@ class ReplicaRecord:
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     principal: Principal | None = None  # the agent token this connection enrolled with
     peer: str = ""  # the address it connected from
+    control: ControlView | None = None  # the agent's view of the control plane, as it last reported it
+    # loads queued for the next batch frame (protocol 2): (instance name, generation, the load's own frame)
+    outbox: list[tuple[str, int, str]] = field(default_factory=list)
+    flush_task: asyncio.Task[bool] | None = None  # the flush that will send the outbox
+    frames_sent: int = 0  # load/loads frames sent on this connection (for tests and benchmarks)
+
+    @property
+    def batches(self) -> bool:
+        """Whether this agent takes ``loads`` batches (its hello says protocol 2 or later)."""
+        return self.hello.protocol >= wire.BATCH_PROTOCOL
 
     @property
     def enrolled(self) -> bool:
@@ -123,6 +146,7 @@ class ReplicaRecord:
             "since": self.readiness.since, "capabilities": self.hello.capabilities,
             "unavailableCapabilities": [p.model_dump() for p in self.hello.unavailable],
             "probedWith": self.hello.probed_with,
+            "controlPlane": self.control.model_dump() if self.control is not None else None,
             "memory": self.hello.memory, "overcommitPercent": self.hello.overcommit_percent,
             "inference": self.hello.inference.model_dump(),
             "models": {n: {"state": m.state, "generation": m.generation, "memory": m.memory,
@@ -148,6 +172,22 @@ class AgentHub:
         # server (TokenReview), and a connection so enrolled stays valid while ``review_valid`` says so.
         self.review_token: Callable[[str], Awaitable[Principal]] | None = None
         self.review_valid: Callable[[Principal], bool] = lambda principal: False
+        self._batching = 0  # open batch() blocks: loads sent meanwhile go in batch frames
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Loads sent in this block to agents of protocol 2 go in batch frames, ``BATCH_WINDOW`` after the
+        first one queued; what is still queued when the block ends is flushed then (without waiting)."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            loop = asyncio.get_running_loop()
+            for rec in self.replicas.values():
+                if rec.outbox:
+                    log_failure(loop.create_task(self.flush(rec), name=f"flush {rec.key}"),
+                                f"flush loads to {rec.key}")
 
     def in_namespace(self, namespace: str) -> list[ReplicaRecord]:
         return [r for k, r in sorted(self.replicas.items()) if k[0] == namespace]
@@ -176,13 +216,58 @@ class AgentHub:
                     await self._close(ws, "Unauthenticated", "this agent's token is no longer valid; reconnecting "
                                       "needs a valid agent token")
                 return False
+        if isinstance(msg, wire.Load) and rec.batches and self._batching:
+            rec.outbox.append((msg.name, msg.generation, wire.dump(msg)))
+            if len(rec.outbox) >= wire.MAX_BATCH_ITEMS:  # a full frame goes now: the outbox stays bounded
+                return await self.flush(rec)
+            if rec.flush_task is None:
+                rec.flush_task = asyncio.get_running_loop().create_task(self.flush(rec, BATCH_WINDOW),
+                                                                        name=f"flush {rec.key}")
+                log_failure(rec.flush_task, f"flush loads to {rec.key}")
+            return True
         try:
             async with rec.send_lock:
+                if rec.outbox and not await self._flush_locked(rec, ws):
+                    return False
                 await ws.send_str(wire.dump(msg))
             return True
         except (ConnectionError, RuntimeError) as exc:
             log.warning("send to agent %s failed: %s", rec.key, exc)
             return False
+
+    async def flush(self, rec: ReplicaRecord, after: float = 0.0) -> bool:
+        """Send the loads queued for ``rec`` in batch frames (``after`` seconds from now); False when the
+        connection failed (the loads of the frames not sent are then no longer marked LOADING, so a later pass
+        sends them again)."""
+        if after > 0:
+            await asyncio.sleep(after)
+        if asyncio.current_task() is rec.flush_task:
+            rec.flush_task = None  # loads queued from now on need another flush
+        ws = rec.ws
+        async with rec.send_lock:
+            return await self._flush_locked(rec, ws)
+
+    async def _flush_locked(self, rec: ReplicaRecord, ws: web.WebSocketResponse | None) -> bool:
+        queued, rec.outbox = rec.outbox, []
+        if not queued:
+            return True
+        sent = 0
+        try:
+            if ws is None or ws.closed or not rec.connected:
+                raise ConnectionError("the agent's connection is closed")
+            for frame, count in batch.frames("loads", (text for _, _, text in queued)):
+                await ws.send_str(frame)
+                rec.frames_sent += 1
+                sent += count
+        except (ConnectionError, RuntimeError) as exc:
+            log.warning("sending %d loads to agent %s failed: %s", len(queued) - sent, rec.key, exc)
+            for name, generation, _ in queued[sent:]:
+                m = rec.models.get(name)
+                if m is not None and m.state == "LOADING" and m.generation == generation:
+                    del rec.models[name]
+            self._on_change(rec.namespace)
+            return False
+        return True
 
     async def ask_storage(self, rec: ReplicaRecord, msg: wire.CheckStorage,
                           timeout: float = 20.0) -> list[dict[str, Any]] | None:
@@ -266,7 +351,8 @@ class AgentHub:
             self._audit(principal, peer, "agent-connect", rec.namespace, f"{rec.server}/{rec.index}", "ok",
                         f"enrolled as {rec.namespace}/{rec.server}/{rec.index}")
             log.info("agent %s/%s/%d connected from %s (ready=%s)", *rec.key, peer, hello.readiness.ready)
-            await ws.send_str(wire.dump(wire.Welcome(heartbeat_interval=self.heartbeat_interval)))
+            await ws.send_str(wire.dump(wire.Welcome(heartbeat_interval=self.heartbeat_interval,
+                                                     protocol=wire.PROTOCOL_VERSION)))
             self._on_change(rec.namespace)
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -274,8 +360,12 @@ class AgentHub:
                 try:
                     parsed = wire.parse_agent(msg.data)
                 except ValidationError as exc:
-                    log.warning("agent %s sent an invalid frame: %s", rec.key, exc.errors()[0]["msg"])
-                    continue
+                    events, problems = batch.salvage(msg.data, wire.ModelEvent)
+                    log.warning("agent %s sent an invalid frame: %s", rec.key, "; ".join(problems[:3])
+                                if events or problems != ["not a batch frame"] else exc.errors()[0]["msg"])
+                    if not events:
+                        continue
+                    parsed = wire.ModelEvents(events=events)
                 if isinstance(parsed, wire.Heartbeat) and not self._still_valid(rec):
                     reason = "its token was revoked or has expired"
                     self._audit(principal, peer, "agent-connect", rec.namespace, f"{rec.server}/{rec.index}",
@@ -399,7 +489,7 @@ class AgentHub:
         key: ReplicaKey = (hello.namespace, hello.server, hello.replica)
         old = self.replicas.get(key)
         rec = ReplicaRecord(key=key, hello=hello, readiness=hello.readiness, ws=ws, principal=principal,
-                            peer=peer)
+                            peer=peer, control=hello.control)
         # What the agent holds is the truth; keep failure history for models it does not hold.
         for lm in hello.loaded:
             rec.models[lm.name] = ReplicaModel("LOADED", lm.generation, lm.memory)
@@ -413,11 +503,16 @@ class AgentHub:
     def _apply(self, rec: ReplicaRecord, msg: object) -> None:
         rec.last_heartbeat = time.time()
         if isinstance(msg, wire.Heartbeat):
-            return
-        if isinstance(msg, wire.Status):
+            old, rec.control = rec.control, msg.control or rec.control
+            if msg.control is None or (old is not None and old.essentials() == msg.control.essentials()):
+                return  # nothing new, or only the round trip moved: no status rewrite for that
+        elif isinstance(msg, wire.Status):
             rec.readiness = msg.readiness
         elif isinstance(msg, wire.ModelEvent):
             self._model_event(rec, msg)
+        elif isinstance(msg, wire.ModelEvents):  # each as if it came alone; one change for the frame
+            for event in msg.events:
+                self._model_event(rec, event)
         elif isinstance(msg, wire.StorageReport):  # only from the replica it was asked of
             key, future = self._checks.get(msg.id, (None, None))
             if key == rec.key and future is not None and not future.done():

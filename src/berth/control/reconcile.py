@@ -8,6 +8,7 @@ commands to agents, writes statuses that changed, and republishes the routing ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,6 +47,13 @@ POLICY_ANNOTATION = "berth.io/placement-policy"
 RETRY_INTERVAL = 2.0  # seconds between timer passes over namespaces with unavailable models
 DRAIN_SECONDS = 1.0  # a model leaving a replica stops being routed there this long before it is unloaded
 WARMUP_LIMIT = 10.0  # at most this long after start-up, routes wait for declared replicas to reconnect
+# After passes that kept the loop busy for t seconds, the reconciler rests min(t * REST_RATIO, MAX_REST) before the
+# next (what is marked meanwhile waits for it): under a stream of agent events it would otherwise pass back to
+# back and keep the process's threads runnable all the time, and a thread that never sleeps is the one the
+# operating system makes wait longest when it wakes (/healthz, docs/responsiveness.md).
+REST_RATIO = 0.5
+MAX_REST = 0.25  # seconds
+BUSY_ENOUGH = 0.02  # passes shorter than this (seconds) need no rest
 
 
 def fingerprint(doc: dict[str, Any]) -> str:
@@ -205,12 +213,14 @@ class Reconciler:
                 last_timer = time.monotonic()
                 self._dirty.update(await off_loop(self._unsettled))
             todo, self._dirty = sorted(self._dirty), set()
+            busy = time.monotonic()
             for ns in todo:
                 try:
                     await self.reconcile(ns)
                 except Exception:  # one namespace's trouble must not stop the others
                     log.exception("reconcile of namespace %s failed", ns)
                     self._dirty.add(ns)
+            await self._rest(stop, time.monotonic() - busy)
             if not self.routes.warm.is_set() and (
                     self._replicas_back() or time.monotonic() - started > WARMUP_LIMIT):
                 # publish every namespace's routes, then open; what is marked meanwhile stays marked
@@ -218,6 +228,14 @@ class Reconciler:
                 for ns in todo:
                     await self.reconcile(ns)
                 self.routes.set_warm()
+
+    @staticmethod
+    async def _rest(stop: asyncio.Event, busy: float) -> None:
+        """After passes that took ``busy`` seconds, rest a part of that (see REST_RATIO) unless stopped."""
+        if busy < BUSY_ENOUGH or stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=min(busy * REST_RATIO, MAX_REST))
 
     def _unsettled(self) -> set[str]:
         out = set()
@@ -232,51 +250,51 @@ class Reconciler:
         self.passes += 1
         now = time.time()
         docs, all_servers, configs = await off_loop(self._read, ns)
+        # the loop serves others between models: a pass over 1,000 models is long, and every per-model loop of
+        # it (before planning and after) hands the loop back every slice (docs/responsiveness.md)
+        slicer = Slicer()
         if self.autoscaler is not None:  # autoscaled Models are planned with the replicas decided
             docs = self.autoscaler.adjust(ns, docs)
-        configs += [d for d in docs if d["kind"] == "ServerConfig"]  # a Server's config may live elsewhere
-        models = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Model"}
-        self._forget_departed(ns, docs)
+        of_kind = await _by_kind(docs, slicer)
+        configs += of_kind.get("ServerConfig", [])  # a Server's config may live elsewhere
+        models = {d["metadata"]["name"]: d for d in of_kind.get("Model", [])}
+        self._forget_departed(ns, of_kind.get("Server", []))
         records = {f"{r.server}/{r.index}": r for r in self.hub.in_namespace(ns)}
-        assignments: dict[str, tuple[ReplicaRef, ...]] = {}
-        for rec in records.values():
-            for inst, m in rec.models.items():
-                name = instances.model_of(inst)[0]
-                ref = ReplicaRef(rec.server, rec.index)
-                if m.state in ("LOADED", "LOADING") and ref not in assignments.get(name, ()):
-                    assignments[name] = (*assignments.get(name, ()), ref)
+        assignments = await _assignments(records, slicer)
         self.evictor.hold_places(ns, assignments)  # an evicted model keeps its place (docs/overcommit.md)
-        runtime = next((d for d in docs if d["kind"] == "SeldonRuntime"), None)
+        runtime = next(iter(of_kind.get("SeldonRuntime", [])), None)
         policy = ((runtime or {}).get("metadata", {}).get("annotations") or {}).get(POLICY_ANNOTATION)
+        infos: list[ReplicaInfo] = []
+        for rec in records.values():  # each reads every model the replica holds
+            infos.append(replica_info(rec))
+            await slicer.tick()
         # Planning is pure and, for 1,000 models, tens of milliseconds: a worker thread does it while the
         # loop serves (its inputs are this pass's own documents and frozen replica infos).
         result = await asyncio.to_thread(
             _plan, ns, [d for d in docs if d["kind"] != "ServerConfig"] + all_servers + configs,
-            with_overcommit([replica_info(r) for r in records.values()], docs), assignments,
+            with_overcommit(infos, of_kind.get("Server", [])), assignments,
             "spread" if policy == "spread" else "binpack", self.plans.get(ns))
         self.plans[ns] = result
-        slicer = Slicer()  # the loop serves others between models: a pass over 1,000 models is long
         # which placed models are loaded: sliced like the pass (it reads the live records, so not in a thread)
         await self.evictor.decide_sliced(ns, models, result, records, self.usage, slicer)
         if self.metrics is not None:
             self.metrics.schedule_attempts[ns] += len(result.models)
             for mp in result.models.values():
+                await slicer.tick()
                 for code in {r.code for r in mp.reasons} if mp.state != "Scheduled" else ():
                     self.metrics.schedule_failures[(ns, code)] += 1
         statuses: list[Written] = []
         memo = self._memo.get(ns, {})
         self._memo[ns] = fresh = {}
         keep: dict[str, set[int]] = {}  # model -> the generations its replicas keep (desired, serving)
+        gens = await self._drive_all(ns, models, result, records, memo, slicer)  # loads before statuses
         for name, doc in models.items():
             await slicer.tick()
             mp = result.models[name]
             before = memo.get(name)
             same_spec = before is not None and before.spec == _spec_key(doc)
-            fp = before.fingerprint if before is not None and same_spec else fingerprint(doc)
+            fp, gen = gens[name]
             old = doc.get("status") or {}
-            gen = (old.get("artifactGeneration") if old.get("artifactFingerprint") == fp else None) \
-                or doc["metadata"].get("generation", 1)
-            await self._drive(ns, name, doc, mp, records, gen)
             want = before.want if before is not None and same_spec else model_want(doc)
             ro = rollouts.decide(name, gen, old.get("servingGeneration") or old.get("artifactGeneration"),
                                  [str(r) for r in mp.replicas], records, want.replicas)
@@ -296,24 +314,27 @@ class Reconciler:
             statuses.append(("Model", name, st))
         await self._unload_strays(ns, models, records, slicer, keep)
         await self.evictor.act(ns, records, self.hub, self._draining, DRAIN_SECONDS, keep)
-        for doc in docs:
-            if doc["kind"] == "Server":
-                desired = server_spec(doc).desired_replicas()
-                recs = [r for r in records.values() if r.server == doc["metadata"]["name"]]
-                server_st = status.server_status(doc, desired, recs, now, server_config_for(doc, configs))
-                if self.autoscaler is not None:
-                    self.autoscaler.amend_server(server_st, ns, doc["metadata"]["name"])
-                statuses.append(("Server", doc["metadata"]["name"], server_st))
+        for doc in of_kind.get("Server", []):
+            desired = server_spec(doc).desired_replicas()
+            recs = [r for r in records.values() if r.server == doc["metadata"]["name"]]
+            server_st = status.server_status(doc, desired, recs, now, server_config_for(doc, configs))
+            if self.autoscaler is not None:
+                self.autoscaler.amend_server(server_st, ns, doc["metadata"]["name"])
+            statuses.append(("Server", doc["metadata"]["name"], server_st))
         # Experiments', Pipelines'... statuses follow from the models' new ones: all go in ONE transaction.
-        statuses += self._configuring_kinds(ns, docs, self._with_statuses(docs, statuses, "Model"), now)
+        # Only Experiments and Pipelines read the models (as they will be written): with none, no copies.
+        reads_models = bool(of_kind.get("Experiment") or of_kind.get("Pipeline"))
+        with_new = await _with_statuses(of_kind.get("Model", []) if reads_models else [], statuses, "Model", slicer)
+        statuses += self._configuring_kinds(ns, of_kind, with_new, now)
         fresh_models, experiments, changed_under_us = await off_loop(self._write_and_read, ns, docs, statuses)
         if changed_under_us:
             self._dirty.add(ns)  # next pass sees the new spec
+        pipelines = await _with_statuses(of_kind.get("Pipeline", []), statuses, "Pipeline", slicer)
         await self.routes.publish_sliced(ns, fresh_models, records, experiments, runtime,  # sliced like the pass
-                                         pipelines=self._with_statuses(docs, statuses, "Pipeline"), slicer=slicer)
+                                         pipelines=pipelines, slicer=slicer)
         self._start_drains(ns)
         # what only this pass held (its documents, the last pass's memo) freed in slices, not all at once
-        await let_go(slicer, docs, models, fresh_models, statuses, memo)
+        await let_go(slicer, docs, *of_kind.values(), of_kind, models, with_new, fresh_models, statuses, memo)
 
     def _read(self, ns: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """What a pass over ``ns`` reads (in the store thread): its documents, other namespaces' Servers
@@ -322,14 +343,6 @@ class Reconciler:
         all_servers = [d for d in self.store.list("Server") if d["metadata"]["namespace"] != ns]
         configs = [d for d in self.store.list("ServerConfig") if d["metadata"]["namespace"] != ns]
         return docs, all_servers, configs
-
-    @staticmethod
-    def _with_statuses(docs: list[dict[str, Any]], statuses: list[Written],
-                       kind: str) -> list[dict[str, Any]]:
-        """The documents of ``kind`` as they will be once ``statuses`` are written."""
-        new = {name: st for k, name, st in statuses if k == kind}
-        return [{**d, "status": new[d["metadata"]["name"]]} if d["metadata"]["name"] in new else d
-                for d in docs if d["kind"] == kind]
 
     def _start_drains(self, ns: str) -> None:
         """Models marked DRAINING this pass left the routes just published: unload them DRAIN_SECONDS from now."""
@@ -341,9 +354,9 @@ class Reconciler:
         self._draining.clear()
         asyncio.get_running_loop().call_later(DRAIN_SECONDS, self.mark, ns)
 
-    def _forget_departed(self, ns: str, docs: list[dict[str, Any]]) -> None:
+    def _forget_departed(self, ns: str, servers: list[dict[str, Any]]) -> None:
         """Drop disconnected replicas whose Server is gone or was scaled below them: nothing to wait for."""
-        desired = {d["metadata"]["name"]: server_spec(d).desired_replicas() for d in docs if d["kind"] == "Server"}
+        desired = {d["metadata"]["name"]: server_spec(d).desired_replicas() for d in servers}
         for rec in self.hub.in_namespace(ns):
             if not rec.connected and rec.index >= desired.get(rec.server, 0):
                 self.hub.forget(rec.key)
@@ -373,6 +386,24 @@ class Reconciler:
                 rec.models[inst] = ReplicaModel("LOADING", gen, attempts=attempts,
                                                 retry_at=m.retry_at if m else 0.0)
                 self.evictor.load_sent(ns, name, str(ref))
+
+    async def _drive_all(self, ns: str, models: dict[str, dict[str, Any]], result: Plan,
+                         records: dict[str, ReplicaRecord], memo: dict[str, _Memo],
+                         slicer: Slicer) -> dict[str, tuple[str, int]]:
+        """Send every load the plan asks for before any status is computed, so agents start on all of them while
+        the pass goes on (docs/loading.md); answers each model's (fingerprint, generation)."""
+        gens: dict[str, tuple[str, int]] = {}
+        async with self.hub.batch():  # one frame for many loads (control/hub.py)
+            for name, doc in models.items():
+                await slicer.tick()
+                before = memo.get(name)
+                fp = before.fingerprint if before is not None and before.spec == _spec_key(doc) else fingerprint(doc)
+                old = doc.get("status") or {}
+                gen = (old.get("artifactGeneration") if old.get("artifactFingerprint") == fp else None) \
+                    or doc["metadata"].get("generation", 1)
+                gens[name] = (fp, gen)
+                await self._drive(ns, name, doc, result.models[name], records, gen)
+        return gens
 
     async def _unload_strays(self, ns: str, models: dict[str, dict[str, Any]],
                              records: dict[str, ReplicaRecord], slicer: Slicer,
@@ -441,14 +472,11 @@ class Reconciler:
             return None
         return [r for r in results if isinstance(r, dict)]
 
-    def _configuring_kinds(self, ns: str, docs: list[dict[str, Any]], fresh_models: list[dict[str, Any]],
-                           now: float) -> list[Written]:
-        """Statuses of Experiments, Pipelines, SeldonRuntimes and ServerConfigs.  ``docs`` is what this
-        pass read at its start (these kinds are unchanged since); ``fresh_models`` carry new statuses."""
+    def _configuring_kinds(self, ns: str, of_kind: dict[str, list[dict[str, Any]]],
+                           fresh_models: list[dict[str, Any]], now: float) -> list[Written]:
+        """Statuses of Experiments, Pipelines, SeldonRuntimes and ServerConfigs.  ``of_kind`` is what this
+        pass read at its start, by kind (these kinds are unchanged since); ``fresh_models`` carry new statuses."""
         models = {d["metadata"]["name"]: d for d in fresh_models}
-        of_kind: dict[str, list[dict[str, Any]]] = {}
-        for d in docs:
-            of_kind.setdefault(d["kind"], []).append(d)
         experiments = of_kind.get("Experiment", [])
         claimed: dict[str, str] = {}
 
@@ -477,6 +505,46 @@ class Reconciler:
             c, [d["metadata"]["name"] for d in servers
                 if (d.get("spec") or {}).get("serverConfig") == c["metadata"]["name"]], now)) for c in configs]
         return statuses
+
+async def _by_kind(docs: list[dict[str, Any]], slicer: Slicer) -> dict[str, list[dict[str, Any]]]:
+    """A pass's documents by kind, in their order (sliced: one pass over every document)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+        await slicer.tick()
+    return out
+
+
+async def _assignments(records: dict[str, ReplicaRecord], slicer: Slicer) -> dict[str, tuple[ReplicaRef, ...]]:
+    """Model -> the replicas loading or holding it, from the live records (sliced: every model of every replica)."""
+    out: dict[str, tuple[ReplicaRef, ...]] = {}
+    for rec in records.values():
+        ref = ReplicaRef(rec.server, rec.index)
+        for inst, m in list(rec.models.items()):
+            name = instances.model_of(inst)[0]
+            if m.state in ("LOADED", "LOADING") and ref not in out.get(name, ()):
+                out[name] = (*out.get(name, ()), ref)
+            await slicer.tick()
+    return out
+
+
+async def _with_statuses(docs: list[dict[str, Any]], statuses: list[Written], kind: str,
+                         slicer: Slicer) -> list[dict[str, Any]]:
+    """``docs`` (all of ``kind``) as they will be once ``statuses`` are written (sliced: copies of each)."""
+    if not docs:
+        return []
+    new: dict[str, AnyStatus] = {}
+    for k, name, st in statuses:
+        if k == kind:
+            new[name] = st
+        await slicer.tick()
+    out = []
+    for d in docs:
+        name = d["metadata"]["name"]
+        out.append({**d, "status": new[name]} if name in new else d)
+        await slicer.tick()
+    return out
+
 
 def model_source(store: Store, ns: str, doc: dict[str, Any]) -> wire.ModelSource:
     spec = model_spec(doc)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from berth.control.clock import clock, rfc3339
+from berth.control.control_view import control_plane_status
 from berth.control.hub import ReplicaRecord
 from berth.resources.instances import instance, model_of
 from berth.resources.podspec import RUNS, inference_server, server_label, unsupported_message
@@ -176,11 +177,14 @@ def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord
             problems.append(f"replica {index}: {msg}")
         for p in rec.hello.unavailable if rec.connected else ():
             claims.setdefault(f"{p.capability} but its MLServer cannot import {p.module} ({p.error})", []).append(index)
-        rows.append({"index": index, "connected": rec.connected, "ready": rec.readiness.ready,
-                     "address": rec.hello.inference.http, "memory": rec.hello.memory,
-                     "capabilities": rec.hello.capabilities, "models": models, "message": msg,
-                     "unavailableCapabilities": [cast(UnavailableCapability, p.model_dump())
-                                                 for p in rec.hello.unavailable]})
+        row: ServerReplicaStatus = {
+            "index": index, "connected": rec.connected, "ready": rec.readiness.ready,
+            "address": rec.hello.inference.http, "memory": rec.hello.memory,
+            "capabilities": rec.hello.capabilities, "models": models, "message": msg,
+            "unavailableCapabilities": [cast(UnavailableCapability, p.model_dump()) for p in rec.hello.unavailable]}
+        if rec.control is not None:  # the agent's own view of the control plane (docs/doctor.md)
+            cast(dict[str, Any], row)["controlPlane"] = control_plane_status(rec.control)
+        rows.append(row)
     ready = desired > 0 and ready_count >= desired
     message = (f"{ready_count} of {desired} replica(s) ready" + ("; " + "; ".join(problems) if problems else ""))
     name = doc["metadata"].get("name", "")

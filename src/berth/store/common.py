@@ -50,6 +50,16 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same JSON (``canonical`` forms equal), encoding them only when Python
+    finds them equal: ``1 == True`` and ``1 == 1.0`` hold in Python but not in JSON.  Values Python finds
+    different are answered different without encoding (the common case, a status that changed: two sorted
+    encodings saved, in the store's thread, which holds the interpreter lock while it encodes).  A tuple
+    where the other has a list is then taken as a difference: at worst one write too many, never a change
+    lost."""
+    return a == b and canonical(a) == canonical(b)
+
+
 def describe(key: Key) -> str:
     return f"{key[0]} {key[1]}/{key[2]}"
 
@@ -135,7 +145,7 @@ def prepare_update(current: dict[str, Any], body: dict[str, Any], key: Key) -> d
     meta = {k: v for k, v in body["metadata"].items() if k not in SERVER_FIELDS}
     meta["namespace"] = key[1]
     obj["metadata"] = meta
-    if canonical(_content(obj)) == canonical(_content(current)):
+    if same_json(_content(obj), _content(current)):
         return None
     old = current["metadata"]
     bump = canonical(spec_of(obj)) != canonical(spec_of(current))
@@ -277,7 +287,7 @@ class BaseStore(ABC):
     def _status_one(self, tx: Transaction, key: Key, status: dict[str, Any], expect_version: str | None
                     ) -> dict[str, Any]:
         current = self._existing(tx, key, expect_version)
-        if canonical(current.get("status")) == canonical(status):
+        if same_json(current.get("status"), status):
             return current
         current["status"] = status
         return tx.write("MODIFIED", key, current)

@@ -1,9 +1,10 @@
 """Messages between an agent and the control plane, over one WebSocket (JSON text frames).
 
 Every frame is an object with a ``type`` field.  Agent → control: ``hello`` (first frame, always),
-``status`` (inference-server readiness changed), ``model`` (a load/unload outcome), ``heartbeat``.
-Control → agent: ``welcome`` (answer to hello), ``load``, ``unload``, ``error`` (then close), and ``check``
-(``berth doctor``'s storage check), which the agent answers with ``check_result``.
+``status`` (inference-server readiness changed), ``model`` (a load/unload outcome), ``models`` (several, protocol
+2), ``heartbeat``.  Control → agent: ``welcome`` (answer to hello), ``load``, ``loads`` (several, protocol 2),
+``unload``, ``error`` (then close), and ``check`` (``berth doctor``'s storage check), which the agent answers with
+``check_result``.  Batches are bounded (``MAX_BATCH_ITEMS``, ``MAX_BATCH_CHARS``) and built by wire/batch.py.
 
 The WebSocket endpoint is ``GET /api/v1/agents/connect`` on the control plane.  The upgrade request carries
 ``Authorization: Bearer <token>``: an agent token minted for exactly the (namespace, server, replica) the
@@ -18,9 +19,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from berth.resources.names import name_problem
+from berth.wire.control_view import ControlView
 
 AGENT_PATH = "/api/v1/agents/connect"
-PROTOCOL_VERSION = 1
+# 2: batches (docs/loading.md): ``loads`` (control -> agent) when the hello says 2, ``models`` (agent -> control)
+# when the welcome says 2; a peer that says 1 (or nothing) gets one ``load``/``model`` frame per item, as before
+PROTOCOL_VERSION = 2
+BATCH_PROTOCOL = 2
+MAX_BATCH_ITEMS = 256  # loads or model events in one batch frame
+MAX_BATCH_CHARS = 1 << 20  # JSON text of one batch frame, as its sender builds it (wire/batch.py)
 
 
 class _Msg(BaseModel):
@@ -82,6 +89,7 @@ class Hello(_Msg):
     pid: int | None = None  # of the inference server, when the agent knows it
     unavailable: list[CapabilityProblem] = Field(default_factory=list)  # claimed, runtime not importable
     probed_with: str | None = None  # the interpreter the capability probe asked (None: not probed, or it failed)
+    control: ControlView | None = None  # the agent's view of the control plane (wire/control_view.py)
 
     @field_validator("namespace")
     @classmethod
@@ -121,8 +129,16 @@ class ModelEvent(_Msg):
     inference_seconds: float = 0.0  # of which the inference server's own load call took
 
 
+class ModelEvents(_Msg):
+    """Agent -> control (protocol 2): several ``model`` outcomes in one frame, each applied as if alone."""
+
+    type: Literal["models"] = "models"
+    events: list[ModelEvent] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
 class Heartbeat(_Msg):
     type: Literal["heartbeat"] = "heartbeat"
+    control: ControlView | None = None  # the agent's view of the control plane, when it changed
 
 
 class StorageReport(_Msg):
@@ -133,13 +149,16 @@ class StorageReport(_Msg):
     checks: list[dict[str, Any]] = Field(default_factory=list, max_length=8)  # {name, ok, detail}
 
 
-AgentMessage = Annotated[Hello | Status | ModelEvent | Heartbeat | StorageReport, Field(discriminator="type")]
-AGENT_MESSAGE: TypeAdapter[Hello | Status | ModelEvent | Heartbeat | StorageReport] = TypeAdapter(AgentMessage)
+AgentMessage = Annotated[Hello | Status | ModelEvent | ModelEvents | Heartbeat | StorageReport,
+                         Field(discriminator="type")]
+AGENT_MESSAGE: TypeAdapter[Hello | Status | ModelEvent | ModelEvents | Heartbeat | StorageReport] = \
+    TypeAdapter(AgentMessage)
 
 
 class Welcome(_Msg):
     type: Literal["welcome"] = "welcome"
     heartbeat_interval: float = 5.0
+    protocol: int = 1  # the control plane's; one that does not say speaks 1 (no batches)
 
 
 class ModelSource(_Msg):
@@ -162,6 +181,13 @@ class Load(_Msg):
     name: str
     generation: int
     source: ModelSource
+
+
+class LoadBatch(_Msg):
+    """Control -> agent (protocol 2): several loads in one frame; the agent handles each as a lone ``load``."""
+
+    type: Literal["loads"] = "loads"
+    loads: list[Load] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
 
 class Unload(_Msg):
@@ -188,8 +214,9 @@ class CheckStorage(_Msg):
     source: ModelSource
 
 
-ControlMessage = Annotated[Welcome | Load | Unload | ErrorMsg | CheckStorage, Field(discriminator="type")]
-CONTROL_MESSAGE: TypeAdapter[Welcome | Load | Unload | ErrorMsg | CheckStorage] = TypeAdapter(ControlMessage)
+ControlMessage = Annotated[Welcome | Load | LoadBatch | Unload | ErrorMsg | CheckStorage, Field(discriminator="type")]
+CONTROL_MESSAGE: TypeAdapter[Welcome | Load | LoadBatch | Unload | ErrorMsg | CheckStorage] = \
+    TypeAdapter(ControlMessage)
 
 
 def dump(msg: BaseModel) -> str:
