@@ -8,35 +8,9 @@ server`` and ``berth doctor`` (local or against a cluster) read the same thing.
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
-
 from berth.control.clock import rfc3339
+from berth.resources.statuses import AttemptStatus, ControlPlaneStatus
 from berth.wire.control_view import ControlView
-
-
-class ResolutionStatus(TypedDict):
-    host: str
-    addresses: list[str]
-    seconds: float  # the lookup took
-    at: str
-    error: NotRequired[str]  # the resolver's: "NXDOMAIN (name not known)", ...
-
-
-class AttemptStatus(TypedDict):
-    at: str
-    outcome: str  # ok, refused, timeout, tls, dns, rejected, error
-    address: str
-    error: NotRequired[str]
-
-
-class ControlPlaneStatus(TypedDict):
-    url: str
-    attempts: list[AttemptStatus]  # the last few, oldest first
-    failures: int  # failed attempts in a row before the current connection (or until now)
-    resolution: NotRequired[ResolutionStatus]
-    connectedSince: NotRequired[str]
-    connectedTo: NotRequired[str]
-    rttSeconds: NotRequired[float]  # the agent's last WebSocket ping, as of this status
 
 
 def control_plane_status(view: ControlView) -> ControlPlaneStatus:

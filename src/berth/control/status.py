@@ -183,7 +183,7 @@ def server_status(doc: dict[str, Any], desired: int, records: list[ReplicaRecord
             "capabilities": rec.hello.capabilities, "models": models, "message": msg,
             "unavailableCapabilities": [cast(UnavailableCapability, p.model_dump()) for p in rec.hello.unavailable]}
         if rec.control is not None:  # the agent's own view of the control plane (docs/doctor.md)
-            cast(dict[str, Any], row)["controlPlane"] = control_plane_status(rec.control)
+            row["controlPlane"] = control_plane_status(rec.control)
         rows.append(row)
     ready = desired > 0 and ready_count >= desired
     message = (f"{ready_count} of {desired} replica(s) ready" + ("; " + "; ".join(problems) if problems else ""))

@@ -145,6 +145,32 @@ class UnavailableCapability(TypedDict):
     error: str
 
 
+class ResolutionStatus(TypedDict):
+    """An agent's lookup of the control URL's host (docs/doctor.md)."""
+    host: str
+    addresses: list[str]
+    seconds: float  # the lookup took
+    at: str
+    error: NotRequired[str]  # the resolver's: "NXDOMAIN (name not known)", ...
+
+
+class AttemptStatus(TypedDict):
+    at: str
+    outcome: str  # ok, refused, timeout, tls, dns, rejected, error
+    address: str
+    error: NotRequired[str]
+
+
+class ControlPlaneStatus(TypedDict):
+    url: str
+    attempts: list[AttemptStatus]  # the last few, oldest first
+    failures: int  # failed attempts in a row before the current connection (or until now)
+    resolution: NotRequired[ResolutionStatus]
+    connectedSince: NotRequired[str]
+    connectedTo: NotRequired[str]
+    rttSeconds: NotRequired[float]  # the agent's last WebSocket ping, as of this status
+
+
 class ServerReplicaStatus(TypedDict):
     """One replica of a server, by index; the agent's fields are there once an agent has said hello."""
     index: int
@@ -156,6 +182,7 @@ class ServerReplicaStatus(TypedDict):
     capabilities: NotRequired[list[str]]
     models: NotRequired[list[str]]  # names of the models loaded there
     unavailableCapabilities: NotRequired[list[UnavailableCapability]]
+    controlPlane: NotRequired[ControlPlaneStatus]  # the agent's own view of the control plane
 
 
 class ServerStatus(TypedDict):
