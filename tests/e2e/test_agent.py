@@ -13,79 +13,19 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from berth.adapters.mlserver_proc import MLServerProcess, free_port, free_ports
 from berth.agent.config import AgentConfig
 from berth.agent.runner import run_agent
 from berth.wire import agent as wire
+from tests.support.agent_peer import AgentPeer, Frame
 from tests.support.models import IRIS_INPUT, train_sklearn
 
 pytestmark = pytest.mark.e2e
-Frame = dict[str, Any]
-
-
-class StandIn:
-    """The control plane's side of the agent protocol, recording frames."""
-
-    def __init__(self, port: int, heartbeat_interval: float = 0.3) -> None:
-        self.port = port
-        self.heartbeat_interval = heartbeat_interval
-        self.frames: list[Frame] = []
-        self.changed = asyncio.Condition()
-        self.ws: web.WebSocketResponse | None = None
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> StandIn:
-        app = web.Application()
-        app.router.add_get(wire.AGENT_PATH, self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            frame = wire.parse_agent(msg.data).model_dump()
-            if frame["type"] == "hello":
-                self.ws = ws
-                await ws.send_str(wire.dump(wire.Welcome(heartbeat_interval=self.heartbeat_interval)))
-            async with self.changed:
-                self.frames.append(frame)
-                self.changed.notify_all()
-        return ws
-
-    async def send(self, msg: wire.Load | wire.Unload) -> None:
-        assert self.ws is not None, "no agent connected"
-        await self.ws.send_str(wire.dump(msg))
-
-    async def wait_for(self, match: Callable[[Frame], bool], timeout: float = 30.0) -> Frame:
-        async def found() -> Frame:
-            async with self.changed:
-                while True:
-                    for frame in self.frames:
-                        if match(frame):
-                            return frame
-                    await self.changed.wait()
-
-        try:
-            return await asyncio.wait_for(found(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no matching frame within {timeout}s; frames: {self.frames}") from None
 
 
 def _model(name: str, *states: str) -> Callable[[Frame], bool]:
@@ -126,7 +66,7 @@ def test_agent_loads_fails_reconnects_and_unloads(mlserver: MLServerProcess, tmp
     cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
 
     async def scenario() -> None:
-        standin = await StandIn(port).start()
+        standin = await AgentPeer(port).start()
         stop = asyncio.Event()
         agent = asyncio.create_task(run_agent(cfg, stop))
         try:
@@ -165,7 +105,7 @@ def test_agent_loads_fails_reconnects_and_unloads(mlserver: MLServerProcess, tmp
 
             # the control plane restarts: the agent reconnects and says what it holds
             await standin.stop()
-            standin = await StandIn(port).start()
+            standin = await AgentPeer(port).start()
             hello = await standin.wait_for(lambda f: f["type"] == "hello", 15)
             assert hello["loaded"] == [{"name": "iris", "generation": 2, "memory": loaded["memory"]}]
             if not hello["readiness"]["ready"]:  # MLServer may answer 400 on ready for a moment after a failed load:
@@ -208,7 +148,7 @@ def test_agent_reports_an_unready_inference_server_until_it_answers(tmp_path: Pa
     address = f"http://127.0.0.1:{http_port}/v2/health/ready"
 
     async def scenario() -> None:
-        standin = await StandIn(port).start()
+        standin = await AgentPeer(port).start()
         stop = asyncio.Event()
         started = time.time()
         agent = asyncio.create_task(run_agent(cfg, stop))
@@ -255,7 +195,7 @@ def test_agent_notices_models_lost_when_the_inference_server_restarts(mlserver: 
     cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
 
     async def scenario() -> None:
-        standin = await StandIn(port).start()
+        standin = await AgentPeer(port).start()
         stop = asyncio.Event()
         agent = asyncio.create_task(run_agent(cfg, stop))
         try:

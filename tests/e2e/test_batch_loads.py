@@ -17,65 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import WSMsgType, web
 
 from berth.adapters.mlserver_proc import MLServerProcess, free_port
 from berth.agent.config import AgentConfig
 from berth.agent.runner import run_agent
 from berth.wire import agent as wire
+from tests.support.agent_peer import AgentPeer
 from tests.support.models import IRIS_INPUT, train_sklearn
 
 pytestmark = pytest.mark.e2e
-
-
-class BatchPeer:
-    """The control plane's side: welcomes with protocol 2, records every frame the agent sends (raw)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.raw: list[dict[str, Any]] = []
-        self.ws: web.WebSocketResponse | None = None
-        self.hello = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> BatchPeer:
-        app = web.Application()
-        app.router.add_get(wire.AGENT_PATH, self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            frame = json.loads(msg.data)
-            wire.parse_agent(msg.data)  # every frame the agent sends is valid as a whole
-            self.raw.append(frame)
-            if frame["type"] == "hello":
-                self.ws = ws
-                await ws.send_str(wire.dump(wire.Welcome(heartbeat_interval=0.5, protocol=wire.PROTOCOL_VERSION)))
-                self.hello.set()
-        return ws
-
-    def outcomes(self) -> dict[str, dict[str, Any]]:
-        """The last LOADED/LOAD_FAILED of each model, from single and batch frames alike."""
-        out: dict[str, dict[str, Any]] = {}
-        for frame in self.raw:
-            events = frame["events"] if frame["type"] == "models" else [frame] if frame["type"] == "model" else []
-            for ev in events:
-                if ev["state"] in ("LOADED", "LOAD_FAILED"):
-                    out[ev["name"]] = ev
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +63,7 @@ def test_one_frame_of_loads_with_a_broken_model_the_others_load(mlserver: MLServ
     entries += [load(n, iris) for n in good[5:]]
 
     async def scenario() -> None:
-        peer = await BatchPeer(port).start()
+        peer = await AgentPeer(port, heartbeat_interval=0.5, protocol=wire.PROTOCOL_VERSION).start()
         stop = asyncio.Event()
         agent = asyncio.create_task(run_agent(cfg, stop))
         try:
