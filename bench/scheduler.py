@@ -133,6 +133,7 @@ def timed(fn: Callable[[], Plan], runs: int) -> tuple[float, float, Plan]:
     cpus: list[float] = []
     result = fn()
     for _ in range(runs):
+        del result  # the previous call's plan is freed here, before the clocks start (50 ms at 100k models)
         wall, cpu = time.perf_counter(), time.process_time()
         result = fn()
         cpus.append(time.process_time() - cpu)
