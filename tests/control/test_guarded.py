@@ -62,4 +62,5 @@ def test_a_crashed_reconcile_loop_is_logged_and_the_platform_converges_again(
     doc = eventually(lambda: (d := client.get("ServerConfig", NS, "cfg"))["status"].get("observedGeneration") == 2
                      and d)
     assert ready(doc) == "False"
-    assert loop_breaks_once[0] >= 2  # the restarted loop went past the point that failed
+    # the restarted loop goes past the point that failed (after the pass and its rest, docs/responsiveness.md)
+    eventually(lambda: loop_breaks_once[0] >= 2)
