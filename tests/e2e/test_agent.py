@@ -23,6 +23,7 @@ from berth.agent.config import AgentConfig
 from berth.agent.runner import run_agent
 from berth.wire import agent as wire
 from tests.support.agent_peer import AgentPeer, Frame
+from tests.support.gateway import start_mlserver
 from tests.support.models import IRIS_INPUT, train_sklearn
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +35,8 @@ def _model(name: str, *states: str) -> Callable[[Frame], bool]:
 
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
-    proc = MLServerProcess(tmp_path_factory.mktemp("mlserver"))
-    proc.start()
+    proc = start_mlserver(tmp_path_factory.mktemp("mlserver"))  # ready, no model loaded
     try:
-        proc.wait_ready(60)
         yield proc
     finally:
         proc.stop()

@@ -21,6 +21,7 @@ from berth.adapters.mlserver_proc import REPOSITORY_IMPLEMENTATION, MLServerProc
 from berth.agent.config import AgentConfig
 from berth.agent.loader import LOAD_CONCURRENCY, ModelLoader
 from berth.wire import agent as wire
+from tests.support.gateway import start_mlserver
 from tests.support.models import IRIS_INPUT, train_sklearn
 
 pytestmark = pytest.mark.e2e
@@ -28,10 +29,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
-    proc = MLServerProcess(tmp_path_factory.mktemp("mlserver"))
-    proc.start()
+    proc = start_mlserver(tmp_path_factory.mktemp("mlserver"))  # ready, no model loaded
     try:
-        proc.wait_ready(60)
         yield proc
     finally:
         proc.stop()

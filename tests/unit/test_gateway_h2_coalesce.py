@@ -11,6 +11,7 @@ import hpack
 from berth.gateway.http2.client import ClientConnection
 from berth.gateway.http2.frames import Stream
 from berth.gateway.http2.server import ServerConnection
+from tests.unit.test_gateway_h2 import FakeTransport
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, SETTINGS = 0, 1, 4
@@ -34,31 +35,17 @@ def frames(data: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
-class Transport:
+class Transport(FakeTransport):
     """Records each write separately (what a system call each would be)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.writes: list[bytes] = []
-        self.closed = False
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "written after close"
         self.writes.append(data)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+        super().write(data)
 
 
 def run(main: Any) -> None:
