@@ -234,6 +234,8 @@ def test_a_reload_that_cannot_happen_ends_the_held_request_with_the_reason(rig: 
         # the reload hangs (its inference server stopped answering): the request is held for the whole wait,
         # then answered 503 with the reason
         assert rig.mlserver.process is not None
+        # the room lost's failed reload took goes back to keeper (a failed load holds no room, docs/overcommit.md)
+        p.wait_model("keeper", available=1, timeout=60)
         p.client.apply([model_doc("stuck", rig.artifact("stuck"), memory="600Mi")])
         p.wait_model("stuck", timeout=60)
         assert row(p, "stuck")["state"] == "Evicted"  # never loaded: no room

@@ -76,6 +76,20 @@ def test_wakes_are_served_in_order_and_always_loaded() -> None:
     assert set(out.evict) == {"idle"}
 
 
+def test_a_woken_model_whose_load_failed_holds_no_room_over_a_loaded_one() -> None:
+    # woken first, its (re)load failed (artifact gone): the model loaded since is not evicted for it
+    residents = [r("lost", 600 * MiB, loaded=False, recency=10, woken=10.0, failed=True),
+                 r("stuck", 600 * MiB, recency=20, loaded_at=995.0)]
+    out = decide(1024 * MiB, residents, now=1000)
+    assert out.keep == ("stuck",)
+    assert set(out.evict) == {"lost"}
+    # asked for more recently than a model that is not loaded: still after it
+    out = decide(1024 * MiB, [residents[0], r("keeper", 600 * MiB, loaded=False, recency=5)], now=1000)
+    assert out.keep == ("keeper",) and set(out.evict) == {"lost"}
+    out = decide(1024 * MiB, [residents[0]], now=1000)  # with room, it is kept (the load is retried)
+    assert out.keep == ("lost",)
+
+
 def test_models_of_unknown_memory_always_fit() -> None:
     out = decide(100 * MiB, [r("a"), r("b", memory=0, recency=-1), r("c", memory=0, recency=-2)], now=0)
     assert set(out.keep) == {"a", "b", "c"}

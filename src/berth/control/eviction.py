@@ -159,7 +159,8 @@ class Evictor:
             residents = []
             for name, pin, mem, loaded, live in seen:
                 yield None
-                residents.append(self._resident(ns, key, name, pin, mem, loaded, live, now))
+                failed = not loaded and any(m.state == "LOAD_FAILED" for m in by_model.get(name, ()))
+                residents.append(self._resident(ns, key, name, pin, mem, loaded, live, now, failed))
             decided: residency.Residency = yield (residency.decide, memory, residents, now, self.min_resident_s)
             decisions[key] = decided
             for name, why in decided.evict.items():
@@ -196,7 +197,7 @@ class Evictor:
         return residency.effective_memory(self._declared(ns, name, doc), measured), loaded, len(live)
 
     def _resident(self, ns: str, key: str, name: str, pin: bool, memory: int, loaded: bool, live: int,
-                  now: float) -> residency.Resident:
+                  now: float, failed: bool = False) -> residency.Resident:
         k = (ns, name, key)
         book = self.book
         used = self.usage.last_used(ns, name) if self.usage is not None else None
@@ -205,7 +206,7 @@ class Evictor:
         first = book.first_seen[k]
         recency = max(x for x in (used, loaded_at if loaded_at is not None else first, woken) if x is not None)
         return residency.Resident(name=name, memory=memory, loaded=loaded, recency=recency, pinned=pin, woken=woken,
-                                  loaded_at=loaded_at, locked=live > 1)
+                                  loaded_at=loaded_at, locked=live > 1, failed=failed)
 
     def blocked(self, ns: str, name: str, key: str) -> bool:
         """Whether residency keeps ``name`` off replica ``key`` now (no load is sent)."""

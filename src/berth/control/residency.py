@@ -84,6 +84,7 @@ class Resident:
     woken: float | None = None  # when a request woke it (a wake in force)
     loaded_at: float | None = None
     locked: bool = False  # two versions live (a rollout): left as it is
+    failed: bool = False  # its last load on the replica failed: a wake does not hold room for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +114,14 @@ def decide(memory: int, residents: Sequence[Resident], now: float,
     """The models of one replica of ``memory`` bytes that are loaded, and why the others are not."""
     fixed = [r for r in residents if r.pinned or (r.locked and r.loaded)]
     rest = [r for r in residents if not (r.pinned or (r.locked and r.loaded))]
-    woken = sorted((r for r in rest if r.woken is not None), key=lambda r: (r.woken, r.name))
-    others = [r for r in rest if r.woken is None]
+    # a woken model is kept whatever else must go, unless its load failed since: then it competes like the others
+    woken = sorted((r for r in rest if r.woken is not None and not r.failed), key=lambda r: (r.woken, r.name))
+    others = [r for r in rest if r.woken is None or r.failed]
     protected = sorted((r for r in others if r.loaded and r.loaded_at is not None
                         and now - r.loaded_at < min_resident_s), key=lambda r: (-r.recency, r.name))
     chosen = {r.name for r in protected}
-    ordered = sorted((r for r in others if r.name not in chosen), key=lambda r: (-r.recency, r.name))
+    # a model whose load failed comes after every other, however recently it was asked for
+    ordered = sorted((r for r in others if r.name not in chosen), key=lambda r: (r.failed, -r.recency, r.name))
     keep: list[Resident] = [*fixed, *woken]  # always kept (the scheduler keeps the total within overcommit)
     used = sum(r.memory for r in keep)
     dropped: list[Resident] = []
@@ -128,7 +131,7 @@ def decide(memory: int, residents: Sequence[Resident], now: float,
             used += r.memory
         else:
             dropped.append(r)
-    newcomer = next((r for r in keep if r.woken is not None), None) or next(
+    newcomer = next((r for r in keep if r.woken is not None and not r.failed), None) or next(
         (r for r in keep if not r.loaded and not r.pinned), None)
     total = len(residents)
     evict: dict[str, Eviction] = {}
