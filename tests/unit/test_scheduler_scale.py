@@ -16,15 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from berth.errors import InvalidInput, InvalidManifest
-from berth.scheduler import plan
+from berth.scheduler import collector, plan
 from berth.scheduler.basis import Placements
 from berth.scheduler.build import SnapshotCache, model_want, snapshot_for
-from berth.scheduler.plan import collector_paused, plan_by_scan
+from berth.scheduler.collector import collector_paused
+from berth.scheduler.plan import plan_by_scan
 from berth.scheduler.replan import _same_placements
 from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, ReplicaInfo, ReplicaRef, ServerInfo, Snapshot
 
 NS = "ns"
 MiB = 2**20
+GiB = 2**30
 CAPS = ("sklearn", "xgboost", "mlflow", "torch")
 PROPS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -156,6 +158,55 @@ def test_overlapping_plans_in_threads_resume_the_collector_once_all_end() -> Non
     for t in threads:
         t.join(timeout=10)
     assert gc.isenabled()
+
+
+def _many(n: int) -> Snapshot:
+    servers = tuple(ServerInfo(f"s{i:02d}", NS, ("sklearn",)) for i in range(10))
+    replicas = tuple(ReplicaInfo(s.name, NS, r, memory=64 * GiB, ready=True) for s in servers for r in range(4))
+    return Snapshot(NS, tuple(ModelWant(f"m{i:05d}", NS, memory=MiB) for i in range(n)), servers, replicas)
+
+
+def test_a_large_plan_ends_by_promoting_its_objects_instead_of_a_young_collection() -> None:
+    snap = _many(20_000)
+    gc.collect()
+    assert gc.get_freeze_count() == 0
+    before = collector.promotions
+    kept = plan(snap)
+    # nothing frozen: the plan's objects were moved to the oldest generation (no young collection walks them)
+    assert collector.promotions == before + 1
+    assert gc.get_count()[0] < collector.PROMOTE_AT and gc.get_freeze_count() == 0
+    small = plan(Snapshot(NS, (ModelWant("m", NS, memory=MiB),), snap.servers, snap.replicas))
+    assert collector.promotions == before + 1 and small.models["m"].state == "Scheduled"  # too few to bother
+    gc.freeze()  # a process that froze its start-up objects and never sweeps them: no promotion
+    try:
+        frozen = gc.get_freeze_count()
+        plan(snap)
+        assert collector.promotions == before + 1 and gc.get_freeze_count() == frozen
+        collector.frozen_objects_are_swept(True)  # as the control plane's GC policy says while it runs
+        try:
+            again = plan(snap)  # (kept: a freed object leaves the frozen ones)
+            assert collector.promotions == before + 2 and gc.get_freeze_count() > frozen + 20_000
+            del again
+        finally:
+            collector.frozen_objects_are_swept(False)
+    finally:
+        gc.unfreeze()
+    assert gc.isenabled() and len(kept.models) == 20_000
+
+
+def test_plans_and_replans_make_no_cyclic_garbage() -> None:
+    # what collector.py's promotion relies on: a plan's objects are freed by reference counting alone
+    snap = _many(3_000)
+    first = plan(snap)
+    after = dataclasses.replace(snap, replicas=snap.replicas[1:],
+                                assignments={n: mp.replicas for n, mp in first.models.items() if mp.replicas})
+    gc.collect()
+    for _ in range(3):
+        second = plan(after, previous=first)
+        third = plan(snap, previous=second)
+        assert second.basis is not None and third.models == first.models
+        del second, third
+    assert gc.collect() == 0
 
 
 def _doc(name: str, **spec: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from berth.control.loopwatch import LoopWatch
+from berth.scheduler import collector
 
 log = logging.getLogger("berth.control.gc")
 FULL_EVERY = 2  # collections of generation 1 between two full ones
@@ -62,12 +63,14 @@ class GcPolicy:
         young, middle, _ = self._thresholds
         gc.set_threshold(young, middle, OLD_THRESHOLD)  # full collections are ours (see _after)
         gc.callbacks.append(self._after)
+        collector.frozen_objects_are_swept(True)  # a plan's objects may join the frozen ones (its sweep reclaims)
         self._task = self._loop.create_task(self._sweeper(), name="gc-sweeper")
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._after)
         gc.set_threshold(*self._thresholds)
+        collector.frozen_objects_are_swept(False)
         gc.unfreeze()  # the collector as it was (an in-process control plane ends; the process goes on)
         if self._task is not None:
             self._task.cancel()

@@ -10,13 +10,22 @@ from itertools import compress
 
 from berth.scheduler.placer import Print
 from berth.scheduler.pool import Memos, Pool, SlotKey
-from berth.scheduler.snapshot import ModelPlan, ModelWant, ReplicaRef, ServerInfo, Snapshot
+from berth.scheduler.snapshot import ModelPlan, ModelWant, Rejection, ReplicaRef, ServerInfo, Snapshot
 
 UNSETTLED = ("ScheduleFailed", "PartiallyScheduled")
 _REPLICAS = operator.attrgetter("replicas")
 _STATE = operator.attrgetter("state")
 _USED = operator.attrgetter("used")
 Placed = dict[str, tuple[ReplicaRef, ...]]
+# models not placed at all, grouped by what their outcome came from: (id of the ModelPlan's reasons tuple,
+# spec.server, requirements) -> (that reasons tuple, the models' names).  Models of one group share their
+# outcome in a re-plan (Placer.hopeless_again), so a re-plan looks at groups, not at every model.
+FailKey = tuple[int, str | None, tuple[str, ...]]
+Failed = dict[FailKey, tuple[tuple[Rejection, ...], frozenset[str]]]
+
+
+def _fail_key(mp: ModelPlan, want: ModelWant) -> FailKey:
+    return id(mp.reasons), want.server, want.requirements
 
 
 def _used(pool: Pool) -> dict[SlotKey, int]:
@@ -77,7 +86,9 @@ class Basis:
     servers: dict[str, ServerInfo]  # effective, implied servers included
     used: dict[SlotKey, int]  # memory the plan put on each replica
     placements: Placements  # the plan's non-empty placements (``placements.get()``, under ``lock``)
-    unsettled: frozenset[str]  # models not fully placed: re-planned every time
+    # models not fully placed: those with some replicas are re-planned every time; those with none, by group
+    unsettled_placed: frozenset[str]
+    failed: Failed  # (the reasons tuples they hold keep their ids from being reused)
     residents: dict[SlotKey, frozenset[str]]  # models placed on each replica
     plans: dict[str, ModelPlan]  # the very dict of the Plan this basis belongs to
     memos: Memos  # the pool's rejections that depend on servers alone: reused for servers that did not change
@@ -111,9 +122,22 @@ class Basis:
                     lists[ref] = list(names)
                 else:
                     found.extend(names)
-        unsettled = frozenset(compress(models, map(UNSETTLED.__contains__, map(_STATE, models.values()))))
+        placed: list[str] = []
+        failing: dict[FailKey, tuple[tuple[Rejection, ...], list[str]]] = {}
+        for name in compress(models, map(UNSETTLED.__contains__, map(_STATE, models.values()))):
+            mp = models[name]
+            if mp.replicas:
+                placed.append(name)
+                continue
+            key = _fail_key(mp, wants[name])
+            members = failing.get(key)
+            if members is None:
+                failing[key] = (mp.reasons, [name])
+            else:
+                members[1].append(name)
+        failed = {key: (reasons, frozenset(names)) for key, (reasons, names) in failing.items()}
         return cls(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
-                   _used(pool), Placements(placements), unsettled,
+                   _used(pool), Placements(placements), frozenset(placed), failed,
                    {k: frozenset(v) for k, v in lists.items()}, models, pool.memos, pool, threading.Lock(),
                    prints)
 
@@ -122,8 +146,18 @@ class Basis:
         """The basis of an incremental plan: this one with the ``changed`` models' placements redone."""
         placements = self.placements.get()
         diff: dict[str, tuple[ReplicaRef, ...]] = {}
-        unsettled = set(self.unsettled)
+        placed = set(self.unsettled_placed)
+        failed = dict(self.failed)
+        regrouped: dict[FailKey, set[str]] = {}  # groups changed (copied on first change)
         touched: dict[SlotKey, set[str]] = {}
+
+        def group_set(key: FailKey, reasons: tuple[Rejection, ...]) -> set[str]:
+            found = regrouped.get(key)
+            if found is None:
+                old = failed.get(key)
+                found = regrouped[key] = set(old[1]) if old is not None else set()
+                failed[key] = (reasons, frozenset())  # its names are set below
+            return found
 
         def resident_set(key: SlotKey) -> set[str]:
             found = touched.get(key)
@@ -135,7 +169,12 @@ class Basis:
             for ref in placements.get(name, ()):
                 resident_set(ref).discard(name)
             diff[name] = ()
-            unsettled.discard(name)
+            if name in placed:
+                placed.discard(name)
+            else:
+                before, want_before = self.plans.get(name), self.wants.get(name)
+                if before is not None and want_before is not None and before.state in UNSETTLED:
+                    group_set(_fail_key(before, want_before), before.reasons).discard(name)
             mp = models.get(name)
             if mp is None:
                 continue
@@ -144,7 +183,15 @@ class Basis:
                 for ref in mp.replicas:
                     resident_set(ref).add(name)
             if mp.state in UNSETTLED:
-                unsettled.add(name)
+                if mp.replicas:
+                    placed.add(name)
+                else:
+                    group_set(_fail_key(mp, wants[name]), mp.reasons).add(name)
+        for group, members in regrouped.items():
+            if members:
+                failed[group] = (failed[group][0], frozenset(members))
+            else:
+                del failed[group]
         kept_prints = {name: p for name, p in self.prints.items() if name not in diff}
         kept_prints.update(prints)
         residents = dict(self.residents)
@@ -155,5 +202,5 @@ class Basis:
                 residents.pop(key, None)
         return Basis(snapshot.namespace, snapshot.policy, snapshot.models, wants, pool.servers,
                      _used(pool),
-                     self.placements.then(diff), frozenset(unsettled), residents, models, pool.memos, pool, self.lock,
-                     kept_prints)
+                     self.placements.then(diff), frozenset(placed), failed, residents, models, pool.memos, pool,
+                     self.lock, kept_prints)

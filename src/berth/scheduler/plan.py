@@ -11,14 +11,11 @@ keep their ModelPlan and only the models the change touches are planned again (s
 
 from __future__ import annotations
 
-import gc
 import operator
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from berth.errors import InvalidInput
 from berth.scheduler.basis import Basis
+from berth.scheduler.collector import collector_paused
 from berth.scheduler.placer import Placer
 from berth.scheduler.pool import Pool
 from berth.scheduler.replan import replan
@@ -46,32 +43,6 @@ def models_by_name(snapshot: Snapshot) -> dict[str, ModelWant]:
                                "each model must appear once")
         wants[model.name] = model
     return wants
-
-
-_gc_lock = threading.Lock()
-_gc_pausers = 0  # plans running with the cyclic collector paused (plans of several namespaces may overlap)
-_gc_was_enabled = False
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a plan runs.  A plan allocates a few objects per model,
-    all of which survive (they are the plan); with a large heap (100,000 models and their documents) the
-    collector's full passes over every live object were a third of a plan's CPU.  Reference counting still
-    frees everything as usual; the collector resumes when the last overlapping plan ends."""
-    global _gc_pausers, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pausers += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 def plan(snapshot: Snapshot, previous: Plan | None = None) -> Plan:

@@ -95,23 +95,21 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     old = previous.models
     redone: dict[str, ModelPlan] = {}
     again = placer.hopeless_again
-    for name in basis.unsettled:
-        want = wants.get(name)
-        if want is None or name in affected:
+    affected.update(name for name in basis.unsettled_placed if name in wants)
+    for (reasons_id, _, _), (reasons, names) in basis.failed.items():  # a few groups, not every model
+        if reasons_id in still:
             continue
-        mp = old[name]
-        if mp.replicas:
-            affected.add(name)
+        # the group's models whose want is the one it was grouped by (the others are affected already)
+        todo = [name for name in names if name not in affected and name in wants]
+        if not todo:
             continue
-        reasons = mp.reasons
-        if id(reasons) in still:
-            continue
-        entry = before.get(id(reasons))
-        now = None if entry is None or entry[0] is not reasons else again(want, entry)
+        entry = before.get(reasons_id)
+        now = None if entry is None or entry[0] is not reasons else again(wants[todo[0]], entry)
         if now is None:
-            affected.add(name)
+            affected.update(todo)
         elif now is not entry:
-            redone[name] = _new_tuple(ModelPlan, (name, want.replicas, (), "ScheduleFailed", now[1], now[0]))
+            for name in todo:
+                redone[name] = _new_tuple(ModelPlan, (name, wants[name].replicas, (), "ScheduleFailed", now[1], now[0]))
     for key in dirty:
         affected.update(name for name in basis.residents.get(key, ()) if name in wants)
     removed = [] if wants is basis.wants else [name for name in basis.wants if name not in wants]
