@@ -23,8 +23,14 @@ phases "base" (and "base+auth"), in the same rotation; both gateways' ratios to 
 round by round and as medians, with this tree's ÷ the base's.  A change that costs something end to end shows
 as a gap between the two in the same rounds; a machine that moved shows in both.
 
+With ``--pin`` MLServer (and its workers) runs on the machine's last CPU and everything else (the gateways, the
+load generator, this process) on the others, in every phase: as where the gateway has CPU of its own (its own
+pod or node), so that what is measured is the forwarding, not the gateway and MLServer taking turns on the same
+cores.  Without it (the default) the operating system places them: on a 2-core machine every CPU microsecond
+the gateway spends is taken from MLServer or from the load generator.
+
     .venv/bin/python bench/gateway.py [--duration 10] [--concurrency 1,8] [--rounds 2] [--protocols rest,grpc]
-                                      [--no-auth] [--gateway-src DIR]
+                                      [--no-auth] [--gateway-src DIR] [--pin]
 """
 
 from __future__ import annotations
@@ -207,6 +213,18 @@ def _phase(protocol: str, address: str, concurrency: int, args: argparse.Namespa
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Run ``pid`` and its children on ``cpus`` (Linux ``sched_setaffinity``)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            os.sched_setaffinity(p.pid, cpus)
+        except ProcessLookupError:
+            continue
+
+
 def start_mlserver(workdir: Path) -> tuple[Any, str]:
     """A real MLServer holding the iris model (loaded through its repository API); it and its gRPC address."""
     import httpx
@@ -245,13 +263,18 @@ def start_gateway(routes: Path, workdir: Path, name: str, src: str | None = None
     return proc, f"127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}"
 
 
-def _start(workdir: Path, token: str, sources: dict[str, str | None]) -> tuple[Any, dict[str, Any], dict[str, str]]:
+def _start(workdir: Path, token: str, sources: dict[str, str | None],
+           pinned: bool = False) -> tuple[Any, dict[str, Any], dict[str, str]]:
     """MLServer, and one gateway per entry of ``sources`` (name -> source tree, None: this one) in front of it;
     the addresses of every phase (``"grpc direct"``, ``"rest gateway+auth"``, ...)."""
     from berth.resources.identity import hash_token
     from berth.wire.routes import Endpoint, ModelRoute, NamespaceAuth, RoutingTable, TableAuth
 
     mlserver, grpc_direct = start_mlserver(workdir)
+    if pinned:
+        cpus = sorted(os.sched_getaffinity(0))
+        pin(os.getpid(), set(cpus[:-1]))  # this process, and so every child started from now on
+        pin(mlserver.process.pid, {cpus[-1]})
     endpoints = [Endpoint(server="mlserver", replica=0, http=mlserver.http_address, grpc=grpc_direct)]
     # the same replica in an open namespace and in one whose table entry requires a token (which a few
     # other tenants' and operators' tokens share with it, as in a real table)
@@ -306,12 +329,15 @@ def bench_main(args: argparse.Namespace) -> int:
                     "Authorization": f"Bearer {token}"} for via in vias}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        mlserver, gateways, addresses = _start(workdir, token, sources)
+        if args.pin and len(os.sched_getaffinity(0)) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        mlserver, gateways, addresses = _start(workdir, token, sources, args.pin)
         results: dict[tuple[str, int, str], list[Result]] = {}
         try:
             print(f"{args.rounds} rounds x {args.duration:g}s per phase, concurrency {levels}, "
                   f"REST client {args.client}, gRPC client grpc.aio, {os.cpu_count()} CPUs, phases {', '.join(vias)}"
-                  + (f"; {BASE}: the gateway from {sources[BASE]}" if args.gateway_src else ""))
+                  + (f"; {BASE}: the gateway from {sources[BASE]}" if args.gateway_src else "")
+                  + ("; pinned: MLServer on the last CPU, the rest on the others" if args.pin else ""))
             for rnd in range(args.rounds):
                 for protocol in protocols:
                     for level in levels:
@@ -383,6 +409,8 @@ def main() -> int:
                         help="also run a second gateway from this source tree (a copy of src/, e.g. the code before a "
                              "change) against the same MLServer, as phase 'base' alternating round by round with this "
                              "tree's, and print both ratios to direct side by side")
+    parser.add_argument("--pin", action="store_true",
+                        help="MLServer on the last CPU, gateways and load generator on the others (see above)")
     parser.add_argument("--load", choices=("rest", "grpc"), help=argparse.SUPPRESS)
     parser.add_argument("--headers", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)

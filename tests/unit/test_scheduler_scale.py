@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from berth.errors import InvalidInput, InvalidManifest
 from berth.scheduler import collector, plan
-from berth.scheduler.basis import Placements
+from berth.scheduler.basis import Basis, Placements
 from berth.scheduler.build import SnapshotCache, model_want, snapshot_for
 from berth.scheduler.collector import collector_paused
 from berth.scheduler.plan import plan_by_scan
@@ -91,6 +91,7 @@ def test_replans_from_rebuilt_or_reordered_assignments_equal_the_scan(snap: Snap
         quick = plan(snap, previous=current)
         assert quick == plan_by_scan(snap)
         assert list(quick.models) == sorted(quick.models)
+        _check_unsettled(quick.basis)
         current = quick
 
 
@@ -326,6 +327,20 @@ def _next(snap: Snapshot, before: Plan, rng: random.Random) -> Snapshot:
     return dataclasses.replace(snap, replicas=tuple(replicas), assignments=assignments)
 
 
+def _check_unsettled(basis: Basis) -> None:
+    """A basis's models not fully placed, as re-plans keep them up to date, equal them found from scratch:
+    those with replicas, and those without grouped by (their reasons object, spec.server, requirements)."""
+    plans, wants = basis.plans, basis.wants
+    unsettled = [n for n, mp in plans.items() if mp.state in ("ScheduleFailed", "PartiallyScheduled")]
+    assert basis.unsettled_placed == {n for n in unsettled if plans[n].replicas}
+    groups: dict[tuple[int, str | None, tuple[str, ...]], set[str]] = {}
+    for n in unsettled:
+        if not plans[n].replicas:
+            groups.setdefault((id(plans[n].reasons), wants[n].server, wants[n].requirements), set()).add(n)
+    assert {k: set(v[1]) for k, v in basis.failed.items()} == groups
+    assert all(id(reasons) == key[0] for key, (reasons, _) in basis.failed.items())
+
+
 @PROPS
 @given(fleets(), st.randoms(use_true_random=False))
 def test_replans_along_a_chain_and_back_to_older_plans_equal_the_scan(snap: Snapshot, rng: random.Random) -> None:
@@ -342,6 +357,8 @@ def test_replans_along_a_chain_and_back_to_older_plans_equal_the_scan(snap: Snap
         assert quick == scanned and again == scanned
         assert list(quick.models) == list(scanned.models)
         assert quick.basis.used == scanned.basis.used and quick.basis.residents == scanned.basis.residents
+        _check_unsettled(quick.basis)
+        _check_unsettled(again.basis)
         for name, mp in quick.models.items():
             assert (mp.message, mp.reasons) == (scanned.models[name].message, scanned.models[name].reasons)
         chain.append((nxt, quick))

@@ -142,12 +142,21 @@ class Basis:
                    prints)
 
     def successor(self, snapshot: Snapshot, wants: dict[str, ModelWant], pool: Pool,
-                  models: dict[str, ModelPlan], changed: Iterable[str], prints: dict[str, Print]) -> Basis:
-        """The basis of an incremental plan: this one with the ``changed`` models' placements redone."""
+                  models: dict[str, ModelPlan], changed: Iterable[str], prints: dict[str, Print],
+                  moved: dict[FailKey, tuple[FailKey, tuple[Rejection, ...]]] | None = None) -> Basis:
+        """The basis of an incremental plan: this one with the ``changed`` models' placements redone.  ``moved``:
+        groups of failed models whose every member has a new outcome, the same (old key -> new key and reasons);
+        their members are among ``changed``."""
         placements = self.placements.get()
         diff: dict[str, tuple[ReplicaRef, ...]] = {}
         placed = set(self.unsettled_placed)
         failed = dict(self.failed)
+        wholesale: set[str] = set()  # models of the groups moved as a whole: nothing else to do for them
+        for was, (now, reasons) in (moved or {}).items():
+            movers = failed.pop(was)[1]
+            wholesale |= movers
+            other = failed.get(now)
+            failed[now] = (reasons, movers if other is None else other[1] | movers)
         regrouped: dict[FailKey, set[str]] = {}  # groups changed (copied on first change)
         touched: dict[SlotKey, set[str]] = {}
 
@@ -166,9 +175,11 @@ class Basis:
             return found
 
         for name in changed:
+            diff[name] = ()
+            if name in wholesale:
+                continue  # not placed before or after; its group moved above
             for ref in placements.get(name, ()):
                 resident_set(ref).discard(name)
-            diff[name] = ()
             if name in placed:
                 placed.discard(name)
             else:

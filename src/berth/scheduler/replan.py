@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from itertools import repeat
 
-from berth.scheduler.basis import Basis
+from berth.scheduler.basis import Basis, FailKey
 from berth.scheduler.placer import Placer
 from berth.scheduler.pool import Pool, SlotKey
-from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, ReplicaRef, Snapshot
+from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, Rejection, ReplicaRef, Snapshot
 
 _new_tuple = tuple.__new__  # a ModelPlan built in C, without the NamedTuple's Python-level __new__
 
@@ -95,8 +95,10 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
     old = previous.models
     redone: dict[str, ModelPlan] = {}
     again = placer.hopeless_again
+    moved: dict[FailKey, tuple[FailKey, tuple[Rejection, ...]]] = {}  # groups whose members all have a new outcome
     affected.update(name for name in basis.unsettled_placed if name in wants)
-    for (reasons_id, _, _), (reasons, names) in basis.failed.items():  # a few groups, not every model
+    for group, (reasons, names) in basis.failed.items():  # a few groups, not every model
+        reasons_id = group[0]
         if reasons_id in still:
             continue
         # the group's models whose want is the one it was grouped by (the others are affected already)
@@ -110,6 +112,8 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
         elif now is not entry:
             for name in todo:
                 redone[name] = _new_tuple(ModelPlan, (name, wants[name].replicas, (), "ScheduleFailed", now[1], now[0]))
+            if len(todo) == len(names):
+                moved[group] = ((id(now[0]), group[1], group[2]), now[0])
     for key in dirty:
         affected.update(name for name in basis.residents.get(key, ()) if name in wants)
     removed = [] if wants is basis.wants else [name for name in basis.wants if name not in wants]
@@ -142,4 +146,4 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
         models = {name: models[name] for name in sorted(models)}
     return Plan(snapshot.namespace, models,
                 basis=basis.successor(snapshot, wants, pool, models, [*affected, *removed, *redone],
-                                      placer.prints))
+                                      placer.prints, moved))
