@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 test: lint
-	$(VENV)/bin/pytest -q -rs -p no:cacheprovider -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -rsfE -p no:cacheprovider -n 2 --dist loadfile
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
