@@ -24,7 +24,7 @@ FailKey = tuple[int, str | None, tuple[str, ...]]
 Failed = dict[FailKey, tuple[tuple[Rejection, ...], frozenset[str]]]
 
 
-def _fail_key(mp: ModelPlan, want: ModelWant) -> FailKey:
+def fail_key(mp: ModelPlan, want: ModelWant) -> FailKey:
     return id(mp.reasons), want.server, want.requirements
 
 
@@ -129,7 +129,7 @@ class Basis:
             if mp.replicas:
                 placed.append(name)
                 continue
-            key = _fail_key(mp, wants[name])
+            key = fail_key(mp, wants[name])
             members = failing.get(key)
             if members is None:
                 failing[key] = (mp.reasons, [name])
@@ -185,7 +185,7 @@ class Basis:
             else:
                 before, want_before = self.plans.get(name), self.wants.get(name)
                 if before is not None and want_before is not None and before.state in UNSETTLED:
-                    group_set(_fail_key(before, want_before), before.reasons).discard(name)
+                    group_set(fail_key(before, want_before), before.reasons).discard(name)
             mp = models.get(name)
             if mp is None:
                 continue
@@ -197,7 +197,7 @@ class Basis:
                 if mp.replicas:
                     placed.add(name)
                 else:
-                    group_set(_fail_key(mp, wants[name]), mp.reasons).add(name)
+                    group_set(fail_key(mp, wants[name]), mp.reasons).add(name)
         for group, members in regrouped.items():
             if members:
                 failed[group] = (failed[group][0], frozenset(members))

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from itertools import repeat
 
-from berth.scheduler.basis import Basis, FailKey
+from berth.scheduler.basis import Basis, FailKey, fail_key
 from berth.scheduler.placer import Placer
 from berth.scheduler.pool import Pool, SlotKey
 from berth.scheduler.snapshot import ModelPlan, ModelWant, Plan, Rejection, ReplicaRef, Snapshot
@@ -113,7 +113,7 @@ def _replan(snapshot: Snapshot, wants: dict[str, ModelWant], previous: Plan, bas
             for name in todo:
                 redone[name] = _new_tuple(ModelPlan, (name, wants[name].replicas, (), "ScheduleFailed", now[1], now[0]))
             if len(todo) == len(names):
-                moved[group] = ((id(now[0]), group[1], group[2]), now[0])
+                moved[group] = (fail_key(redone[todo[0]], wants[todo[0]]), now[0])
     for key in dirty:
         affected.update(name for name in basis.residents.get(key, ()) if name in wants)
     removed = [] if wants is basis.wants else [name for name in basis.wants if name not in wants]
