@@ -57,8 +57,12 @@ class Rig:
     def kept(self, name: str) -> list[str]:
         """What the replica's disk holds for model instance ``name`` (empty: nothing)."""
         assert self.cfg.data_dir is not None
-        found = [p for p in (self.cfg.data_dir / "models" / name, self.mlserver.repository / name) if p.exists()]
-        return sorted(str(f) for p in found for f in [p, *p.rglob("*")])
+        while True:
+            found = [p for p in (self.cfg.data_dir / "models" / name, self.mlserver.repository / name) if p.exists()]
+            try:
+                return sorted(str(f) for p in found for f in [p, *p.rglob("*")])
+            except FileNotFoundError:  # the agent removed a folder while it was being listed: look again
+                continue
 
     def artifact(self, name: str) -> str:
         """A copy of the iris artifact of its own (so deleting it touches no other model)."""

@@ -132,6 +132,14 @@ def test_a_load_ends_the_wake_it_answered() -> None:
     assert book.loaded_at[("ns", "m", "srv/0")] == 12.0
 
 
+def test_a_failed_load_ends_the_wake_it_answered() -> None:
+    book = ResidencyBook()
+    book.wake("ns", "m", 10.0)
+    book.failed("ns", "m")
+    assert book.woken("ns", "m", 11.0) is None  # no room held for a load that failed
+    assert book.wake("ns", "m", 12.0)  # a later request wakes it afresh (not coalesced into the old wake)
+
+
 def test_annotation_problems_name_the_field() -> None:
     assert residency.annotation_problems("Server", {"berth.io/overcommit": "50"}) == []
     [problem] = residency.annotation_problems("Server", {"berth.io/overcommit": "lots"})

@@ -151,15 +151,18 @@ class Evictor:
             seen = []
             for name, pin in names:
                 yield None
-                seen.append((name, pin, *self._observe(ns, key, name, models[name], by_model.get(name, ()), now)))
+                mem, loaded, live = self._observe(ns, key, name, models[name], by_model.get(name, ()), now)
+                failed = not loaded and any(m.state == "LOAD_FAILED" for m in by_model.get(name, ()))
+                if failed:
+                    self.book.failed(ns, name)  # the requests it held were answered with the error
+                seen.append((name, pin, mem, loaded, live, failed))
             memory = max(0, rec.hello.memory - extra_copies_memory(rec.models))
             if sum(s[2] for s in seen) <= memory:  # everything fits (the usual case): nothing to decide
                 decisions[key] = residency.Residency(tuple(n for n, *_ in seen), {}, sum(s[2] for s in seen))
                 continue
             residents = []
-            for name, pin, mem, loaded, live in seen:
+            for name, pin, mem, loaded, live, failed in seen:
                 yield None
-                failed = not loaded and any(m.state == "LOAD_FAILED" for m in by_model.get(name, ()))
                 residents.append(self._resident(ns, key, name, pin, mem, loaded, live, now, failed))
             decided: residency.Residency = yield (residency.decide, memory, residents, now, self.min_resident_s)
             decisions[key] = decided
@@ -197,7 +200,7 @@ class Evictor:
         return residency.effective_memory(self._declared(ns, name, doc), measured), loaded, len(live)
 
     def _resident(self, ns: str, key: str, name: str, pin: bool, memory: int, loaded: bool, live: int,
-                  now: float, failed: bool = False) -> residency.Resident:
+                  now: float, failed: bool) -> residency.Resident:
         k = (ns, name, key)
         book = self.book
         used = self.usage.last_used(ns, name) if self.usage is not None else None

@@ -203,6 +203,12 @@ class ResidencyBook:
         if wake is not None and self.loaded_at[key] >= wake:
             del self.wakes[key[:2]]
 
+    def failed(self, namespace: str, model: str) -> None:
+        """The model's load failed: a wake in force for it is over (the requests it held were answered with the
+        error, as the routes say LoadFailed), so it holds no room for a load that failed; a new request wakes it
+        again once its state changes."""
+        self.wakes.pop((namespace, model), None)
+
     def evict(self, key: Key, evicted: Evicted) -> None:
         self.evicted[key] = evicted
         self._by_model.setdefault(key[:2], set()).add(key[2])
