@@ -111,7 +111,7 @@ def test_a_claim_whose_runtime_is_absent_is_named_everywhere(platform: Platform,
     iris = train_sklearn(tmp_path / "iris")
     platform.client.apply([model_doc("sk-on-claimer", iris.as_uri(), requirements=["sklearn"], server=CLAIMER)])
     assert platform.wait_model("sk-on-claimer", timeout=120)["placement"]["server"] == CLAIMER
-    assert platform.gateway.infer("sk-on-claimer", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
+    assert platform.infer_served("sk-on-claimer", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
     monkeypatch.setenv("BERTH_TOKEN", platform.control.admin_token or "")
     r = cli("describe", "server", CLAIMER, "--server", platform.control.url)
     assert r.code == 0, r.err

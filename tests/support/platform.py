@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from berth.adapters.mlserver_proc import free_ports
-from berth.client.gateway import GatewayClient
+from berth.client.gateway import GatewayClient, InferResult
 from berth.client.http import BerthClient
+from berth.errors import ModelNotReady
 from berth.gateway.app import run_gateway
 from tests.support.servers import ControlPlane, LoopThread, wait_http
 
@@ -79,6 +80,19 @@ class Platform:
             time.sleep(0.1)
         raise AssertionError(f"model {namespace}/{name} not {state} (available={available}) in {timeout}s; "
                              f"last status: {st.get('state')}: {st.get('message')}")
+
+    def infer_served(self, name: str, payload: dict[str, Any], namespace: str = "default",
+                     timeout: float = 30.0) -> InferResult:
+        """``gateway.infer`` once the gateway serves the model: its routes come from a watch and may trail the
+        status ``wait_model`` saw by a publication, so ModelNotReady is retried until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.gateway.infer(name, payload, namespace=namespace)
+            except ModelNotReady:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def wait_server(self, name: str, namespace: str = "default", *, ready_replicas: int,
                     timeout: float = 60.0) -> dict[str, Any]:
