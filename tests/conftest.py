@@ -20,6 +20,11 @@ from berth.resources.identity import new_token
 os.environ["BERTH_CONFIG_DIR"] = tempfile.mkdtemp(prefix="berth-config-")
 atexit.register(shutil.rmtree, os.environ["BERTH_CONFIG_DIR"], ignore_errors=True)
 os.environ["BERTH_TOKEN"] = new_token()
+# Every SQLite store in the tests (in process, and in the control planes they start) checks that no reader
+# changed a document it shares (berth.store.shared): such a reader raises SharedDocumentChanged, and each
+# finding is written to this file, which fails the session (pytest_sessionfinish) wherever it was raised.
+SHARED_FINDINGS = os.path.join(os.environ["BERTH_CONFIG_DIR"], "shared-documents-changed.txt")
+os.environ["BERTH_STORE_CHECK_SHARED"] = SHARED_FINDINGS
 
 from tests.support.seeds import EXAMPLES  # noqa: E402
 from tests.support.servers import ControlPlane  # noqa: E402
@@ -67,3 +72,14 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A shared document changed in place anywhere (in process or in a control plane a test started) fails
+    the run, even where the test around it passed (berth.store.shared)."""
+    if os.path.exists(SHARED_FINDINGS):
+        with open(SHARED_FINDINGS, encoding="utf-8") as found:
+            findings = found.read()
+        if findings.strip():
+            print("\nshared store documents changed in place (berth.store.shared):\n" + findings)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -160,3 +160,10 @@ def test_describe_server_shows_each_replicas_view() -> None:
     text = captured.get()
     assert "Control plane (as the agents see it)" in text and "through 10.0.0.5:9004 (ping 0.4 ms)" in text
     assert "was refused by 10.0.0.5:9004 (connection refused) 2 times" in text
+
+
+def test_rfc3339_formats_to_the_second_like_strftime() -> None:
+    """rfc3339 keeps the last second it formatted: every answer is still the one strftime gives."""
+    from datetime import UTC, datetime
+    for ts in (0.0, 1.2, 1.9, 2.0, -1.5, 1764566399.999, 1764566400.0, 1764566400.5, 1.2):
+        assert rfc3339(ts) == datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), ts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from berth.control.hub import BATCH_WINDOW, AgentHub, ReplicaModel, ReplicaRecord
@@ -140,12 +141,39 @@ def test_batched_outcomes_apply_one_by_one_with_one_change() -> None:
     changed: list[str] = []
     hub = AgentHub(changed.append)
     rec, _ = _record(hub)
-    hub._apply(rec, wire.ModelEvents(events=[
+    run(lambda: hub._apply_events(rec, wire.ModelEvents(events=[
         wire.ModelEvent(name="a", generation=1, state="LOADED", memory=3),
-        wire.ModelEvent(name="b", generation=1, state="LOAD_FAILED", message="MLServer: bad pickle")]))
+        wire.ModelEvent(name="b", generation=1, state="LOAD_FAILED", message="MLServer: bad pickle")])))
     assert rec.models["a"].state == "LOADED" and rec.models["a"].memory == 3
     assert rec.models["b"].state == "LOAD_FAILED" and rec.models["b"].message == "MLServer: bad pickle"
     assert changed == ["default"]
+
+
+def test_a_frame_of_outcomes_hands_the_loop_back_while_it_is_applied() -> None:
+    """256 outcomes whose handling takes 0.2 ms each: other tasks run between slices of the frame."""
+
+    async def body() -> None:
+        hub = AgentHub(lambda ns: None)
+        rec, _ = _record(hub)
+        ran_during: list[int] = []
+
+        def slow(ns: str, state: str) -> None:
+            time.sleep(0.0002)
+        hub.on_model_event = slow
+        events = [wire.ModelEvent(name=f"m{i}", generation=1, state="LOADED") for i in range(wire.MAX_BATCH_ITEMS)]
+
+        async def other() -> None:
+            while len(ran_during) < 1000:
+                ran_during.append(len(rec.models))
+                await asyncio.sleep(0)
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        await hub._apply_events(rec, wire.ModelEvents(events=events))
+        task.cancel()
+        assert len(rec.models) == wire.MAX_BATCH_ITEMS
+        assert any(0 < n < wire.MAX_BATCH_ITEMS for n in ran_during)  # the other task ran mid-frame
+
+    run(body)
 
 
 def test_a_hostile_agent_batch_costs_only_what_is_wrong_in_it() -> None:

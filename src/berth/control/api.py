@@ -37,6 +37,7 @@ from berth.control.listener import ListenerLimits, slowloris_middleware
 from berth.control.metrics import ControlMetrics
 from berth.control.residency import annotation_problems
 from berth.control.routes import RoutesPublisher
+from berth.control.slices import respond_in_slices
 from berth.control.storage_policy import policy_problems
 from berth.control.tokens import TokenRegistry
 from berth.control.tokens_api import TokensAPI
@@ -253,20 +254,20 @@ class ControlAPI:
     def _kind(self, text: str) -> str:
         return kind_from_alias(text)
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list(self, request: web.Request) -> web.StreamResponse:
         text = request.match_info["kind"]
         ns = request.query.get("namespace") or None
         selector = _selector(request.query.get("selector", ""))
         kinds = ("Model", "Server", "Experiment", "Pipeline") if text == "all" else (self._kind(text),)
         visible = visibility(self.auth, request, ns, kinds, "list")
-        def read() -> str:  # in the store thread: a list of 1,000 models is MBs of JSON to encode
+        def read() -> bytes:  # in the store thread: a list of 1,000 models is MBs of JSON to encode
             docs = [d for k in kinds for d in self.store.list(k, ns, selector)]
             # one document at a time: json.dumps holds the interpreter lock for all it encodes in one call, and
             # the loop's thread waits for that lock too
             items = ",".join(json.dumps(shown(d)) for d in docs if visible(d))
-            return f'{{"items": [{items}], "revision": {self.store.revision()}}}'
+            return f'{{"items": [{items}], "revision": {self.store.revision()}}}'.encode()
 
-        return web.Response(text=await off_loop(read), content_type="application/json")
+        return await respond_in_slices(request, await off_loop(read), "application/json; charset=utf-8")
 
     async def get(self, request: web.Request) -> web.Response:
         kind, ns, name = self._ref(request)  # the caller's right in ns was checked first (control/auth.py)

@@ -32,6 +32,7 @@ from aiohttp import WSMessage, WSMsgType, web
 from pydantic import ValidationError
 
 from berth.aiotasks import log_failure
+from berth.control.slices import Slicer
 from berth.control.tokens import TokenRegistry
 from berth.errors import BerthError
 from berth.resources.identity import AgentIdentity, Principal, bearer
@@ -372,7 +373,10 @@ class AgentHub:
                                 "refused", "disconnected: the agent token was revoked or has expired")
                     await self._close(ws, "Unauthenticated", "this agent's token was revoked or has expired")
                     break
-                self._apply(rec, parsed)
+                if isinstance(parsed, wire.ModelEvents):
+                    await self._apply_events(rec, parsed)
+                else:
+                    self._apply(rec, parsed)
             if ws.exception() is not None:
                 reason = f"connection lost: {ws.exception()}"
         except TimeoutError:
@@ -510,9 +514,6 @@ class AgentHub:
             rec.readiness = msg.readiness
         elif isinstance(msg, wire.ModelEvent):
             self._model_event(rec, msg)
-        elif isinstance(msg, wire.ModelEvents):  # each as if it came alone; one change for the frame
-            for event in msg.events:
-                self._model_event(rec, event)
         elif isinstance(msg, wire.StorageReport):  # only from the replica it was asked of
             key, future = self._checks.get(msg.id, (None, None))
             if key == rec.key and future is not None and not future.done():
@@ -520,6 +521,16 @@ class AgentHub:
             return
         else:
             return
+        self._on_change(rec.namespace)
+
+    async def _apply_events(self, rec: ReplicaRecord, msg: wire.ModelEvents) -> None:
+        """A frame of model events (up to 256 load outcomes), each as if it came alone, in slices of the loop:
+        applied and logged in one go, a frame of failures held the loop 10-20 ms.  One change for the frame."""
+        rec.last_heartbeat = time.time()
+        slicer = Slicer()
+        for event in msg.events:
+            self._model_event(rec, event)
+            await slicer.tick()
         self._on_change(rec.namespace)
 
     def _model_event(self, rec: ReplicaRecord, ev: wire.ModelEvent) -> None:

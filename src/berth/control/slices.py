@@ -12,7 +12,10 @@ import asyncio
 import time
 from typing import Any
 
+from aiohttp import web
+
 SLICE_SECONDS = 0.002  # work between two hand-backs to the loop
+WRITE_CHUNK = 64 * 1024  # bytes of a large response written between two hand-backs to the loop
 
 
 class Slicer:
@@ -45,3 +48,20 @@ async def let_go(slicer: Slicer, *holders: list[Any] | dict[Any, Any]) -> None:
             while holder:
                 holder.pop()
                 await slicer.tick()
+
+
+async def respond_in_slices(request: web.Request, body: bytes, content_type: str) -> web.StreamResponse:
+    """Send ``body`` in chunks of ``WRITE_CHUNK`` bytes, handing the loop back between two.
+
+    The socket write of a response runs on the loop's thread with the interpreter lock held (uvloop writes
+    at once what the kernel takes): the 1.5 MB list of 1,000 Models held the loop 5-10 ms on loopback,
+    every time someone listed them.  Chunks of 64 KiB hold it for a fraction of a millisecond each."""
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = len(body)
+    await response.prepare(request)
+    view = memoryview(body)
+    for start in range(0, len(body), WRITE_CHUNK):
+        await response.write(view[start:start + WRITE_CHUNK])
+        await asyncio.sleep(0)
+    await response.write_eof()
+    return response

@@ -76,7 +76,8 @@ class Store(Protocol):
 
     def list(self, kind: str | None = None, namespace: str | None = None,
              selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Objects sorted by (kind, namespace, name); ``selector`` matches labels exactly."""
+        """Objects sorted by (kind, namespace, name); ``selector`` matches labels exactly.  The documents may
+        be shared with other readers (berth.store.shared): read them, copy before changing one."""
 
     def apply(self, body: dict[str, Any], *, expect_version: str | None = None
               ) -> tuple[dict[str, Any], ApplyAction]:

@@ -166,6 +166,11 @@ class Transaction(ABC):
     @abstractmethod
     def read(self, key: Key) -> dict[str, Any] | None: ...
 
+    def read_shared(self, key: Key) -> dict[str, Any] | None:
+        """The object for reading only (a backend may answer a document it shares with other readers, which
+        must not be changed in place); by default the private copy :meth:`read` answers."""
+        return self.read(key)
+
     @abstractmethod
     def _store(self, key: Key, text: str | None, revision: int) -> None:
         """Write the object's JSON text (None removes it)."""
@@ -286,11 +291,10 @@ class BaseStore(ABC):
 
     def _status_one(self, tx: Transaction, key: Key, status: dict[str, Any], expect_version: str | None
                     ) -> dict[str, Any]:
-        current = self._existing(tx, key, expect_version)
+        current = self._existing(tx, key, expect_version, shared=True)  # read only: the one written is new
         if same_json(current.get("status"), status):
             return current
-        current["status"] = status
-        return tx.write("MODIFIED", key, current)
+        return tx.write("MODIFIED", key, {**current, "metadata": {**current["metadata"]}, "status": status})
 
     def delete(self, kind: str, namespace: str, name: str, *,
                expect_version: str | None = None) -> dict[str, Any]:
@@ -370,8 +374,9 @@ class BaseStore(ABC):
                                                                       event.name)), event.revision)
             return result
 
-    def _existing(self, tx: Transaction, key: Key, expect_version: str | None) -> dict[str, Any]:
-        current = tx.read(key)
+    def _existing(self, tx: Transaction, key: Key, expect_version: str | None, *, shared: bool = False
+                  ) -> dict[str, Any]:
+        current = tx.read_shared(key) if shared else tx.read(key)
         if current is None:
             raise not_found(key)
         check_expected(current, key, str(expect_version) if expect_version not in (None, "") else None)

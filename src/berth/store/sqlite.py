@@ -3,7 +3,9 @@
 A write is acknowledged only after its transaction is committed to the WAL and synced, so a crash (even
 SIGKILL mid-stream) never loses an acknowledged write.  The revision counter lives in the file, so a
 reopened store continues the sequence; revisions never go backwards.  One connection serves every
-thread of the process, behind the store's lock.
+thread of the process, behind the store's lock.  ``list`` answers documents shared by revision
+(:mod:`berth.store.shared`, as a Kubernetes informer's lister does): only rows written since the last read
+are parsed, and a reader never changes a document it was given; ``get`` answers a copy of its own.
 
 The file and its ``-wal``/``-shm`` companions are mode 0600 (created so; narrowed when found wider), a
 directory the store creates is 0700, and ``secure_delete`` is on: content that a write replaces or
@@ -25,6 +27,7 @@ from berth.errors import ConfigError, Unavailable
 from berth.store.base import Event, EventType
 from berth.store.common import DEFAULT_MAX_EVENTS, BaseStore, Key, Transaction, encode, log
 from berth.store.files import SQLITE_SIDE_FILES, narrow, private_dir, private_file
+from berth.store.shared import SharedDocs
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -50,6 +53,7 @@ class _SQLiteTransaction(Transaction):
     """``BEGIN IMMEDIATE`` … ``COMMIT``: writers are serialised and see a stable revision."""
 
     def __init__(self, store: SQLiteStore) -> None:
+        self._store_of = store
         self._conn = store._conn
         self._max_events = store.max_events
         self._conn.execute("BEGIN IMMEDIATE")
@@ -65,6 +69,9 @@ class _SQLiteTransaction(Transaction):
         row = self._conn.execute("SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
                                  key).fetchone()
         return json.loads(row[0]) if row else None
+
+    def read_shared(self, key: Key) -> dict[str, Any] | None:
+        return self._store_of._read_shared(key)
 
     def _store(self, key: Key, text: str | None, revision: int) -> None:
         if text is None:
@@ -92,6 +99,7 @@ class _SQLiteTransaction(Transaction):
         except BaseException:
             self.rollback()
             raise
+        self._store_of._docs.committed(self.events)
 
     def rollback(self) -> None:
         if self._conn.in_transaction:
@@ -103,6 +111,7 @@ class SQLiteStore(BaseStore):
 
     def __init__(self, path: str | Path, *, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         super().__init__(max_events=max_events)
+        self._docs = SharedDocs()  # parsed documents shared by readers, by revision (berth.store.shared)
         self.path = Path(path)
         try:
             if not self.path.parent.exists():
@@ -175,12 +184,19 @@ class SQLiteStore(BaseStore):
     def _read_one(self, key: Key) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
                                  key).fetchone()
-        return json.loads(row[0]) if row else None
+        return json.loads(row[0]) if row else None  # ``get`` answers a copy of its own (the Store contract)
+
+    def _read_shared(self, key: Key) -> dict[str, Any] | None:
+        row = self._conn.execute("SELECT revision, body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                                 key).fetchone()
+        return self._docs.parsed(key, row[0], row[1], self._conn.in_transaction) if row else None
 
     def _read_all(self, kind: str | None, namespace: str | None) -> builtins.list[dict[str, Any]]:
         where, args = self._filters(None if kind is None else (kind,), namespace)
-        rows = self._conn.execute(f"SELECT body FROM objects{where} ORDER BY kind, namespace, name", args)
-        return [json.loads(row[0]) for row in rows]
+        rows = self._conn.execute(f"SELECT kind, namespace, name, revision, body FROM objects{where} "
+                                  "ORDER BY kind, namespace, name", args)
+        parsed, pending = self._docs.parsed, self._conn.in_transaction
+        return [parsed(row[:3], row[3], row[4], pending) for row in rows]
 
     def _revision(self) -> int:
         return _meta(self._conn, "revision")
@@ -226,6 +242,7 @@ class SQLiteStore(BaseStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._docs.clear()  # bodies of events only, but nothing kept may outlive a rewrite
         if changed:
             # Pages freed before secure_delete was on may still hold old bodies: rebuild the file from what is
             # live, then fold the WAL (which holds page images) into it and truncate it to nothing.
