@@ -10,7 +10,7 @@ import pytest
 from berth.errors import Conflict, NotFound
 from berth.store import SQLiteStore
 from berth.store.base import StatusUpdate
-from berth.store.shared import SharedDocumentChanged, SharedDocs
+from berth.store.shared import SharedDocs, SharedDocumentChanged
 
 SELDON = "mlops.seldon.io/v1alpha1"
 NS = "financial-ml"

@@ -6,7 +6,6 @@ import math
 import time
 from datetime import UTC, datetime
 
-
 _last: tuple[int, str] = (-1, "")  # the last second formatted: statuses stamp thousands of times a second
 
 

@@ -53,7 +53,7 @@ def setup_logging(level: str = "INFO") -> None:
     # FORMAT shows none of: the caller's file, line and function (found by walking the stack for each record),
     # the thread and process names.  Not gathering them halves what a record costs the thread that logs it,
     # often the event loop's (a frame of 256 failed loads is 256 warnings).  The logging HOWTO's "Optimization".
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     writer = _Stderr()
