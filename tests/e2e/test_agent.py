@@ -218,3 +218,34 @@ def test_agent_notices_models_lost_when_the_inference_server_restarts(mlserver: 
             await standin.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_agent_notices_a_restart_its_readiness_probes_missed(mlserver: MLServerProcess, tmp_path: Path) -> None:
+    """A restart between two readiness probes (as a kubelet restarts a killed MLServer within seconds) is never
+    seen as "not ready"; the periodic resync still finds the model gone and reports it UNLOADED."""
+    iris = train_sklearn(tmp_path / "artifacts" / "iris")
+    port = free_port()
+    cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
+    cfg = cfg.model_copy(update={"ready_poll_ready": 3600.0, "resync_interval": 1.0})  # probes never see it
+
+    async def scenario() -> None:
+        standin = await AgentPeer(port).start()
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(cfg, stop))
+        try:
+            await standin.wait_for(lambda f: f["type"] == "hello")
+            await standin.send(wire.Load(name="iris-quick", generation=1, source=wire.ModelSource(
+                storage_uri=str(iris), requirements=["sklearn"])))
+            loaded = await standin.wait_for(_model("iris-quick", "LOADED", "LOAD_FAILED"), 60)
+            assert loaded["state"] == "LOADED", loaded["message"]
+            await asyncio.to_thread(mlserver.stop)
+            await asyncio.to_thread(mlserver.start)
+            lost = await standin.wait_for(_model("iris-quick", "UNLOADED"), 30)
+            assert "no longer holds this model" in lost["message"] and "restarted?" in lost["message"]
+            assert not any(f["type"] == "status" and not f["readiness"]["ready"] for f in standin.frames)
+        finally:
+            stop.set()
+            await asyncio.wait_for(agent, 10)
+            await standin.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))

@@ -141,13 +141,13 @@ def _timeless(st: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_long_pass_hands_the_loop_back() -> None:
-    """While a pass over 400 models runs, a 1 ms ticker keeps ticking: between two ticks the loop's thread
+    """While a pass over 800 models runs, a 1 ms ticker keeps ticking: between two ticks the loop's thread
     never spent more than a few slices of CPU on the pass.  Measured in the thread's CPU time, so that the
     machine's other load (the thread being descheduled) does not count."""
     async def body() -> None:
         p = plane()
         p.store.apply(server(1))
-        p.store.apply_many([model(f"m{i:03d}") for i in range(400)])
+        p.store.apply_many([model(f"m{i:03d}") for i in range(800)])
         connect(p.hub, 0)
         gaps: list[float] = []
         done = asyncio.Event()

@@ -94,6 +94,11 @@ class AgentConfig(ProcessSettings):
                                           doc="MLServer's model_repository_root (default `<data dir>/repository`)")
     ready_poll_not_ready: float = setting(0.5, gt=0, doc="Seconds between readiness probes while not ready")
     ready_poll_ready: float = setting(2.0, gt=0, doc="Seconds between readiness probes while ready")
+    resync_interval: float = setting(10.0, gt=0, doc="Seconds between two checks, while the inference server is "
+                                                     "ready, that it still holds a model the agent loaded (one "
+                                                     "model each time, in turn; a resync when it is gone): a "
+                                                     "restart quicker than two readiness probes loses models "
+                                                     "unseen")
     probe_timeout: float = setting(2.0, gt=0, doc="Seconds a readiness probe may take")
     reconnect_min: float = setting(0.2, gt=0, doc="First reconnect backoff, seconds (0 < min <= max)")
     reconnect_max: float = setting(5.0, gt=0, doc="Longest reconnect backoff, seconds")

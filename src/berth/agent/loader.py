@@ -142,6 +142,7 @@ class ModelLoader:
         self.gate = LoadGate(LOAD_CONCURRENCY)
         self._prepare = asyncio.Semaphore(PREPARE_CONCURRENCY)
         self._pid: int | None = config.inference_pid
+        self._turn = -1  # the loaded model ``still_held`` asked about last, by its rank in name order
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def loaded_models(self) -> list[LoadedModel]:
@@ -344,21 +345,51 @@ class ModelLoader:
             return _event(name, generation, "UNLOADED", started)
 
     # -- agree with the server after restarts --------------------------------------------------
+    async def still_held(self) -> bool:
+        """Whether the inference server still holds one model this agent loaded, the next in turn: a restart
+        loses every model at once, so one ``GET /v2/models/{name}`` finds it (``resync`` reads the repository
+        index, which parses the settings of every model there).  False only on a non-200 answer for a model
+        whose record did not change meanwhile; True when there is nothing to ask or the server did not answer
+        (its readiness is the readiness watcher's business)."""
+        names = [name for name in sorted(self.loaded) if not self.lock(name).locked()]
+        if not names:
+            return True
+        self._turn = (self._turn + 1) % len(names)
+        name = names[self._turn]
+        record = self.loaded[name]
+        try:
+            await self.client.metadata(name)
+        except LoadError:
+            return self.loaded.get(name) is not record or self.lock(name).locked()
+        except BerthError:
+            return True
+        return True
+
     async def resync(self) -> None:
-        """Drop models the server no longer holds; adopt models recorded on disk that it still holds."""
+        """Drop models the server no longer holds; adopt models recorded on disk that it still holds.
+
+        Safe beside loads and unloads (the agent runs it every ``resync_interval`` seconds): a model is dropped
+        only when the very record it had before the index was read is still its record and no load or unload
+        holds it, so a load that ends while the index is read is not undone by the index's older answer."""
+        before = dict(self.loaded)
         try:
             index = await self.client.index()
         except BerthError as exc:
             log.info("cannot read the repository index to resync: %s", exc)
             return
-        for name, model in list(self.loaded.items()):
-            if self.lock(name).locked() or index.get(name) == "READY":
+        for name, model in before.items():
+            if self.loaded.get(name) is not model or self.lock(name).locked() or index.get(name) == "READY":
                 continue
+            log.warning("the inference server no longer holds %s (generation %d; its state there: %s): restarted? "
+                        "telling the control plane, which loads it again", name, model.generation,
+                        index.get(name, "absent"))
             await asyncio.to_thread(self._forget, name)
             await self.emit(ModelEvent(name=name, generation=model.generation, state="UNLOADED",
                                        message="the inference server no longer holds this model "
                                                f"(state {index.get(name, 'absent')}; restarted?)"))
         for path in sorted(self.config.models_dir.glob(f"*/{STATE_FILE}")):
+            if path.parent.name in self.loaded:  # (the usual case of a periodic resync: not read at all)
+                continue
             try:
                 model = LoadedModel.model_validate_json(path.read_text())
             except (OSError, ValueError):

@@ -168,6 +168,23 @@ class Agent:
         if new.ready and not old.ready:
             self._resync = self._spawn(self.loader.resync(), "resync")
 
+    async def _resync_every(self, stop: asyncio.Event) -> None:
+        """Every ``resync_interval`` seconds while the inference server is ready (and no resync runs): ask it
+        about one model this agent loaded, the next in turn (``ModelLoader.still_held``), and resync when it
+        no longer holds it.  A restart quicker than two readiness probes (a kubelet starting a killed MLServer
+        again within ``ready_poll_ready``) is never seen as "not ready", and the models it lost would count as
+        loaded for ever: found here, reported UNLOADED, and the control plane loads them again."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.resync_interval)
+            if stop.is_set() or not self.readiness.current.ready or (self._resync is not None
+                                                                     and not self._resync.done()):
+                continue
+            if not await self.loader.still_held():
+                log.warning("the inference server %s lost a model this agent loaded (restarted?): resyncing",
+                            self.client.base_url)
+                self._resync = self._spawn(self.loader.resync(), "resync")
+
     # -- incoming ------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A one-shot task (a load, an unload, a resync): kept until done, its failure logged with its name."""
@@ -344,6 +361,7 @@ class Agent:
                               f"{cfg.relay_http_port}, {cfg.relay_grpc_port}): {exc.strerror or exc}; check "
                               "BERTH_ADVERTISE_HOST and BERTH_RELAY_*_PORT") from exc
         watcher = guarded("agent-readiness", lambda: self.readiness.run(stop), restart=True, stop=stop)
+        drift = guarded("agent-resync", lambda: self._resync_every(stop), restart=True, stop=stop)
         connection: GuardedTask | None = None
         try:
             with contextlib.suppress(TimeoutError):
@@ -358,10 +376,11 @@ class Agent:
             if connection is not None:
                 connection.cancel()
             watcher.cancel()
+            drift.cancel()
             for task in list(self._tasks):
                 task.cancel()
-            await asyncio.gather(watcher.task, *(() if connection is None else (connection.task,)), *self._tasks,
-                                 return_exceptions=True)
+            await asyncio.gather(watcher.task, drift.task, *(() if connection is None else (connection.task,)),
+                                 *self._tasks, return_exceptions=True)
             await self.client.aclose()
             for relay in relays:
                 await relay.close()
