@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -187,6 +187,26 @@ def test_agent_reports_an_unready_inference_server_until_it_answers(tmp_path: Pa
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+@contextlib.asynccontextmanager
+async def _agent_holding(cfg: AgentConfig, port: int, name: str, artifact: Path) -> AsyncIterator[AgentPeer]:
+    """An agent (run_agent with ``cfg``) talking to a stand-in control plane on ``port``, which has it load
+    ``artifact`` as ``name``; yields the stand-in once the model is LOADED, stops both after."""
+    standin = await AgentPeer(port).start()
+    stop = asyncio.Event()
+    agent = asyncio.create_task(run_agent(cfg, stop))
+    try:
+        await standin.wait_for(lambda f: f["type"] == "hello")
+        await standin.send(wire.Load(name=name, generation=1, source=wire.ModelSource(
+            storage_uri=str(artifact), requirements=["sklearn"])))
+        loaded = await standin.wait_for(_model(name, "LOADED", "LOAD_FAILED"), 60)
+        assert loaded["state"] == "LOADED", loaded["message"]
+        yield standin
+    finally:
+        stop.set()
+        await asyncio.wait_for(agent, 10)
+        await standin.stop()
+
+
 def test_agent_notices_models_lost_when_the_inference_server_restarts(mlserver: MLServerProcess,
                                                                      tmp_path: Path) -> None:
     iris = train_sklearn(tmp_path / "artifacts" / "iris")
@@ -194,16 +214,7 @@ def test_agent_notices_models_lost_when_the_inference_server_restarts(mlserver: 
     cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
 
     async def scenario() -> None:
-        standin = await AgentPeer(port).start()
-        stop = asyncio.Event()
-        agent = asyncio.create_task(run_agent(cfg, stop))
-        try:
-            await standin.wait_for(lambda f: f["type"] == "hello")
-            await standin.send(wire.Load(name="iris-restart", generation=1, source=wire.ModelSource(
-                storage_uri=str(iris), requirements=["sklearn"])))
-            loaded = await standin.wait_for(_model("iris-restart", "LOADED", "LOAD_FAILED"), 60)
-            assert loaded["state"] == "LOADED", loaded["message"]
-
+        async with _agent_holding(cfg, port, "iris-restart", iris) as standin:
             await asyncio.to_thread(mlserver.stop)
             down = await standin.wait_for(lambda f: f["type"] == "status" and not f["readiness"]["ready"], 10)
             assert down["readiness"]["error"] == "connection refused"
@@ -212,40 +223,24 @@ def test_agent_notices_models_lost_when_the_inference_server_restarts(mlserver: 
             lost = await standin.wait_for(_model("iris-restart", "UNLOADED"), 10)
             assert "the inference server no longer holds this model" in lost["message"]
             assert not (mlserver.repository / "iris-restart").exists()
-        finally:
-            stop.set()
-            await asyncio.wait_for(agent, 10)
-            await standin.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
 
 
 def test_agent_notices_a_restart_its_readiness_probes_missed(mlserver: MLServerProcess, tmp_path: Path) -> None:
     """A restart between two readiness probes (as a kubelet restarts a killed MLServer within seconds) is never
-    seen as "not ready"; the periodic resync still finds the model gone and reports it UNLOADED."""
+    seen as "not ready"; the periodic check still finds the model gone and reports it UNLOADED."""
     iris = train_sklearn(tmp_path / "artifacts" / "iris")
     port = free_port()
     cfg = _config(tmp_path, port, mlserver.http_port, mlserver.grpc_port, mlserver.repository)
     cfg = cfg.model_copy(update={"ready_poll_ready": 3600.0, "resync_interval": 1.0})  # probes never see it
 
     async def scenario() -> None:
-        standin = await AgentPeer(port).start()
-        stop = asyncio.Event()
-        agent = asyncio.create_task(run_agent(cfg, stop))
-        try:
-            await standin.wait_for(lambda f: f["type"] == "hello")
-            await standin.send(wire.Load(name="iris-quick", generation=1, source=wire.ModelSource(
-                storage_uri=str(iris), requirements=["sklearn"])))
-            loaded = await standin.wait_for(_model("iris-quick", "LOADED", "LOAD_FAILED"), 60)
-            assert loaded["state"] == "LOADED", loaded["message"]
+        async with _agent_holding(cfg, port, "iris-quick", iris) as standin:
             await asyncio.to_thread(mlserver.stop)
             await asyncio.to_thread(mlserver.start)
             lost = await standin.wait_for(_model("iris-quick", "UNLOADED"), 30)
             assert "no longer holds this model" in lost["message"] and "restarted?" in lost["message"]
             assert not any(f["type"] == "status" and not f["readiness"]["ready"] for f in standin.frames)
-        finally:
-            stop.set()
-            await asyncio.wait_for(agent, 10)
-            await standin.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
