@@ -343,10 +343,14 @@ def test_text_contrast_meets_wcag_aa(up: Up, tab: Any) -> None:
     for selector, background in ((".badge.ok", None), (".badge.bad", None), ("td.reason", "body"),
                                  (".muted", "body"), (".top a[aria-current]", None), (".top a:not([aria-current])",
                                                                                       ".top")):
-        el = page.locator(selector).first
-        fg = el.evaluate("e => getComputedStyle(e).color")
-        bg_el = page.locator(background).first if background else el
-        bg = bg_el.evaluate("e => getComputedStyle(e).backgroundColor")
+        # read in one evaluation of the page: the dashboard re-renders its tables as it polls, and an element
+        # located in one call can be detached by the next (its computed style then reads as empty)
+        fg, bg = page.wait_for_function(
+            """([sel, back]) => {
+                 const e = document.querySelector(sel), b = back ? document.querySelector(back) : e;
+                 const fg = e && getComputedStyle(e).color, bg = b && getComputedStyle(b).backgroundColor;
+                 return fg && bg ? [fg, bg] : null;
+               }""", arg=[selector, background], timeout=10000).json_value()
         hi, lo = sorted((_luminance(fg), _luminance(bg)), reverse=True)
         ratio = (hi + 0.05) / (lo + 0.05)
         assert ratio >= 4.5, f"{selector}: {fg} on {bg} is {ratio:.2f}:1"
