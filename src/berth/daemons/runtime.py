@@ -51,8 +51,8 @@ def setup_logging(level: str = "INFO") -> None:
     if _listener is not None:
         return
     # FORMAT shows none of: the caller's file, line and function (found by walking the stack for each record),
-    # the thread and process names.  Not gathering them halves what a record costs the thread that logs it,
-    # often the event loop's (a frame of 256 failed loads is 256 warnings).  The logging HOWTO's "Optimization".
+    # the thread and process names.  Not gathering them saves ~16% of what a record costs the thread that logs
+    # it (25 -> 21 us measured), often the event loop's.  The logging HOWTO's "Optimization".
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
