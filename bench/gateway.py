@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -214,14 +215,18 @@ def _phase(protocol: str, address: str, concurrency: int, args: argparse.Namespa
 
 
 def pin(pid: int, cpus: set[int]) -> None:
-    """Run ``pid`` and its children on ``cpus`` (Linux ``sched_setaffinity``)."""
+    """Run ``pid`` and its children on ``cpus``, every thread of each (Linux ``sched_setaffinity`` applies to
+    the one thread whose id it is given: the process's id alone pins its main thread and leaves the threads it
+    has already started, such as MLServer's gRPC threads, on every CPU)."""
     import psutil
 
     proc = psutil.Process(pid)
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            os.sched_setaffinity(p.pid, cpus)
-        except ProcessLookupError:
+            for thread in p.threads():
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(thread.id, cpus)
+        except psutil.NoSuchProcess:
             continue
 
 
