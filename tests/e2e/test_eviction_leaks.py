@@ -176,7 +176,7 @@ def test_an_evicted_model_deleted_while_its_agent_was_away_leaves_no_files(rig: 
     p.wait_server("hand", ready_replicas=1, timeout=60)
     eventually(lambda: rig.kept("gone") == [], 30, lambda: f"files left on the replica: {rig.kept('gone')}")
     p.wait_model("stays", available=1, timeout=30)  # the loaded model was adopted, untouched
-    assert p.gateway.infer("stays", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
+    assert p.infer_served("stays", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
     p.client.delete("Model", "default", "stays")
     eventually(lambda: rig.kept("stays") == [], 30, lambda: f"files left: {rig.kept('stays')}")
 

@@ -88,7 +88,7 @@ def test_pytorch_mlflow_model_served_from_s3_behind_the_seed_secret(platform: Pl
                                                                     torch_seed: dict[str, Any]) -> None:
     st = platform.wait_model("baseline-predictor", NS, timeout=240)
     assert st["availableReplicas"] == 1
-    out = platform.gateway.infer("baseline-predictor", IRIS_FP32, namespace=NS)
+    out = platform.infer_served("baseline-predictor", IRIS_FP32, namespace=NS)
     tensor = out.body["outputs"][0]
     assert tensor["shape"] == [2, 3] and tensor["datatype"] == "FP32"
     assert predict_classes(tensor["data"]) == [0, 2]  # setosa, virginica: the trained network, not a stub

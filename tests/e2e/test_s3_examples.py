@@ -63,7 +63,7 @@ def test_financial_seeds_from_s3(s3_seeds: dict[str, Any], tmp_path: Path, caplo
         p.client.apply(ready)
         for name in ("baseline-predictor", "enhanced-predictor"):
             p.wait_model(name, NS, timeout=120)
-        out = p.gateway.infer("baseline-predictor", IRIS_INPUT, namespace=NS)
+        out = p.infer_served("baseline-predictor", IRIS_INPUT, namespace=NS)
         assert out.body["outputs"][0]["data"] == [0, 2]
         assert p.client.get("Server", NS, "mlserver")["status"]["loadedModels"] == 2
         # wrong keys: the model names the secret and the rejection, never the key

@@ -54,10 +54,10 @@ def test_apply_ready_infer_delete(platform: Platform, models: dict[str, Path]) -
     st = platform.wait_model("iris")
     assert st["availableReplicas"] == 1 and st["replicaStatus"]["mlserver/0"]["memory"] > 0
     platform.wait_model("iris-mlflow")
-    res = platform.gateway.infer("iris", IRIS_INPUT)
+    res = platform.infer_served("iris", IRIS_INPUT)
     assert res.body["outputs"][0]["data"] == [0, 2]
     assert res.route == ":iris:"
-    assert platform.gateway.infer("iris-mlflow", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
+    assert platform.infer_served("iris-mlflow", IRIS_INPUT).body["outputs"][0]["data"] == [0, 2]
     server = platform.client.get("Server", "default", "mlserver")["status"]
     assert server["loadedModels"] >= 2
     platform.client.delete("Model", "default", "iris-mlflow")
@@ -113,7 +113,7 @@ def test_server_and_model_scaling(platform: Platform, models: dict[str, Path]) -
     platform.client.apply([model_doc("twin", str(models["sklearn"]), namespace=ns, replicas=2)])
     platform.wait_model("twin", ns, available=2)
     assert platform.routed_endpoints("twin", ns) == ["pool/0", "pool/1"]
-    routes = {platform.gateway.infer("twin", IRIS_INPUT, namespace=ns).route for _ in range(4)}
+    routes = {platform.infer_served("twin", IRIS_INPUT, namespace=ns).route for _ in range(4)}
     assert routes == {":twin:"}
     # model scale 2 -> 1 -> 2
     platform.client.apply([model_doc("twin", str(models["sklearn"]), namespace=ns, replicas=1)])
@@ -133,7 +133,7 @@ def test_server_and_model_scaling(platform: Platform, models: dict[str, Path]) -
         time.sleep(0.2)
     assert _replica_processes(platform.control.opts.data_dir, f"{ns}/pool-1") == []
     platform.wait_model("twin", ns, available=1)
-    assert platform.gateway.infer("twin", IRIS_INPUT, namespace=ns).body["outputs"][0]["data"] == [0, 2]
+    assert platform.infer_served("twin", IRIS_INPUT, namespace=ns).body["outputs"][0]["data"] == [0, 2]
     # deleting the server stops its replicas and the model says why it cannot run
     platform.client.delete("Server", ns, "pool")
     st = platform.wait_model("twin", ns, state="ScheduleFailed", timeout=30)

@@ -227,7 +227,7 @@ def test_gcs_model_through_the_platform(gcs: Gcs, tmp_path: Path) -> None:
             model_doc("iris-nosecret", "gs://models/iris/v1", namespace=NS, secretName="absent"),
         ])
         p.wait_model("iris-gcs", NS, timeout=90)
-        out = p.gateway.infer("iris-gcs", IRIS_INPUT, namespace=NS)
+        out = p.infer_served("iris-gcs", IRIS_INPUT, namespace=NS)
         assert out.body["outputs"][0]["data"] == [0, 2]
         st = p.wait_model("iris-nosecret", NS, state="LoadFailed", timeout=30)
         assert "storage secret 'absent' for gs://models/iris/v1 could not be used" in st["message"]
