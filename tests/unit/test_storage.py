@@ -147,6 +147,15 @@ def test_local_folder_file_and_missing_path(tmp_path: Path) -> None:
     assert f"{tmp_path / 'nope'} does not exist on the agent's host" in message
 
 
+def test_a_local_path_refused_or_absent_leaves_no_folder(tmp_path: Path) -> None:
+    """A failed local fetch creates nothing the agent has to remove again (1,000 failing loads made and removed
+    1,000 folders: half of the agent's CPU in bench/responsiveness.py)."""
+    for uri in (f"file://{tmp_path / 'nope'}", str(tmp_path / "nope"), "/dev/zero", "file:///proc/self/environ"):
+        dest = tmp_path / "models" / "m" / "1"
+        _fetch_error(uri, _source(uri, None, name=None), dest)
+        assert not (tmp_path / "models").exists(), uri
+
+
 def test_gs_with_a_missing_secret_says_so_before_any_connection(tmp_path: Path) -> None:
     uri = "gs://seldon-models/sklearn/iris"
     source = _source(uri, None, error="secret 'ml-platform' not found in namespace financial-ml")

@@ -38,10 +38,10 @@ def split_uri(uri: str) -> tuple[str, str]:
 def fetch(uri: str, dest: Path, source: ModelSource) -> Path:
     """Download the artifact at ``uri`` into the folder ``dest`` (created if needed); returns ``dest``."""
     scheme, rest = split_uri(uri.strip())
-    dest.mkdir(parents=True, exist_ok=True)
     if scheme in ("", "file"):
         path = unquote(urlsplit(uri).path) if scheme == "file" else uri
         return _fetch_local(Path(path).expanduser(), dest, uri)
+    dest.mkdir(parents=True, exist_ok=True)
     remote = secrets.remote_type(source, scheme)
     if scheme in ("http", "https"):
         from berth.adapters import storage_azure
@@ -95,6 +95,8 @@ def _fetch_local(path: Path, dest: Path, uri: str) -> Path:
     if not path.exists():
         raise StorageError(f"cannot fetch {uri}: {path} does not exist on the agent's host; "
                            "use a path the agent can read, or an s3:// URI", details={"uri": uri})
+    # created only now: a path refused or absent leaves no folder behind for the agent to remove again
+    dest.mkdir(parents=True, exist_ok=True)
     try:
         if path.is_dir():
             _copy_tree(Path(os.path.realpath(path)), dest, uri)
