@@ -142,7 +142,7 @@ def _timeless(st: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_long_pass_hands_the_loop_back() -> None:
     """While a pass over 800 models runs, a 1 ms ticker keeps ticking: between two ticks the loop's thread
-    never spent more than a few slices of CPU on the pass.  Measured in the thread's CPU time, so that the
+    never spent more than a few slices of CPU on the pass (under half of the pass, and under 25 ms).  Measured in the thread's CPU time, so that the
     machine's other load (the thread being descheduled) does not count."""
     async def body() -> None:
         p = plane()
@@ -174,8 +174,10 @@ def test_a_long_pass_hands_the_loop_back() -> None:
             gc.enable()
         done.set()
         await task
-        assert cpu > 0.05, "the pass was too short to tell"
-        assert len(gaps) > 5 and max(gaps) < 0.025, (max(gaps), cpu)
+        # an unsliced pass shows as one gap as long as the pass itself; sliced, no gap holds half of it (nor
+        # 25 ms), whatever the host's speed (a fast host ran these 800 models in 40 ms of CPU, a slow one in 200)
+        assert cpu > 0.02, "the pass was too short to tell (ten 2 ms slices at least)"
+        assert len(gaps) > 5 and max(gaps) < min(0.025, cpu / 2), (max(gaps), cpu)
         agents_finish(p.hub)
         await p.pass_()
         assert len(endpoints(p.routes, "m000")) == 1
