@@ -142,8 +142,8 @@ def _timeless(st: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_long_pass_hands_the_loop_back() -> None:
     """While a pass over 800 models runs, a 1 ms ticker keeps ticking: between two ticks the loop's thread
-    never spent more than a few slices of CPU on the pass (under half of the pass, and under 25 ms).  Measured in the thread's CPU time, so that the
-    machine's other load (the thread being descheduled) does not count."""
+    never spent more than a few slices of CPU on the pass (under half of the pass, and under 25 ms).  Measured
+    in the thread's CPU time, so that the machine's other load (the thread being descheduled) does not count."""
     async def body() -> None:
         p = plane()
         p.store.apply(server(1))

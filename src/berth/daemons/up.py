@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -174,6 +175,9 @@ def up(**flags: Any) -> None:
                       f"  gateway (V2)     {gateway_url}\n  data and logs    {data_dir}\n"
                       f"  admin token      {admin_file} (the CLI finds it; BERTH_TOKEN overrides)")
         console.print("apply models with `berth apply -f FILE`; Ctrl-C stops everything")
+        note = kubeconfig_note(os.environ, control_url)
+        if note:
+            console.print(f"[yellow]note[/yellow]: {note}")
         sys.stdout.flush()
         while not stop.is_set():
             sup.check()
@@ -185,6 +189,17 @@ def up(**flags: Any) -> None:
         if left:
             console.print(f"stopped {len(left)} leftover process(es): {left}")
         console.print("stopped")
+
+
+def kubeconfig_note(env: Mapping[str, str], control_url: str) -> str | None:
+    """What to tell a user whose environment names a cluster: with ``KUBECONFIG`` set and neither
+    ``BERTH_ADDRESS`` nor ``--server`` given, the CLI reads that cluster as kubectl does, not this ``berth up``."""
+    kubeconfig = env.get("KUBECONFIG")
+    if not kubeconfig or env.get("BERTH_ADDRESS"):
+        return None
+    return (f"KUBECONFIG is set ({kubeconfig}): the berth CLI talks to that cluster, as kubectl does, not to "
+            f"this berth up; to reach this one, add `--server {control_url}` or `export BERTH_ADDRESS={control_url}` "
+            "(or unset KUBECONFIG)")
 
 
 def prepare_identity(data_dir: Path) -> tuple[Path, Path]:
