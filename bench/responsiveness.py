@@ -30,6 +30,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -353,9 +354,9 @@ def pooled(runs: list[Run]) -> Run:
         both.slow += run.slow
         both.stalls += run.stalls
         both.failures += run.failures
-    both.applied = sorted(r.applied for r in runs)[len(runs) // 2]
+    both.applied = statistics.median_high(r.applied for r in runs)
     both.statused = None if any(r.statused is None for r in runs) else max(r.statused or 0.0 for r in runs)
-    both.cpu = {role: sorted(r.cpu.get(role, 0.0) for r in runs)[len(runs) // 2] for role in first.cpu}
+    both.cpu = {role: statistics.median_high(r.cpu.get(role, 0.0) for r in runs) for role in first.cpu}
     both.figures = max(runs, key=lambda r: longest_gc(r)[0]).figures
     return both
 

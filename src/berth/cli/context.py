@@ -20,6 +20,7 @@ try:  # recent typer carries its own copy of click (see berth.main)
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click.exceptions import UsageError  # type: ignore[assignment]
 
+from berth.client import credentials
 from berth.client.http import BerthClient
 from berth.errors import ConfigError
 
@@ -39,8 +40,8 @@ class Settings:
     def cluster(self, kubeconfig: str | None = None, context: str | None = None) -> bool:
         """No --server (nor BERTH_ADDRESS) but a cluster named (--kubeconfig, --context or KUBECONFIG, or a
         command's own ``kubeconfig``/``context``): the CLI reaches that cluster's API, as kubectl does."""
-        return self.server is None and not os.environ.get("BERTH_ADDRESS") and bool(
-            kubeconfig or context or self.kubeconfig or self.kube_context or os.environ.get("KUBECONFIG"))
+        return credentials.names_cluster(os.environ, server=self.server, kubeconfig=kubeconfig or self.kubeconfig,
+                                         context=context or self.kube_context)
 
     def kube_client(self, timeout: float = 30.0, kubeconfig: str | None = None,
                     context: str | None = None) -> KubeClient:

@@ -1,4 +1,5 @@
-"""Where the CLI finds its token, as kubectl finds a local cluster's credentials.
+"""Where the CLI finds its token, as kubectl finds a local cluster's credentials, and whether it talks to a
+Kubernetes cluster's API instead of a control plane (``names_cluster``).
 
 Order: ``BERTH_TOKEN``; else the token file that `berth up` registered for this control-plane address in
 ``$BERTH_CONFIG_DIR/credentials.json`` (default ``~/.config/berth/``).  The registry maps an address to
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,13 @@ from typing import Any
 def config_dir() -> Path:
     named = os.environ.get("BERTH_CONFIG_DIR")
     return Path(named) if named else Path.home() / ".config" / "berth"
+
+
+def names_cluster(env: Mapping[str, str], *, server: str | None = None, kubeconfig: str | None = None,
+                  context: str | None = None) -> bool:
+    """No ``--server`` (nor ``BERTH_ADDRESS``) but a cluster named (``--kubeconfig``, ``--context`` or
+    ``KUBECONFIG``): the CLI reads that cluster's API, as kubectl does, not a Berth control plane."""
+    return server is None and not env.get("BERTH_ADDRESS") and bool(kubeconfig or context or env.get("KUBECONFIG"))
 
 
 def _normal(address: str) -> str:

@@ -194,10 +194,9 @@ def up(**flags: Any) -> None:
 def kubeconfig_note(env: Mapping[str, str], control_url: str) -> str | None:
     """What to tell a user whose environment names a cluster: with ``KUBECONFIG`` set and neither
     ``BERTH_ADDRESS`` nor ``--server`` given, the CLI reads that cluster as kubectl does, not this ``berth up``."""
-    kubeconfig = env.get("KUBECONFIG")
-    if not kubeconfig or env.get("BERTH_ADDRESS"):
+    if not credentials.names_cluster(env):
         return None
-    return (f"KUBECONFIG is set ({kubeconfig}): the berth CLI talks to that cluster, as kubectl does, not to "
+    return (f"KUBECONFIG is set ({env['KUBECONFIG']}): the berth CLI talks to that cluster, as kubectl does, not to "
             f"this berth up; to reach this one, add `--server {control_url}` or `export BERTH_ADDRESS={control_url}` "
             "(or unset KUBECONFIG)")
 
